@@ -1,0 +1,306 @@
+"""One decoder-only transformer for the Llama / Mistral / Qwen2 / Qwen3 families.
+
+RMSNorm, RoPE (default, linear, llama3 scaling), grouped-query attention, SwiGLU. The same
+graph serves training (`__call__`, packed or padded batches) and sampling (`extend`, over a
+preallocated KV cache), so sampler and trainer log-probs agree.
+
+Every parameter carries logical axis names (see `critique_jax.sharding`); parameters are plain
+pytrees once unboxed with `flax.linen.meta.unbox`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critique_jax.models.config import ModelConfig
+from critique_jax.sharding import constrain
+
+KVCache = dict[str, jax.Array]  # k, v: [L, B, S, K, H]; mask: [B, S] bool; index: int32 scalar
+
+
+def _init(names: tuple[str, ...], scale: float = 0.02):
+    return nn.with_logical_partitioning(nn.initializers.normal(scale), names)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies, with HF's rope scaling maths (computed once, in NumPy)."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    rs = cfg.rope_scaling
+    if rs.rope_type == "default":
+        return inv.astype(np.float32)
+    if rs.rope_type == "linear":
+        return (inv / rs.factor).astype(np.float32)
+    if rs.rope_type == "llama3":
+        old = rs.original_max_position_embeddings
+        low_wavelen = old / rs.low_freq_factor
+        high_wavelen = old / rs.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / rs.factor, inv)
+        smooth = (old / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(
+        f"rope_type {rs.rope_type!r} is not supported (default, linear, llama3 are)."
+    )
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """sin, cos of shape [B, T, head_dim] (HF's half-rotation layout)."""
+    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.sin(emb), jnp.cos(emb)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """x: [B, T, heads, head_dim]. Rotation in float32, result in x's dtype."""
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],), self.param_dtype,
+        )
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    def _proj(self, name: str, heads: int, head_axis: str, bias: bool) -> nn.DenseGeneral:
+        cfg = self.cfg
+        return nn.DenseGeneral(
+            (heads, cfg.head_dim), use_bias=bias, dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype, name=name,
+            kernel_init=_init(("embed", head_axis, "head_dim")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
+        )
+
+    @nn.compact
+    def __call__(self, x, sin, cos, mask, kv):
+        cfg = self.cfg
+        q = self._proj("q", cfg.num_heads, "heads", cfg.qkv_bias)(x)
+        k = self._proj("k", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias)(x)
+        v = self._proj("v", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias)(x)
+        if cfg.qk_norm:
+            norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
+            q = RMSNorm(**norm, name="q_norm")(q)
+            k = RMSNorm(**norm, name="k_norm")(k)
+        q = constrain(apply_rope(q, sin, cos), ("batch", "length", "heads", "head_dim"))
+        k = constrain(apply_rope(k, sin, cos), ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        new_kv = None
+        if kv is not None:  # write this chunk at the cache's index, attend over the cache
+            cache_k, cache_v, index = kv
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+            new_kv = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+
+        out = _attention(cfg, q, k, v, mask)
+        out = nn.DenseGeneral(
+            cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype, name="o",
+            kernel_init=_init(("heads", "head_dim", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        )(out)
+        return out, new_kv
+
+
+def _attention(cfg: ModelConfig, q, k, v, mask):
+    """mask None: plain causal attention (cuDNN flash attention can take it on GPU)."""
+    if mask is None:
+        impl = cfg.attention_impl
+        if impl == "auto":
+            gpu = jax.default_backend() == "gpu"
+            impl = "cudnn" if gpu and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        dense = lambda feats, names, name: nn.Dense(  # noqa: E731
+            feats, use_bias=False, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+            kernel_init=_init(names), name=name,
+        )
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x)
+        h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return dense(cfg.hidden_size, ("mlp", "embed"), "down")(h)
+
+
+class DecoderLayer(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, ctx: dict[str, Any], kv):
+        cfg = self.cfg
+        norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
+        h = RMSNorm(**norm, name="input_norm")(x)
+        layer_kv = None if kv is None else (kv[0], kv[1], ctx["index"])
+        attn, new_kv = Attention(cfg, name="attn")(h, ctx["sin"], ctx["cos"], ctx["mask"],
+                                                   layer_kv)
+        x = x + attn
+        x = x + MLP(cfg, name="mlp")(RMSNorm(**norm, name="post_attn_norm")(x))
+        return constrain(x, ("batch", "length", "embed")), new_kv
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nn.Module):
+    """`__call__` for training and scoring; `extend` to run a chunk through a KV cache."""
+
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.embed = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+            embedding_init=_init(("vocab", "embed")), name="embed",
+        )
+        layer = DecoderLayer
+        if cfg.remat != "none":
+            layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat],
+                             prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast, 0), length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+        else:
+            self.layers = [layer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype,
+                                  name="final_norm")
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype, kernel_init=_init(("embed", "vocab")),
+                name="lm_head",
+            )
+
+    def _layers(self, x, ctx, kv):
+        if self.cfg.scan_layers:
+            return self.layers(x, ctx, kv)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            x, layer_kv = layer(x, ctx, None if kv is None else (kv[0][i], kv[1][i]))
+            if layer_kv is not None:
+                new_k.append(layer_kv[0])
+                new_v.append(layer_kv[1])
+        return x, (None if kv is None else (jnp.stack(new_k), jnp.stack(new_v)))
+
+    def _logits(self, x):
+        x = self.final_norm(x)
+        if self.cfg.tie_word_embeddings:
+            logits = self.embed.attend(x)
+        else:
+            logits = self.lm_head(x)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """tokens, positions, segment_ids: [B, T] -> float32 logits [B, T, V].
+
+        segment_ids (0 = padding) keeps packed sequences from attending to each other; leave
+        it None for right-padded rows, which then take the plain causal (flash) path.
+        """
+        x = constrain(self.embed(tokens), ("batch", "length", "embed"))
+        sin, cos = rope_tables(self.cfg, positions)
+        mask = self._train_mask(segment_ids, positions)
+        x, _ = self._layers(x, dict(sin=sin, cos=cos, mask=mask, index=None), None)
+        return self._logits(x)
+
+    def _train_mask(self, segment_ids, positions):
+        if segment_ids is None and self.cfg.sliding_window is None:
+            return None
+        t = positions.shape[1]
+        mask = jnp.tril(jnp.ones((t, t), bool))[None]
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        if self.cfg.sliding_window is not None:
+            mask = mask & (positions[:, :, None] - positions[:, None, :] < self.cfg.sliding_window)
+        return mask[:, None]
+
+    def extend(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
+               cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Run a chunk [B, T] written at cache slots index..index+T; prefill and decode alike.
+
+        token_mask [B, T] marks real tokens (False for left padding). A query attends to valid
+        cache slots at or before its own slot; slots are shared across rows, positions are
+        per row, so left-padded prompts of different lengths decode together.
+        """
+        t = tokens.shape[1]
+        index = cache["index"]
+        kv_mask = jax.lax.dynamic_update_slice(cache["mask"], token_mask, (0, index))
+        slots = jnp.arange(kv_mask.shape[1])
+        q_slots = index + jnp.arange(t)
+        mask = (slots[None, :] <= q_slots[:, None])[None] & kv_mask[:, None, :]
+        if self.cfg.sliding_window is not None:
+            mask = mask & (q_slots[:, None] - slots[None, :] < self.cfg.sliding_window)[None]
+        x = constrain(self.embed(tokens), ("batch", "length", "embed"))
+        sin, cos = rope_tables(self.cfg, positions)
+        ctx = dict(sin=sin, cos=cos, mask=mask[:, None], index=index)
+        x, (k, v) = self._layers(x, ctx, (cache["k"], cache["v"]))
+        new_cache = dict(k=k, v=v, mask=kv_mask, index=index + t)
+        return self._logits(x), new_cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
+    """An empty KV cache with `length` slots per row."""
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.jnp_dtype
+    return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                mask=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
+
+
+CACHE_LOGICAL_AXES = dict(
+    k=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    v=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    mask=("batch", "cache_length"),
+    index=(),
+)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, boxed: bool = False):
+    """Random parameters (boxed with logical names when `boxed`, else a plain pytree)."""
+    model = Transformer(cfg)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = model.init(rng, tokens, tokens)
+    params = variables["params"]
+    return params if boxed else nn.meta.unbox(params)
+
+
+def abstract_params(cfg: ModelConfig):
+    """Boxed ShapeDtypeStructs of the parameters, without allocating them."""
+    return jax.eval_shape(lambda r: init_params(cfg, r, boxed=True), jax.random.key(0))

@@ -24,11 +24,12 @@ TIMEOUT_S = 3
 MAX_SYMBOLIC_CHARS = 300
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_ANSWER_IS_RE = re.compile(r"(?:\bthe\s+(?:final\s+)?answer|\bfinal\s+answer)\s+is\b\s*:?", re.I)
+# No leading \b: generations sometimes hold a literal "\n" right before "The answer is".
+_ANSWER_IS_RE = re.compile(r"(?:the\s+(?:final\s+)?answer|final\s+answer)\s+is\b\s*:?", re.I)
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _UNIT_TEXT_RE = re.compile(r"\s*\\(?:text|textbf|mbox|mathrm)\{[^{}]*\}(?:\^\{?[23]\}?)?\s*$")
-_UNIT_WORD_RE = re.compile(r"\s+[A-Za-z]+\.?(?:\^\{?[23]\}?)?\s*$")
+_UNIT_WORD_RE = re.compile(r"\s+[A-Za-z]{2,}\.?(?:\^\{?[23]\}?)?\s*$")
 _DEGREE_RE = re.compile(r"\^\s*\{?\\circ\}?|\\circ|°|\\degree")
 
 
@@ -76,12 +77,7 @@ def last_boxed(text: str) -> str | None:
 
 def _clean_answer_is(tail: str) -> str:
     """Strip the decoration models put around "The answer is X."."""
-    s = tail.strip()
-    if _BOX_RE.search(s):
-        inner = last_boxed(s)
-        if inner is not None:
-            return inner
-    s = s.rstrip(" .")
+    s = tail.strip().rstrip(" .")
     if len(s) >= 2 and s.startswith("$") and s.endswith("$"):
         s = s.strip("$").strip()
     elif s.startswith("$") and _NUMBER_RE.fullmatch(s[1:].replace(",", "")):
@@ -92,8 +88,9 @@ def _clean_answer_is(tail: str) -> str:
 def extract_answer(text: str) -> str | None:
     """The final answer stated in a solution, or None when it states none.
 
-    Precedence: GSM8K's ``#### N`` (commas stripped) wins; otherwise whichever of the last
-    ``\\boxed{}``/``\\fbox{}`` or the last "The answer is ..." comes later in the text.
+    Precedence: GSM8K's ``#### N`` (commas stripped), then the last complete
+    ``\\boxed{}``/``\\fbox{}``, then the last "The answer is ...". A box beats a later
+    "the answer is" because MATH prose says things like "the answer is yes!" after it.
     """
     if not isinstance(text, str):
         return None
@@ -101,20 +98,13 @@ def extract_answer(text: str) -> str | None:
         tail = text.rsplit("####", 1)[1].strip().split("\n", 1)[0]
         ans = tail.replace(",", "").strip().rstrip(".").strip().lstrip("$").strip()
         return ans or None
-    candidates: list[tuple[int, str]] = []
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        found = _boxed_content(text, m.end())
-        if found is not None:
-            candidates.append((m.start(), found[0].strip()))
-            break
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
     said = list(_ANSWER_IS_RE.finditer(text))
-    if said:
-        m = said[-1]
-        candidates.append((m.start(), _clean_answer_is(text[m.end() :].split("\n", 1)[0])))
-    candidates = [c for c in candidates if c[1]]
-    if not candidates:
+    if not said:
         return None
-    return max(candidates)[1]
+    return _clean_answer_is(text[said[-1].end() :].split("\n", 1)[0]) or None
 
 
 def gsm8k_gold(answer_field: str) -> str:
@@ -185,10 +175,11 @@ def _symbolic_equiv(prediction: str, gold: str) -> bool:
 def is_equiv(prediction: str | None, gold: str) -> bool:
     """Whether a predicted final answer means the same as the gold answer.
 
-    Tries math-verify (symbolic: fractions, radicals, sets, intervals, tuples), then a
-    numeric comparison with relative tolerance 1e-6 after stripping currency, percent,
-    thousands separators, degrees and trailing units, then a normalized string match.
-    Pass extracted answers (see ``extract_answer``), not whole solutions.
+    True when any check passes, cheapest first: a numeric comparison (relative tolerance
+    1e-6) after stripping currency, percent, thousands separators, degrees and trailing
+    units; a normalized string match; math-verify (symbolic: fractions, radicals, sets,
+    intervals, tuples, matrices). Pass extracted answers (see ``extract_answer``), not
+    whole solutions.
     """
     if not isinstance(prediction, str) or not isinstance(gold, str):
         return False

@@ -1,0 +1,83 @@
+"""Check a converted checkpoint: the same prompt through critique_jax and transformers (PyTorch).
+
+    python -m critique_jax.check_hf HF_DIR [--prompt TEXT] [--dtype float32]
+
+Prints one JSON line last: {"max_abs_logit_diff", "kl", "top1_agreement", "n_tokens", "ok"}
+and exits 1 when the difference is beyond tolerance. Tolerances: float32 max |dlogit| <= 1e-3
+(real checkpoints have logits of magnitude ~30, so this is ~1e-5 relative) and KL <= 1e-6;
+bfloat16 compute is compared by KL <= 5e-2 and top-1 agreement >= 0.9 only, since bf16
+rounding alone moves logits by ~0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+TOLERANCES = {
+    "float32": dict(max_abs_logit_diff=1e-3, kl=1e-6, top1_agreement=1.0),
+    "bfloat16": dict(max_abs_logit_diff=float("inf"), kl=5e-2, top1_agreement=0.9),
+}
+
+
+def compare(hf_dir: str, prompt: str, dtype: str = "float32") -> dict:
+    import jax.numpy as jnp
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from critique_jax.models import Transformer
+    from critique_jax.models.hf import load_hf, load_tokenizer
+
+    cfg, params = load_hf(hf_dir, dtype=dtype, param_dtype=dtype)
+    tokenizer = load_tokenizer(hf_dir, cfg)
+    ids = tokenizer(prompt, return_tensors="np")["input_ids"].astype(np.int32)
+    positions = np.arange(ids.shape[1], dtype=np.int32)[None]
+    ours = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(ids),
+                                             jnp.asarray(positions)), np.float64)[0]
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype).eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids.astype(np.int64))).logits[0]
+    ref = ref.float().numpy().astype(np.float64)[:, : ours.shape[-1]]
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(ours)
+    kl = float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+    return dict(
+        max_abs_logit_diff=float(np.abs(ours - ref).max()),
+        kl=kl,
+        top1_agreement=float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
+        n_tokens=int(ids.shape[1]),
+    )
+
+
+def within_tolerance(result: dict, dtype: str) -> bool:
+    tol = TOLERANCES[dtype]
+    return (result["max_abs_logit_diff"] <= tol["max_abs_logit_diff"]
+            and result["kl"] <= tol["kl"] and result["top1_agreement"] >= tol["top1_agreement"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("hf_dir")
+    parser.add_argument("--prompt", default="Question: Natalia sold clips to 48 of her friends "
+                        "in April, and then she sold half as many clips in May. How many clips "
+                        "did Natalia sell altogether in April and May? Let's think step by step.")
+    parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCES))
+    args = parser.parse_args(argv)
+    result = compare(args.hf_dir, args.prompt, args.dtype)
+    result["ok"] = within_tolerance(result, args.dtype)
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

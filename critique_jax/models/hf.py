@@ -1,0 +1,426 @@
+"""Hugging Face checkpoint import and export.
+
+Import reads config.json and (sharded) safetensors tensor by tensor through memory maps and
+places each parameter straight onto its target sharding, so a large checkpoint never needs a
+full extra host copy. Export writes safetensors + config.json that transformers loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_dtypes
+import numpy as np
+from jax.sharding import Sharding, SingleDeviceSharding
+
+from critique_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
+from critique_jax.models.transformer import abstract_params
+
+
+class CheckpointFormatError(ValueError):
+    """An HF directory or tensor that cannot be mapped onto the model."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
+    """Map an HF config.json dict onto ModelConfig (overrides: dtype, scan_layers, remat...)."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointFormatError(
+            f"model_type {model_type!r} is not supported; critique_jax covers "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3)."
+        )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointFormatError(f"hidden_act {hf['hidden_act']!r} unsupported (only silu).")
+    if hf.get("mlp_bias"):
+        raise CheckpointFormatError("mlp_bias=true is not supported.")
+    if hf.get("use_sliding_window") and model_type in ("qwen2", "qwen3"):
+        raise CheckpointFormatError("Qwen use_sliding_window=true is not supported.")
+    rope = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    rope = {**legacy, **rope}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise CheckpointFormatError(
+            f"rope type {rope_type!r} is not supported (default, linear, llama3 are)."
+        )
+    scaling = RopeScaling(
+        rope_type=rope_type,
+        factor=float(rope.get("factor", 1.0)),
+        low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(rope.get("original_max_position_embeddings", 8192)),
+    )
+    heads = hf["num_attention_heads"]
+    attention_bias = bool(hf.get("attention_bias", False))
+    eos = hf.get("eos_token_id")
+    fields = dict(
+        model_type=model_type,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        rope_scaling=scaling,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2" or (model_type != "mistral" and attention_bias),
+        o_bias=model_type in ("llama", "qwen3") and attention_bias,
+        qk_norm=model_type == "qwen3",
+        sliding_window=hf.get("sliding_window") if model_type == "mistral" else None,
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+    )
+    return ModelConfig(**{**fields, **overrides})
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """config.json fields (legacy rope keys, which transformers 4.x and 5.x both read)."""
+    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+            "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[cfg.model_type]
+    out: dict[str, Any] = dict(
+        architectures=[arch], model_type=cfg.model_type, vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_act="silu",
+        rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        max_position_embeddings=cfg.max_position_embeddings,
+        torch_dtype=cfg.param_dtype,
+    )
+    if cfg.model_type in ("llama", "qwen3"):
+        out["attention_bias"] = cfg.qkv_bias
+    if cfg.model_type == "mistral":
+        out["sliding_window"] = cfg.sliding_window
+    rs = cfg.rope_scaling
+    if rs.rope_type != "default":
+        out["rope_scaling"] = dict(rope_type=rs.rope_type, factor=rs.factor)
+        if rs.rope_type == "llama3":
+            out["rope_scaling"].update(
+                low_freq_factor=rs.low_freq_factor, high_freq_factor=rs.high_freq_factor,
+                original_max_position_embeddings=rs.original_max_position_embeddings)
+    if cfg.bos_token_id is not None:
+        out["bos_token_id"] = cfg.bos_token_id
+    if cfg.eos_token_id is not None:
+        eos = cfg.eos_token_id
+        out["eos_token_id"] = list(eos) if isinstance(eos, tuple) else eos
+    return out
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+              "F64": np.float64, "I64": np.int64, "I32": np.int32}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+
+class SafetensorsIndex:
+    """Memory-mapped view of all tensors of a checkpoint directory (sharded or not)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        index = directory / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (directory / "model.safetensors").exists():
+            files = ["model.safetensors"]
+        else:
+            found = sorted(p.name for p in directory.iterdir())
+            hint = (" It has PyTorch .bin weights: convert them to safetensors first "
+                    "(transformers: model.save_pretrained(dir, safe_serialization=True))."
+                    if any(n.endswith(".bin") for n in found) else "")
+            raise CheckpointFormatError(
+                f"{directory} holds no model.safetensors or model.safetensors.index.json "
+                f"(found: {found[:10]}).{hint}"
+            )
+        self.tensors: dict[str, tuple[Path, dict[str, Any], int]] = {}
+        for name in files:
+            path = directory / name
+            with path.open("rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            for key, info in header.items():
+                self.tensors[key] = (path, info, 8 + n)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+    def get(self, key: str) -> np.ndarray:
+        path, info, base = self.tensors[key]
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise CheckpointFormatError(f"tensor {key} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        return np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape) \
+            if end > start else np.zeros(shape, dtype)
+
+
+def _heads_in(w, cfg, n):  # HF [n*h, e] -> ours [e, n, h]
+    return w.T.reshape(cfg.hidden_size, n, cfg.head_dim)
+
+
+def _heads_in_back(w, cfg, n):
+    return w.reshape(cfg.hidden_size, n * cfg.head_dim).T
+
+
+# (our path inside a layer, HF name inside model.layers.{i}, to_ours, to_hf, present?)
+Transform = Callable[[np.ndarray, ModelConfig], np.ndarray]
+_T = lambda w, cfg: w.T  # noqa: E731
+_ID = lambda w, cfg: w  # noqa: E731
+
+LAYER_TENSORS: list[tuple[str, str, Transform, Transform, Callable[[ModelConfig], bool]]] = [
+    ("attn/q/kernel", "self_attn.q_proj.weight",
+     lambda w, c: _heads_in(w, c, c.num_heads), lambda w, c: _heads_in_back(w, c, c.num_heads),
+     lambda c: True),
+    ("attn/k/kernel", "self_attn.k_proj.weight",
+     lambda w, c: _heads_in(w, c, c.num_kv_heads),
+     lambda w, c: _heads_in_back(w, c, c.num_kv_heads), lambda c: True),
+    ("attn/v/kernel", "self_attn.v_proj.weight",
+     lambda w, c: _heads_in(w, c, c.num_kv_heads),
+     lambda w, c: _heads_in_back(w, c, c.num_kv_heads), lambda c: True),
+    ("attn/q/bias", "self_attn.q_proj.bias", lambda w, c: w.reshape(c.num_heads, c.head_dim),
+     lambda w, c: w.reshape(-1), lambda c: c.qkv_bias),
+    ("attn/k/bias", "self_attn.k_proj.bias", lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
+     lambda w, c: w.reshape(-1), lambda c: c.qkv_bias),
+    ("attn/v/bias", "self_attn.v_proj.bias", lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
+     lambda w, c: w.reshape(-1), lambda c: c.qkv_bias),
+    ("attn/o/kernel", "self_attn.o_proj.weight",
+     lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
+     lambda w, c: w.reshape(c.num_heads * c.head_dim, c.hidden_size).T, lambda c: True),
+    ("attn/o/bias", "self_attn.o_proj.bias", _ID, _ID, lambda c: c.o_bias),
+    ("attn/q_norm/scale", "self_attn.q_norm.weight", _ID, _ID, lambda c: c.qk_norm),
+    ("attn/k_norm/scale", "self_attn.k_norm.weight", _ID, _ID, lambda c: c.qk_norm),
+    ("mlp/gate/kernel", "mlp.gate_proj.weight", _T, _T, lambda c: True),
+    ("mlp/up/kernel", "mlp.up_proj.weight", _T, _T, lambda c: True),
+    ("mlp/down/kernel", "mlp.down_proj.weight", _T, _T, lambda c: True),
+    ("input_norm/scale", "input_layernorm.weight", _ID, _ID, lambda c: True),
+    ("post_attn_norm/scale", "post_attention_layernorm.weight", _ID, _ID, lambda c: True),
+]
+
+TOP_TENSORS: list[tuple[str, str, Transform, Transform, Callable[[ModelConfig], bool]]] = [
+    ("embed/embedding", "model.embed_tokens.weight", _ID, _ID, lambda c: True),
+    ("final_norm/scale", "model.norm.weight", _ID, _ID, lambda c: True),
+    ("lm_head/kernel", "lm_head.weight", _T, _T, lambda c: not c.tie_word_embeddings),
+]
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split("/")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _get(tree: dict, path: str) -> Any:
+    for p in path.split("/"):
+        tree = tree[p]
+    return tree
+
+
+def param_entries(cfg: ModelConfig) -> Iterator[tuple[str, list[str], Transform, Transform]]:
+    """(our param path, the HF tensor names stacked into it, to_ours, to_hf), in file order."""
+    for ours, hf, to_ours, to_hf, present in TOP_TENSORS[:1]:
+        yield ours, [hf], to_ours, to_hf
+    for ours, hf, to_ours, to_hf, present in LAYER_TENSORS:
+        if not present(cfg):
+            continue
+        names = [f"model.layers.{i}.{hf}" for i in range(cfg.num_layers)]
+        if cfg.scan_layers:
+            yield f"layers/{ours}", names, to_ours, to_hf
+        else:
+            for i, name in enumerate(names):
+                yield f"layers_{i}/{ours}", [name], to_ours, to_hf
+    for ours, hf, to_ours, to_hf, present in TOP_TENSORS[1:]:
+        if present(cfg):
+            yield ours, [hf], to_ours, to_hf
+
+
+# --------------------------------------------------------------------------- import
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    path = resolve_checkpoint_dir(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointFormatError(
+            f"{path} is not a Hugging Face checkpoint directory: config.json is missing. "
+            "Point --model/model.path at a directory saved by transformers' save_pretrained."
+        )
+    return json.loads(cfg_file.read_text())
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A local directory, or a hub repo id downloaded to the HF cache (needs network)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise CheckpointFormatError(f"{p} is a file; give the checkpoint *directory*.")
+    if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(
+                str(path), allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model",
+                                           "*.txt", "*.jinja"]))
+        except Exception as e:  # noqa: BLE001 - any hub failure means the same fix
+            raise CheckpointFormatError(
+                f"{path} is not a local directory and could not be fetched from the hub ({e}). "
+                "Download it elsewhere and pass the local directory."
+            ) from e
+    raise CheckpointFormatError(f"checkpoint directory {p} does not exist.")
+
+
+def load_hf(
+    path: str | Path,
+    shardings: Any | None = None,
+    **overrides: Any,
+) -> tuple[ModelConfig, dict]:
+    """Read an HF checkpoint into (ModelConfig, params).
+
+    `shardings`: a pytree of Shardings matching the params (e.g. from
+    `sharding.param_shardings(abstract_params(cfg), mesh)`), or a callable cfg -> such a
+    pytree; each tensor is placed directly onto its shards. Default: the first device.
+    """
+    directory = resolve_checkpoint_dir(path)
+    cfg = config_from_hf(read_hf_config(directory), **overrides)
+    tensors = SafetensorsIndex(directory)
+    abstract = nn.meta.unbox(abstract_params(cfg))
+    if callable(shardings):
+        shardings = shardings(cfg)
+    params: dict = {}
+    for ours, names, to_ours, to_hf in param_entries(cfg):
+        target = _get(abstract, ours)
+        expected_one = target.shape[1:] if len(names) > 1 else target.shape
+        hf_shape = jax.eval_shape(
+            lambda w, fn=to_hf: fn(w, cfg), jax.ShapeDtypeStruct(expected_one, np.float32)
+        ).shape
+        parts = []
+        for name in names:
+            if name not in tensors:
+                raise CheckpointFormatError(
+                    f"tensor {name} is missing from {directory} (needed for {ours} of a "
+                    f"{cfg.model_type} model); the checkpoint does not match its config.json."
+                )
+            raw = tensors.get(name)
+            if tuple(raw.shape) != tuple(hf_shape):
+                raise CheckpointFormatError(
+                    f"tensor {name} has shape {tuple(raw.shape)} but config.json implies "
+                    f"{tuple(hf_shape)}; the checkpoint and its config.json disagree."
+                )
+            parts.append(to_ours(raw, cfg).astype(cfg.jnp_param_dtype))
+        host = np.stack(parts) if len(names) > 1 else parts[0]
+        sharding = _get(shardings, ours) if shardings is not None else SingleDeviceSharding(
+            jax.devices()[0])
+        _set(params, ours, _place(host, sharding))
+    return cfg, params
+
+
+def _place(host: np.ndarray, sharding: Sharding) -> jax.Array:
+    """Put a host array on its shards; each process only materialises its own slices."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def load_tokenizer(path: str | Path, cfg: ModelConfig | None = None):
+    """AutoTokenizer from the same directory; checks its vocab fits the embedding."""
+    from transformers import AutoTokenizer
+
+    directory = resolve_checkpoint_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
+        raise CheckpointFormatError(
+            f"no usable tokenizer in {directory} ({type(e).__name__}: {e}); save one there with "
+            "tokenizer.save_pretrained(dir) or set model.tokenizer to another directory."
+        ) from e
+    if cfg is not None:
+        check_vocab(tok, cfg)
+    return tok
+
+
+def check_vocab(tokenizer, cfg: ModelConfig) -> None:
+    if len(tokenizer) > cfg.vocab_size:
+        raise CheckpointFormatError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has only "
+            f"{cfg.vocab_size} rows: token ids past {cfg.vocab_size - 1} would index out of "
+            "range. Use the tokenizer saved with this checkpoint, or resize the embedding."
+        )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def save_hf(
+    cfg: ModelConfig,
+    params: dict,
+    out_dir: str | Path,
+    tokenizer: Any | None = None,
+    max_shard_bytes: int = 4 * 1024**3,
+) -> Path:
+    """Write params as an HF directory transformers loads; atomic (temp dir, then rename)."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        shards: list[dict[str, np.ndarray]] = [{}]
+        size = 0
+        for ours, names, _, to_hf in param_entries(cfg):
+            value = _gather(_get(params, ours))
+            for i, name in enumerate(names):
+                layer = value[i] if len(names) > 1 else value
+                tensor = np.ascontiguousarray(to_hf(layer, cfg))
+                if size + tensor.nbytes > max_shard_bytes and shards[-1]:
+                    shards.append({})
+                    size = 0
+                shards[-1][name] = tensor
+                size += tensor.nbytes
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            weight_map, total = {}, 0
+            for k, shard in enumerate(shards):
+                fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+                weight_map.update({name: fname for name in shard})
+                total += sum(t.nbytes for t in shard.values())
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+    """Full host copy of one parameter (all processes take part on multi-host)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))

@@ -1,0 +1,91 @@
+"""Shape buckets and the split of a request into compiled calls.
+
+Every distinct (batch, prompt length) shape is a new XLA program, so both are rounded up to
+a few sizes: powers of two above a floor, capped at a maximum. A request with more rows
+than the largest batch is split into several calls (never rejected); a prompt longer than
+the largest length bucket is an error, raised before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """min_length/max_length: prompt-length buckets (max_length None = the model's maximum
+    context). min_batch: the smallest prompts-per-call bucket. max_batch: the most decode rows
+    (prompts x samples) per call. multiple: every batch is a multiple of it (set to the
+    number of data-parallel devices so rows split evenly over them)."""
+
+    min_length: int = 32
+    max_length: int | None = None
+    min_batch: int = 1
+    max_batch: int = 64
+    multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min_length < 1 or self.min_batch < 1 or self.max_batch < 1 or self.multiple < 1:
+            raise ValueError(f"bucket sizes must be positive: {self}")
+        if self.max_length is not None and self.max_length < self.min_length:
+            raise ValueError(f"max_length={self.max_length} < min_length={self.min_length}")
+        if self.max_batch < self.min_batch:
+            raise ValueError(f"max_batch={self.max_batch} < min_batch={self.min_batch}")
+
+    def length(self, n: int, model_max: int) -> int:
+        """The prompt-length bucket of a prompt block of `n` tokens."""
+        cap = min(self.max_length or model_max, model_max)
+        if n > cap:
+            raise ValueError(
+                f"prompt of {n} tokens is longer than the largest prompt bucket ({cap} tokens: "
+                f"max_length={self.max_length}, model max_position_embeddings={model_max}). "
+                "Shorten or truncate the prompt, or raise Buckets.max_length."
+            )
+        return min(max(_next_pow2(n), self.min_length), cap)
+
+    def batch(self, n: int, cap: int) -> int:
+        """The batch bucket of `n` rows, at most `cap` (rounded up to `multiple`)."""
+        b = min(max(_next_pow2(n), self.min_batch), max(cap, 1))
+        return -(-b // self.multiple) * self.multiple
+
+
+@dataclass(frozen=True)
+class Call:
+    """One prefill + decode: `prompts` (indices into the request, -1 = padding row), each
+    fanned out to `fanout` rows whose sample indices start at `sample_start`."""
+
+    prompts: tuple[int, ...]
+    fanout: int
+    sample_start: int
+
+    def row_indices(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per decode row: prompt index, sample index, and whether the row is real."""
+        prompt = np.repeat(np.asarray(self.prompts, np.int32), self.fanout)
+        sample = np.tile(np.arange(self.fanout, dtype=np.int32) + self.sample_start,
+                         len(self.prompts))
+        active = (prompt >= 0) & (sample < n)
+        return prompt, sample, active
+
+
+def plan_calls(lengths: list[int], n: int, buckets: Buckets) -> list[Call]:
+    """Group prompts (sorted by length, so a call pads little) into calls of at most
+    `max_batch` decode rows; when n alone exceeds max_batch, a prompt's samples span calls.
+    Rows are keyed by (prompt, sample) index, so the grouping does not change any sample."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if n > buckets.max_batch:
+        fanout = buckets.max_batch
+        return [Call((p,) + (-1,) * (buckets.batch(1, 1) - 1), fanout, s)
+                for p in order for s in range(0, n, fanout)]
+    per_call = buckets.max_batch // n
+    calls = []
+    for start in range(0, len(order), per_call):
+        chunk = tuple(order[start:start + per_call])
+        size = buckets.batch(len(chunk), per_call)
+        calls.append(Call(chunk + (-1,) * (size - len(chunk)), n, 0))
+    return calls

@@ -1,0 +1,185 @@
+"""The compiled core: prefill a left-padded prompt block, then decode in a `lax.while_loop`.
+
+Prefill runs the prompt block through `Transformer.extend` once, filling a KV cache with
+`prompt bucket + max_new_tokens` slots, and repeats the cache `fanout` times along the batch
+so the n samples of a prompt share one prefill. Decode feeds one token per step through the
+same `extend` (the training graph), writes tokens and log-probs into preallocated buffers,
+and stops when every row has hit a stop id or `max_new_tokens` is reached. The cache is
+donated to decode, so the loop updates it in place instead of copying it.
+
+Parameters are an argument of every compiled function, never a constant: the actor and the
+critic share one compiled sampler when their architecture matches, and new parameters after
+a training step do not recompile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from critique_jax.models import (
+    CACHE_LOGICAL_AXES,
+    ModelConfig,
+    Transformer,
+    abstract_params,
+    init_cache,
+)
+from critique_jax.sampling.filters import FilterSpec, row_keys, sample_tokens, token_logprobs
+from critique_jax.sharding import constrain, named, param_shardings
+
+Params = Any
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class DecodeOut:
+    """Device arrays of one call: tokens/logprobs [B, max_new]; lengths, stopped [B]."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+
+
+def _repeat(x: jax.Array, fanout: int, axis: int) -> jax.Array:
+    return x if fanout == 1 else jnp.repeat(x, fanout, axis=axis)
+
+
+def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, token_mask):
+    batch = tokens.shape[0]
+    positions = jnp.maximum(jnp.cumsum(token_mask, axis=-1) - 1, 0).astype(jnp.int32)
+    cache = init_cache(model.cfg, batch, cache_len)
+    cache = {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
+    logits, cache = model.apply({"params": params}, tokens, positions, token_mask, cache,
+                                method=Transformer.extend)
+    cache = dict(k=_repeat(cache["k"], fanout, 1), v=_repeat(cache["v"], fanout, 1),
+                 mask=_repeat(cache["mask"], fanout, 0), index=cache["index"])
+    lengths = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
+    return cache, _repeat(logits[:, -1], fanout, 0), _repeat(lengths, fanout, 0)
+
+
+def _decode(model: Transformer, spec: FilterSpec, max_new: int, params, cache, logits,
+            prompt_lengths, prompt_index, sample_index, active, stop_ids, seed, temperature,
+            top_p, min_p):
+    batch = logits.shape[0]
+    keys = row_keys(seed, prompt_index, sample_index)
+
+    def choose(step_logits, step):
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
+        tok = sample_tokens(step_keys, step_logits, spec, temperature, top_p, min_p)
+        return tok, token_logprobs(step_logits, tok)
+
+    def is_stop(tok):
+        return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+
+    tok, lp = choose(logits, 0)
+    out_tok = jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(tok)
+    out_lp = jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(lp)
+    stopped = active & is_stop(tok)
+    done = ~active | stopped
+    lengths = active.astype(jnp.int32)
+
+    def cond(c):
+        return (c[0] < max_new) & ~jnp.all(c[6])
+
+    def body(c):
+        step, tok, cache, out_tok, out_lp, lengths, done, stopped = c
+        positions = (prompt_lengths + step - 1)[:, None]
+        step_logits, cache = model.apply(
+            {"params": params}, tok[:, None], positions, jnp.ones((batch, 1), bool), cache,
+            method=Transformer.extend,
+        )
+        new, lp = choose(step_logits[:, 0], step)
+        live = ~done
+        new = jnp.where(live, new, 0)
+        out_tok = jax.lax.dynamic_update_slice(out_tok, new[:, None], (0, step))
+        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None],
+                                              (0, step))
+        hit = live & is_stop(new)
+        return (step + 1, new, cache, out_tok, out_lp, lengths + live, done | hit,
+                stopped | hit)
+
+    carry = (jnp.int32(1), tok, cache, out_tok, out_lp, lengths, done, stopped)
+    _, _, cache, out_tok, out_lp, lengths, _, stopped = jax.lax.while_loop(cond, body, carry)
+    return DecodeOut(out_tok, out_lp, lengths, stopped), cache
+
+
+class Engine:
+    """Compiled prefill and decode for one architecture (and mesh); shapes vary by bucket."""
+
+    def __init__(self, cfg: ModelConfig, mesh: Mesh | None = None):
+        self.cfg = cfg
+        self.mesh = mesh
+        self.model = Transformer(cfg)
+        self._fns: dict[tuple, Any] = {}
+        if mesh is not None:
+            self.param_shardings = param_shardings(abstract_params(cfg), mesh)
+
+    def _jit(self, key: tuple, fn, shardings, donate=()):
+        """jit `fn` once per static `key`; `shardings()` gives (in, out) on a mesh."""
+        if key not in self._fns:
+            kw: dict[str, Any] = dict(donate_argnums=donate)
+            if self.mesh is not None:
+                kw["in_shardings"], kw["out_shardings"] = shardings()
+            self._fns[key] = jax.jit(fn, **kw)
+        return self._fns[key]
+
+    def _named(self, *names: str | None) -> NamedSharding:
+        if not names:
+            return NamedSharding(self.mesh, PartitionSpec())
+        return named(self.mesh, *names)
+
+    def _cache_shardings(self) -> dict[str, NamedSharding]:
+        return {k: named(self.mesh, *v) for k, v in CACHE_LOGICAL_AXES.items()}
+
+    def _in_mesh(self, fn, *args):
+        if self.mesh is None:
+            return fn(*args)
+        with jax.set_mesh(self.mesh):
+            return fn(*args)
+
+    def prefill(self, params: Params, tokens: np.ndarray, token_mask: np.ndarray, fanout: int,
+                cache_len: int):
+        """Left-padded prompts [B, P] -> (cache, last logits, prompt lengths), B * fanout rows."""
+
+        def fn(params, tokens, token_mask):
+            return _prefill(self.model, fanout, cache_len, params, tokens, token_mask)
+
+        def shardings():
+            rows = self._named("batch", "length")
+            ins = (self.param_shardings, rows, rows)
+            return ins, (self._cache_shardings(), self._named("batch", "vocab"),
+                         self._named("batch"))
+
+        jitted = self._jit(("prefill", fanout, cache_len), fn, shardings)
+        return self._in_mesh(jitted, params, tokens, token_mask)
+
+    def decode(self, params: Params, prefilled, spec: FilterSpec, max_new: int,
+               prompt_index: np.ndarray, sample_index: np.ndarray, active: np.ndarray,
+               stop_ids: np.ndarray, seed: int, temperature: float, top_p: float,
+               min_p: float) -> DecodeOut:
+        """Decode from `prefill`'s output (its cache is donated: do not reuse it)."""
+        cache, logits, lengths = prefilled
+
+        def fn(params, cache, logits, lengths, *rest):
+            return _decode(self.model, spec, max_new, params, cache, logits, lengths, *rest)
+
+        def shardings():
+            row, rows, rep = self._named("batch"), self._named("batch", None), self._named()
+            cache_sh = self._cache_shardings()
+            ins = (self.param_shardings, cache_sh, self._named("batch", "vocab"), row, row, row,
+                   row, rep, rep, rep, rep, rep)
+            return ins, (DecodeOut(rows, rows, row, row), cache_sh)
+
+        jitted = self._jit(("decode", spec, max_new), fn, shardings, donate=(1,))
+        out, _ = self._in_mesh(
+            jitted, params, cache, logits, lengths, prompt_index, sample_index, active,
+            stop_ids, np.int32(seed), np.float32(temperature), np.float32(top_p),
+            np.float32(min_p),
+        )
+        return out

@@ -35,8 +35,10 @@ def compare(hf_dir: str, prompt: str, dtype: str = "float32") -> dict:
     tokenizer = load_tokenizer(hf_dir, cfg)
     ids = tokenizer(prompt, return_tensors="np")["input_ids"].astype(np.int32)
     positions = np.arange(ids.shape[1], dtype=np.int32)[None]
-    ours = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(ids),
-                                             jnp.asarray(positions)), np.float64)[0]
+    ours = np.asarray(
+        Transformer(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(positions)),
+        np.float64,
+    )[0]
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype).eval()
@@ -60,17 +62,24 @@ def compare(hf_dir: str, prompt: str, dtype: str = "float32") -> dict:
 
 def within_tolerance(result: dict, dtype: str) -> bool:
     tol = TOLERANCES[dtype]
-    return (result["max_abs_logit_diff"] <= tol["max_abs_logit_diff"]
-            and result["kl"] <= tol["kl"] and result["top1_agreement"] >= tol["top1_agreement"])
+    return (
+        result["max_abs_logit_diff"] <= tol["max_abs_logit_diff"]
+        and result["kl"] <= tol["kl"]
+        and result["top1_agreement"] >= tol["top1_agreement"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("hf_dir")
-    parser.add_argument("--prompt", default="Question: Natalia sold clips to 48 of her friends "
-                        "in April, and then she sold half as many clips in May. How many clips "
-                        "did Natalia sell altogether in April and May? Let's think step by step.")
+    parser.add_argument(
+        "--prompt",
+        default="Question: Natalia sold clips to 48 of her friends "
+        "in April, and then she sold half as many clips in May. How many clips "
+        "did Natalia sell altogether in April and May? Let's think step by step.",
+    )
     parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCES))
     args = parser.parse_args(argv)
     result = compare(args.hf_dir, args.prompt, args.dtype)

@@ -114,8 +114,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {list(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in
-                         enumerate(zip(value, args, strict=True)))
+            return tuple(
+                _coerce(v, a, f"{where}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -130,8 +132,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if tp in (int, str, bool) and isinstance(value, tp) and not (
-        tp is int and isinstance(value, bool)
+    if (
+        tp in (int, str, bool)
+        and isinstance(value, tp)
+        and not (tp is int and isinstance(value, bool))
     ):
         return value
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
@@ -148,9 +152,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys"
             f"{' under ' + where if where else ''}: {sorted(fields)}"
         )
-    kwargs = {
-        k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()
-    }
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:

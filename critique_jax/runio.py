@@ -44,8 +44,10 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 return
-            raise ValueError(f"{path}:{i + 1}: corrupt JSONL record ({e}); delete the line "
-                             "or the file to recompute it") from e
+            raise ValueError(
+                f"{path}:{i + 1}: corrupt JSONL record ({e}); delete the line "
+                "or the file to recompute it"
+            ) from e
 
 
 class JsonlWriter:
@@ -65,8 +67,10 @@ class JsonlWriter:
         self._file = self.path.open("a")
 
     def _rewrite_if_torn(self) -> None:
-        if self.path.exists() and self.path.read_text() and not self.path.read_text().endswith(
-            "\n"
+        if (
+            self.path.exists()
+            and self.path.read_text()
+            and not self.path.read_text().endswith("\n")
         ):
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 

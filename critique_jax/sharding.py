@@ -12,6 +12,7 @@ would force every op to agree on shardings, which buys little for a dense decode
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -83,3 +84,124 @@ def param_shardings(boxed_params, mesh: Mesh, rules=DEFAULT_RULES):
 
 def named(mesh: Mesh, *names: str | None, rules=DEFAULT_RULES) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(names, rules))
+
+
+# --------------------------------------------------------------------------- training additions
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+
+def rules_from_config(overrides: Sequence[Sequence[Any]] | None) -> Rules:
+    """`MeshConfig.rules` ([[logical, mesh_axes], ...] from YAML) merged over DEFAULT_RULES.
+
+    Every logical name given in `overrides` replaces all default entries of that name (so a
+    YAML `[[embed, null]]` turns FSDP of parameters off); other names keep their defaults.
+    """
+    if not overrides:
+        return DEFAULT_RULES
+    rules = []
+    for entry in overrides:
+        if len(entry) != 2 or not isinstance(entry[0], str):
+            raise ValueError(
+                f"mesh.rules entry {entry!r} must be [logical_name, mesh_axis | [axes] | null]"
+            )
+        name, axes = entry
+        axes = tuple(axes) if isinstance(axes, list | tuple) else axes
+        for axis in axes if isinstance(axes, tuple) else (axes,):
+            if axis is not None and axis not in MESH_AXES:
+                raise ValueError(
+                    f"mesh.rules maps {name!r} to unknown mesh axis {axis!r}; mesh axes are "
+                    f"{MESH_AXES}"
+                )
+        rules.append((name, axes))
+    given = {name for name, _ in rules}
+    return tuple(rules) + tuple(r for r in DEFAULT_RULES if r[0] not in given)
+
+
+def mesh_from_config(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of a `config.MeshConfig` (shape over (data, fsdp, tensor))."""
+    return make_mesh(mesh_cfg.shape, devices)
+
+
+def batch_axes(rules: Rules = DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes that the logical 'batch' axis (rows of a batch) is split over."""
+    spec = logical_to_spec(("batch",), rules)[0]
+    if spec is None:
+        return ()
+    return tuple(spec) if isinstance(spec, tuple) else (spec,)
+
+
+def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
+    """How many ways the rows of a batch are split: the product of the batch mesh axes."""
+    return int(np.prod([mesh.shape[a] for a in batch_axes(rules)], dtype=np.int64))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
+    """Rows (dim 0) over the batch axes, other dims replicated; fits a [B, ...] of any rank."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(rules) or None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _local_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
+    """[start, stop) of the global rows that this process's devices hold."""
+    slices = sharding.addressable_devices_indices_map((global_rows,)).values()
+    starts = [s[0].start or 0 for s in slices]
+    stops = [global_rows if s[0].stop is None else s[0].stop for s in slices]
+    return min(starts), max(stops)
+
+
+def shard_batch(
+    local: dict[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES
+) -> dict[str, jax.Array]:
+    """Assemble each process's share of a batch (its contiguous rows) into global arrays.
+
+    Every array's dim 0 is rows; process p holds global rows [p * n, (p + 1) * n) for n local
+    rows (what `data.batching.BatchIterator` yields), which requires the batch mesh axes to
+    span the processes (the usual layout: tensor parallelism inside a host).
+    """
+    sharding = batch_sharding(mesh, rules)
+    n = {k: len(v) for k, v in local.items()}
+    rows = next(iter(n.values()))
+    if any(v != rows for v in n.values()):
+        raise ValueError(f"batch arrays disagree on their number of rows: {n}")
+    global_rows = rows * jax.process_count()
+    start, stop = _local_rows(sharding, global_rows)
+    if (start, stop) != (jax.process_index() * rows, (jax.process_index() + 1) * rows):
+        raise ValueError(
+            f"process {jax.process_index()} was given {rows} rows but its devices hold global "
+            f"rows [{start}, {stop}) of {global_rows}; the batch axes {batch_axes(rules)} of "
+            f"mesh {dict(mesh.shape)} must be split across processes (put tensor parallelism "
+            "inside a host)."
+        )
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (global_rows,) +
+                                                  np.shape(v)[1:])
+        for k, v in local.items()
+    }
+
+
+def global_from_host(
+    batch: dict[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES
+) -> dict[str, jax.Array]:
+    """A batch that every process holds in full, placed as global arrays (rows sharded)."""
+    sharding = batch_sharding(mesh, rules)
+    return {
+        k: jax.make_array_from_callback(np.shape(v), sharding, lambda idx, v=v: np.asarray(v[idx]))
+        for k, v in batch.items()
+    }
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Put every leaf onto its sharding: jax arrays are resharded on device, host arrays are
+    copied shard by shard (each process only materialises its own slices)."""
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array):
+            return jax.device_put(x, sharding)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(one, tree, shardings)

@@ -10,8 +10,9 @@ import pytest
 
 def real_model_dir(name: str) -> Path:
     """The HF directory of a real model (e.g. 'smollm2-135m'), or skip the test."""
-    root = Path(os.environ.get("REAL_MODELS_DIR",
-                               Path.home() / ".cache" / "critique_jax" / "real_models"))
+    root = Path(
+        os.environ.get("REAL_MODELS_DIR", Path.home() / ".cache" / "critique_jax" / "real_models")
+    )
     directory = root / name / "hf"
     if not (directory / "config.json").exists():
         pytest.skip(f"{name} not built (python ../shared/tools/real_models.py {name})")

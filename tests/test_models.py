@@ -25,14 +25,27 @@ from critique_jax.models.hf import (  # noqa: E402
     save_hf,
 )
 
-COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                   original_max_position_embeddings=64)
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=64,
+)
 
 FAMILIES = {
-    "llama3-tied": lambda: tr.LlamaConfig(**COMMON, rope_theta=5e5, rope_scaling=LLAMA3_ROPE,
-                                          tie_word_embeddings=True),
+    "llama3-tied": lambda: tr.LlamaConfig(
+        **COMMON, rope_theta=5e5, rope_scaling=LLAMA3_ROPE, tie_word_embeddings=True
+    ),
     "llama2-untied-bias": lambda: tr.LlamaConfig(**COMMON, attention_bias=True),
     "mistral-sliding": lambda: tr.MistralConfig(**COMMON, sliding_window=4),
     "qwen2": lambda: tr.Qwen2Config(**COMMON, tie_word_embeddings=False),
@@ -66,8 +79,9 @@ def _torch_logits(model, ids, mask):
 
 
 def _our_logits(cfg, params, ids, mask, positions):
-    out = Transformer(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(positions),
-                                 jnp.asarray(mask))
+    out = Transformer(cfg).apply(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask)
+    )
     return np.asarray(out)
 
 
@@ -124,8 +138,9 @@ def test_bf16_checkpoint_round_trips(tmp_path):
     out = save_hf(cfg, params, tmp_path / "bf16-out")
     a, b = SafetensorsIndex(tmp_path / "bf16"), SafetensorsIndex(out)
     name = "model.layers.1.mlp.down_proj.weight"
-    assert np.array_equal(np.asarray(a.get(name)).view(np.uint16),
-                          np.asarray(b.get(name)).view(np.uint16))
+    assert np.array_equal(
+        np.asarray(a.get(name)).view(np.uint16), np.asarray(b.get(name)).view(np.uint16)
+    )
 
 
 def test_sharded_export_has_an_index_that_transformers_reads(tmp_path):
@@ -139,8 +154,9 @@ def test_sharded_export_has_an_index_that_transformers_reads(tmp_path):
     assert cfg2 == cfg
     reloaded = tr.AutoModelForCausalLM.from_pretrained(out).eval()
     ids, mask, _ = _padded_batch()
-    assert np.allclose(_torch_logits(reloaded, ids, mask), _torch_logits(model, ids, mask),
-                       atol=1e-5)
+    assert np.allclose(
+        _torch_logits(reloaded, ids, mask), _torch_logits(model, ids, mask), atol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- errors
@@ -170,7 +186,9 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     broken = dict(tensors)
     broken[name] = np.zeros((8, 64), np.float32)
     save_file(broken, str(directory / "model.safetensors"))
-    with pytest.raises(CheckpointFormatError, match=r"k_proj.weight has shape \(8, 64\).*\(32, 64\)"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"k_proj.weight has shape \(8, 64\).*\(32, 64\)"
+    ):
         load_hf(directory)
 
     del broken[name]
@@ -199,8 +217,12 @@ def test_tokenizer_larger_than_embedding_is_rejected():
 
 def test_check_hf_passes_on_real_smollm2():
     directory = real_model_dir("smollm2-135m")
-    proc = subprocess.run([sys.executable, "-m", "critique_jax.check_hf", str(directory)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "critique_jax.check_hf", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, result
     assert result["top1_agreement"] == 1.0

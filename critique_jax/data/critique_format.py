@@ -58,23 +58,6 @@ def _verdict_word(correct: bool) -> str:
     return "Correct" if correct else "Wrong"
 
 
-def format_critique(
-    steps: Sequence[StepVerdict], final_correct: bool, final_explanation: str
-) -> str:
-    """Render a critique in the canonical format; `parse_critique` inverts it."""
-    blocks = [
-        f"Step {s.index} sentence: {s.sentence.strip()}\n"
-        f"Correctness of the step: {_verdict_word(s.correct)}\n"
-        f"Explanation: {s.explanation.strip()}"
-        for s in steps
-    ]
-    blocks.append(
-        f"Correctness of the final answer: {_verdict_word(final_correct)}\n"
-        f"Explanation: {final_explanation.strip()}"
-    )
-    return "\n\n".join(blocks)
-
-
 # Markdown that may decorate a label: bullets, headings, quotes, list numbers, bold/italics.
 _LABEL_PREFIX = r"^[\s>#*_\-]*(?:\d+[.)]\s+)?[\s*_]*"
 _HEADER = re.compile(
@@ -180,7 +163,36 @@ def parse_critique(text: str) -> Critique:
     )
 
 
-_ANSWER_LINE = re.compile(r"^\W*(?:so,?\s+|therefore,?\s+|thus,?\s+)?the\s+(?:final\s+)?answer\s+is\b", re.I)
+def format_critique(
+    steps: Sequence[StepVerdict], final_correct: bool, final_explanation: str
+) -> str:
+    """Render a critique in the canonical format; `parse_critique` inverts it.
+
+    A continuation line of a multi-line field that would read as a label (a quoted solution
+    that itself contains critique text) is prefixed with "| ", so the rendered critique
+    always parses back to the verdicts it was given.
+    """
+    blocks = [
+        f"Step {s.index} sentence: {_quote(s.sentence)}\n"
+        f"Correctness of the step: {_verdict_word(s.correct)}\n"
+        f"Explanation: {_quote(s.explanation)}"
+        for s in steps
+    ]
+    blocks.append(
+        f"Correctness of the final answer: {_verdict_word(final_correct)}\n"
+        f"Explanation: {_quote(final_explanation)}"
+    )
+    return "\n\n".join(blocks)
+
+
+def _quote(value: str) -> str:
+    first, *rest = value.strip().splitlines() or [""]
+    return "\n".join([first] + [f"| {ln}" if _HEADER.match(ln) else ln for ln in rest])
+
+
+_ANSWER_LINE = re.compile(
+    r"^\W*(?:so,?\s+|therefore,?\s+|thus,?\s+)?the\s+(?:final\s+)?answer\s+is\b", re.I
+)
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 

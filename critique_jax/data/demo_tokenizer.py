@@ -42,7 +42,7 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('demo chat roles are system, user and assistant, got ' + message['role']) }}"
+    "{{ raise_exception('demo chat roles: system, user, assistant; got ' + message['role']) }}"
     "{% endif %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>' }}"
     "{% endfor %}"
@@ -51,6 +51,8 @@ CHAT_TEMPLATE = (
 # Every printable ASCII character gets a token even if the training texts lack it, so prompt
 # templates written later do not fall back to bytes for ordinary punctuation.
 _REQUIRED_CHARS = "".join(c for c in string.printable if not c.isspace())
+# 256 byte tokens + 7 special tokens + 94 ASCII characters, and room for some learned pieces.
+MIN_VOCAB_SIZE = 384
 
 
 def _train_sentencepiece(texts: Iterable[str], vocab_size: int) -> bytes:
@@ -92,7 +94,7 @@ def _to_hf(model_proto: bytes) -> transformers.PreTrainedTokenizerFast:
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
     special = {UNK, BOS, PAD, *CHAT_TOKENS}
-    merged = [
+    merged = [  # pieces that BPE training made by merging two others
         i
         for i, piece in enumerate(vocab)
         if len(piece) > 1 and piece not in special and not sp.is_byte(i)
@@ -133,9 +135,14 @@ def build_demo_tokenizer(
     directory and renamed into place, so a crash never leaves a half-written tokenizer and
     concurrent builders agree on one result. Training is deterministic (fixed seed, one
     thread). `len(tokenizer) <= vocab_size`; it is smaller only when the texts are too few
-    to fill the vocabulary (the 256 byte tokens, 7 special tokens
-    and the printable ASCII characters are always included).
+    to fill the vocabulary. The 256 byte tokens, 7 special tokens and the printable ASCII
+    characters are always included, hence `vocab_size >= MIN_VOCAB_SIZE`.
     """
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for the demo tokenizer: byte fallback, "
+            f"special tokens and ASCII characters need {MIN_VOCAB_SIZE} or more"
+        )
     if os.path.exists(os.path.join(out_dir, "tokenizer.json")):
         return _load(out_dir, vocab_size)
     tokenizer = _to_hf(_train_sentencepiece(texts, vocab_size))

@@ -66,8 +66,9 @@ class ModelConfig:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
         if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl={self.attention_impl!r}; choose one of "
-                             f"{ATTENTION_IMPLS}.")
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}."
+            )
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name}={getattr(self, name)!r}; use float32 or bfloat16.")
@@ -113,27 +114,81 @@ class ModelConfig:
 # Named architectures that need no download: `model: {preset: NAME}` in a config.
 PRESETS: dict[str, dict[str, Any]] = {
     # Unit tests: a few hundred thousand parameters, compiles in seconds on CPU.
-    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
-                 num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
+    "tiny": dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+    ),
     # The embedded demo: trained from scratch on the arithmetic world in minutes on 2 cores.
-    "demo": dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
-                 num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=1024),
+    "demo": dict(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=384,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        max_position_embeddings=1024,
+    ),
     # Shapes of real families, for benchmarks and the accelerator recipes.
-    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
-                         rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-                         max_position_embeddings=8192),
-    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896,
-                         intermediate_size=4864, num_layers=24, num_heads=14, num_kv_heads=2,
-                         head_dim=64, rope_theta=1000000.0, tie_word_embeddings=True,
-                         qkv_bias=True, max_position_embeddings=32768),
-    "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536,
-                         intermediate_size=8960, num_layers=28, num_heads=12, num_kv_heads=2,
-                         head_dim=128, rope_theta=1000000.0, tie_word_embeddings=True,
-                         qkv_bias=True, max_position_embeddings=32768),
-    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                      num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
-                      rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    ),
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        qkv_bias=True,
+        max_position_embeddings=32768,
+    ),
+    "qwen2.5-1.5b": dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        head_dim=128,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        qkv_bias=True,
+        max_position_embeddings=32768,
+    ),
+    "llama3-8b": dict(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+    ),
 }
 
 

@@ -90,14 +90,25 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     """config.json fields (legacy rope keys, which transformers 4.x and 5.x both read)."""
-    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-            "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[cfg.model_type]
+    arch = {
+        "llama": "LlamaForCausalLM",
+        "mistral": "MistralForCausalLM",
+        "qwen2": "Qwen2ForCausalLM",
+        "qwen3": "Qwen3ForCausalLM",
+    }[cfg.model_type]
     out: dict[str, Any] = dict(
-        architectures=[arch], model_type=cfg.model_type, vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_act="silu",
-        rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
+        architectures=[arch],
+        model_type=cfg.model_type,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
         tie_word_embeddings=cfg.tie_word_embeddings,
         max_position_embeddings=cfg.max_position_embeddings,
         torch_dtype=cfg.param_dtype,
@@ -111,8 +122,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         out["rope_scaling"] = dict(rope_type=rs.rope_type, factor=rs.factor)
         if rs.rope_type == "llama3":
             out["rope_scaling"].update(
-                low_freq_factor=rs.low_freq_factor, high_freq_factor=rs.high_freq_factor,
-                original_max_position_embeddings=rs.original_max_position_embeddings)
+                low_freq_factor=rs.low_freq_factor,
+                high_freq_factor=rs.high_freq_factor,
+                original_max_position_embeddings=rs.original_max_position_embeddings,
+            )
     if cfg.bos_token_id is not None:
         out["bos_token_id"] = cfg.bos_token_id
     if cfg.eos_token_id is not None:
@@ -124,8 +137,14 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- tensors
 
 
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-              "F64": np.float64, "I64": np.int64, "I32": np.int32}
+_ST_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+}
 _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
 
@@ -142,9 +161,12 @@ class SafetensorsIndex:
             files = ["model.safetensors"]
         else:
             found = sorted(p.name for p in directory.iterdir())
-            hint = (" It has PyTorch .bin weights: convert them to safetensors first "
-                    "(transformers: model.save_pretrained(dir, safe_serialization=True))."
-                    if any(n.endswith(".bin") for n in found) else "")
+            hint = (
+                " It has PyTorch .bin weights: convert them to safetensors first "
+                "(transformers: model.save_pretrained(dir, safe_serialization=True))."
+                if any(n.endswith(".bin") for n in found)
+                else ""
+            )
             raise CheckpointFormatError(
                 f"{directory} holds no model.safetensors or model.safetensors.index.json "
                 f"(found: {found[:10]}).{hint}"
@@ -169,8 +191,11 @@ class SafetensorsIndex:
             raise CheckpointFormatError(f"tensor {key} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
-        return np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape) \
-            if end > start else np.zeros(shape, dtype)
+        return (
+            np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
+            if end > start
+            else np.zeros(shape, dtype)
+        )
 
 
 def _heads_in(w, cfg, n):  # HF [n*h, e] -> ours [e, n, h]
@@ -187,24 +212,55 @@ _T = lambda w, cfg: w.T  # noqa: E731
 _ID = lambda w, cfg: w  # noqa: E731
 
 LAYER_TENSORS: list[tuple[str, str, Transform, Transform, Callable[[ModelConfig], bool]]] = [
-    ("attn/q/kernel", "self_attn.q_proj.weight",
-     lambda w, c: _heads_in(w, c, c.num_heads), lambda w, c: _heads_in_back(w, c, c.num_heads),
-     lambda c: True),
-    ("attn/k/kernel", "self_attn.k_proj.weight",
-     lambda w, c: _heads_in(w, c, c.num_kv_heads),
-     lambda w, c: _heads_in_back(w, c, c.num_kv_heads), lambda c: True),
-    ("attn/v/kernel", "self_attn.v_proj.weight",
-     lambda w, c: _heads_in(w, c, c.num_kv_heads),
-     lambda w, c: _heads_in_back(w, c, c.num_kv_heads), lambda c: True),
-    ("attn/q/bias", "self_attn.q_proj.bias", lambda w, c: w.reshape(c.num_heads, c.head_dim),
-     lambda w, c: w.reshape(-1), lambda c: c.qkv_bias),
-    ("attn/k/bias", "self_attn.k_proj.bias", lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
-     lambda w, c: w.reshape(-1), lambda c: c.qkv_bias),
-    ("attn/v/bias", "self_attn.v_proj.bias", lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
-     lambda w, c: w.reshape(-1), lambda c: c.qkv_bias),
-    ("attn/o/kernel", "self_attn.o_proj.weight",
-     lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
-     lambda w, c: w.reshape(c.num_heads * c.head_dim, c.hidden_size).T, lambda c: True),
+    (
+        "attn/q/kernel",
+        "self_attn.q_proj.weight",
+        lambda w, c: _heads_in(w, c, c.num_heads),
+        lambda w, c: _heads_in_back(w, c, c.num_heads),
+        lambda c: True,
+    ),
+    (
+        "attn/k/kernel",
+        "self_attn.k_proj.weight",
+        lambda w, c: _heads_in(w, c, c.num_kv_heads),
+        lambda w, c: _heads_in_back(w, c, c.num_kv_heads),
+        lambda c: True,
+    ),
+    (
+        "attn/v/kernel",
+        "self_attn.v_proj.weight",
+        lambda w, c: _heads_in(w, c, c.num_kv_heads),
+        lambda w, c: _heads_in_back(w, c, c.num_kv_heads),
+        lambda c: True,
+    ),
+    (
+        "attn/q/bias",
+        "self_attn.q_proj.bias",
+        lambda w, c: w.reshape(c.num_heads, c.head_dim),
+        lambda w, c: w.reshape(-1),
+        lambda c: c.qkv_bias,
+    ),
+    (
+        "attn/k/bias",
+        "self_attn.k_proj.bias",
+        lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
+        lambda w, c: w.reshape(-1),
+        lambda c: c.qkv_bias,
+    ),
+    (
+        "attn/v/bias",
+        "self_attn.v_proj.bias",
+        lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
+        lambda w, c: w.reshape(-1),
+        lambda c: c.qkv_bias,
+    ),
+    (
+        "attn/o/kernel",
+        "self_attn.o_proj.weight",
+        lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
+        lambda w, c: w.reshape(c.num_heads * c.head_dim, c.hidden_size).T,
+        lambda c: True,
+    ),
     ("attn/o/bias", "self_attn.o_proj.bias", _ID, _ID, lambda c: c.o_bias),
     ("attn/q_norm/scale", "self_attn.q_norm.weight", _ID, _ID, lambda c: c.qk_norm),
     ("attn/k_norm/scale", "self_attn.k_norm.weight", _ID, _ID, lambda c: c.qk_norm),
@@ -237,7 +293,7 @@ def _get(tree: dict, path: str) -> Any:
 
 def param_entries(cfg: ModelConfig) -> Iterator[tuple[str, list[str], Transform, Transform]]:
     """(our param path, the HF tensor names stacked into it, to_ours, to_hf), in file order."""
-    for ours, hf, to_ours, to_hf, present in TOP_TENSORS[:1]:
+    for ours, hf, to_ours, to_hf, _ in TOP_TENSORS[:1]:
         yield ours, [hf], to_ours, to_hf
     for ours, hf, to_ours, to_hf, present in LAYER_TENSORS:
         if not present(cfg):
@@ -278,9 +334,19 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(snapshot_download(
-                str(path), allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model",
-                                           "*.txt", "*.jinja"]))
+            return Path(
+                snapshot_download(
+                    str(path),
+                    allow_patterns=[
+                        "*.json",
+                        "*.safetensors",
+                        "tokenizer*",
+                        "*.model",
+                        "*.txt",
+                        "*.jinja",
+                    ],
+                )
+            )
         except Exception as e:  # noqa: BLE001 - any hub failure means the same fix
             raise CheckpointFormatError(
                 f"{path} is not a local directory and could not be fetched from the hub ({e}). "
@@ -328,8 +394,11 @@ def load_hf(
                 )
             parts.append(to_ours(raw, cfg).astype(cfg.jnp_param_dtype))
         host = np.stack(parts) if len(names) > 1 else parts[0]
-        sharding = _get(shardings, ours) if shardings is not None else SingleDeviceSharding(
-            jax.devices()[0])
+        sharding = (
+            _get(shardings, ours)
+            if shardings is not None
+            else SingleDeviceSharding(jax.devices()[0])
+        )
         _set(params, ours, _place(host, sharding))
     return cfg, params
 
@@ -403,8 +472,9 @@ def save_hf(
                 save_file(shard, str(tmp / fname), metadata={"format": "pt"})
                 weight_map.update({name: fname for name in shard})
                 total += sum(t.nbytes for t in shard.values())
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            (tmp / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+            )
         (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))

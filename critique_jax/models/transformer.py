@@ -47,9 +47,7 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
         smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise ValueError(
-        f"rope_type {rs.rope_type!r} is not supported (default, linear, llama3 are)."
-    )
+    raise ValueError(f"rope_type {rs.rope_type!r} is not supported (default, linear, llama3 are).")
 
 
 def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -75,8 +73,10 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-            (x.shape[-1],), self.param_dtype,
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.param_dtype,
         )
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
@@ -89,8 +89,11 @@ class Attention(nn.Module):
     def _proj(self, name: str, heads: int, head_axis: str, bias: bool) -> nn.DenseGeneral:
         cfg = self.cfg
         return nn.DenseGeneral(
-            (heads, cfg.head_dim), use_bias=bias, dtype=cfg.jnp_dtype,
-            param_dtype=cfg.jnp_param_dtype, name=name,
+            (heads, cfg.head_dim),
+            use_bias=bias,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            name=name,
             kernel_init=_init(("embed", head_axis, "head_dim")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
         )
@@ -119,8 +122,12 @@ class Attention(nn.Module):
 
         out = _attention(cfg, q, k, v, mask)
         out = nn.DenseGeneral(
-            cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.jnp_dtype,
-            param_dtype=cfg.jnp_param_dtype, name="o",
+            cfg.hidden_size,
+            axis=(-2, -1),
+            use_bias=cfg.o_bias,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            name="o",
             kernel_init=_init(("heads", "head_dim", "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         )(out)
@@ -145,8 +152,12 @@ class MLP(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         dense = lambda feats, names, name: nn.Dense(  # noqa: E731
-            feats, use_bias=False, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-            kernel_init=_init(names), name=name,
+            feats,
+            use_bias=False,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            kernel_init=_init(names),
+            name=name,
         )
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x)
@@ -163,8 +174,7 @@ class DecoderLayer(nn.Module):
         norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
         h = RMSNorm(**norm, name="input_norm")(x)
         layer_kv = None if kv is None else (kv[0], kv[1], ctx["index"])
-        attn, new_kv = Attention(cfg, name="attn")(h, ctx["sin"], ctx["cos"], ctx["mask"],
-                                                   layer_kv)
+        attn, new_kv = Attention(cfg, name="attn")(h, ctx["sin"], ctx["cos"], ctx["mask"], layer_kv)
         x = x + attn
         x = x + MLP(cfg, name="mlp")(RMSNorm(**norm, name="post_attn_norm")(x))
         return constrain(x, ("batch", "length", "embed")), new_kv
@@ -185,27 +195,39 @@ class Transformer(nn.Module):
     def setup(self) -> None:
         cfg = self.cfg
         self.embed = nn.Embed(
-            cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-            embedding_init=_init(("vocab", "embed")), name="embed",
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            embedding_init=_init(("vocab", "embed")),
+            name="embed",
         )
         layer = DecoderLayer
         if cfg.remat != "none":
-            layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat],
-                             prevent_cse=not cfg.scan_layers)
+            layer = nn.remat(
+                layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers
+            )
         if cfg.scan_layers:
             self.layers = nn.scan(
-                layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=(nn.broadcast, 0), length=cfg.num_layers,
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, 0),
+                length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
         else:
             self.layers = [layer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
-        self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype,
-                                  name="final_norm")
+        self.final_norm = RMSNorm(
+            cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm"
+        )
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Dense(
-                cfg.vocab_size, use_bias=False, dtype=cfg.jnp_dtype,
-                param_dtype=cfg.jnp_param_dtype, kernel_init=_init(("embed", "vocab")),
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                kernel_init=_init(("embed", "vocab")),
                 name="lm_head",
             )
 
@@ -228,8 +250,9 @@ class Transformer(nn.Module):
             logits = self.lm_head(x)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
         """tokens, positions, segment_ids: [B, T] -> float32 logits [B, T, V].
 
         segment_ids (0 = padding) keeps packed sequences from attending to each other; leave
@@ -252,8 +275,9 @@ class Transformer(nn.Module):
             mask = mask & (positions[:, :, None] - positions[:, None, :] < self.cfg.sliding_window)
         return mask[:, None]
 
-    def extend(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
-               cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def extend(
+        self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
         """Run a chunk [B, T] written at cache slots index..index+T; prefill and decode alike.
 
         token_mask [B, T] marks real tokens (False for left padding). A query attends to valid
@@ -280,8 +304,12 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache
     """An empty KV cache with `length` slots per row."""
     shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
     dtype = dtype or cfg.jnp_dtype
-    return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                mask=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
+    return dict(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        mask=jnp.zeros((batch, length), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
 
 
 CACHE_LOGICAL_AXES = dict(

@@ -1,0 +1,80 @@
+"""Token-level generation: bucket a request into calls, run them, collect the samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from critique_jax.sampling.buckets import Buckets, plan_calls
+from critique_jax.sampling.engine import Engine, Params
+from critique_jax.sampling.filters import FilterSpec
+from critique_jax.sampling.params import Completion, SamplingParams
+
+
+def _stop_array(stop_ids: Sequence[int]) -> np.ndarray:
+    """Stop ids padded with -1 (never a token) to a power of two: few distinct shapes."""
+    size = 1 << max(0, len(stop_ids) - 1).bit_length()
+    out = np.full((size,), -1, np.int32)
+    out[: len(stop_ids)] = stop_ids
+    return out
+
+
+def _left_pad(prompts: list[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.zeros((len(prompts), length), np.int32)
+    mask = np.zeros((len(prompts), length), bool)
+    for row, ids in enumerate(prompts):
+        tokens[row, length - len(ids):] = ids
+        mask[row, length - len(ids):] = True
+    return tokens, mask
+
+
+def generate_tokens(engine: Engine, params: Params, prompt_ids: Sequence[Sequence[int]],
+                    sp: SamplingParams, stop_ids: Sequence[int],
+                    buckets: Buckets) -> list[list[Completion]]:
+    """n samples per prompt (outer list: prompt, inner: sample), text left None.
+
+    Every call is dispatched before any result is fetched, so host-side work overlaps with
+    the device and there is one device-to-host transfer per call.
+    """
+    vocab = engine.cfg.vocab_size
+    for i, ids in enumerate(prompt_ids):
+        if len(ids) == 0:
+            raise ValueError(f"prompt {i} has no tokens; every prompt needs at least one token.")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary "
+                             f"[0, {vocab}); is the tokenizer the model's own?")
+    lengths = [len(ids) for ids in prompt_ids]
+    model_max = engine.cfg.max_position_embeddings
+    for n in set(lengths):  # raise before anything runs
+        buckets.length(n, model_max)
+    spec = FilterSpec.from_params(sp)
+    stops = _stop_array(stop_ids)
+    temperature = 1.0 if sp.greedy else sp.temperature
+
+    pending = []
+    for call in plan_calls(lengths, sp.n, buckets):
+        width = buckets.length(max(lengths[p] for p in call.prompts if p >= 0), model_max)
+        block = [prompt_ids[p] if p >= 0 else [0] for p in call.prompts]
+        tokens, mask = _left_pad(block, width)
+        prompt_index, sample_index, active = call.row_indices(sp.n)
+        prefilled = engine.prefill(params, tokens, mask, call.fanout,
+                                   width + sp.max_new_tokens)
+        out = engine.decode(params, prefilled, spec, sp.max_new_tokens, prompt_index,
+                            sample_index, active, stops, sp.seed, temperature, sp.top_p,
+                            sp.min_p)
+        pending.append((prompt_index, sample_index, active, out))
+
+    results: list[list[Completion | None]] = [[None] * sp.n for _ in prompt_ids]
+    for prompt_index, sample_index, active, out in pending:
+        out = jax.device_get(out)
+        for row in np.flatnonzero(active):
+            n = int(out.lengths[row])
+            results[prompt_index[row]][sample_index[row]] = Completion(
+                token_ids=tuple(out.tokens[row, :n].tolist()),
+                logprobs=tuple(out.logprobs[row, :n].tolist()),
+                finish_reason="stop" if out.stopped[row] else "length",
+            )
+    return results  # type: ignore[return-value]

@@ -1,0 +1,97 @@
+"""The text API: prompts (strings or chat messages) in, `Completion`s out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from jax.sharding import Mesh
+
+from critique_jax.models import ModelConfig
+from critique_jax.sampling.buckets import Buckets
+from critique_jax.sampling.engine import Engine, Params
+from critique_jax.sampling.generate import generate_tokens
+from critique_jax.sampling.params import Completion, SamplingParams
+from critique_jax.sampling.stops import apply_stop_strings
+
+Prompt = str | Sequence[dict[str, str]]
+
+
+def _data_parallel_size(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+class Sampler:
+    """Samples from any parameters of one architecture; compiled once per shape bucket.
+
+    Params are an argument of `generate`, not state: the actor and the critic share one
+    Sampler when their architecture is the same, and updated params do not recompile.
+    On a mesh, batch rows are split over (data, fsdp) and heads over tensor, exactly as in
+    training; batch buckets are rounded up to the data-parallel size.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, tokenizer: Any = None, mesh: Mesh | None = None,
+                 buckets: Buckets | None = None):
+        self.cfg = model_cfg
+        self.tokenizer = tokenizer
+        self.engine = Engine(model_cfg, mesh)
+        buckets = buckets or Buckets()
+        dp = _data_parallel_size(mesh)
+        if buckets.multiple % dp:
+            buckets = Buckets(buckets.min_length, buckets.max_length, buckets.min_batch,
+                              buckets.max_batch, multiple=dp)
+        self.buckets = buckets
+
+    def default_stop_ids(self) -> tuple[int, ...]:
+        """The tokenizer's eos id and the model config's eos id(s)."""
+        ids: list[int] = []
+        for eos in (getattr(self.tokenizer, "eos_token_id", None), self.cfg.eos_token_id):
+            if eos is not None:
+                ids.extend(eos if isinstance(eos, (list, tuple)) else [eos])
+        return tuple(dict.fromkeys(int(i) for i in ids))
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt; chat messages go through the tokenizer's chat template
+        (with the generation prompt) when it has one, else `role: content` lines."""
+        tok = self._need_tokenizer()
+        if isinstance(prompt, str):
+            return tok.encode(prompt)
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(list(prompt), tokenize=False,
+                                           add_generation_prompt=True)
+            return tok.encode(text, add_special_tokens=False)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
+        return tok.encode(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._need_tokenizer().decode(list(token_ids), skip_special_tokens=True)
+
+    def generate(self, params: Params, prompts: Sequence[Prompt],
+                 sp: SamplingParams) -> list[list[Completion]]:
+        """n completions per prompt (outer list: prompts in order; inner: samples)."""
+        self._need_tokenizer()
+        return self.generate_ids(params, [self.encode(p) for p in prompts], sp)
+
+    def generate_ids(self, params: Params, prompt_ids: Sequence[Sequence[int]],
+                     sp: SamplingParams) -> list[list[Completion]]:
+        """Like `generate` from token ids. Without a tokenizer, text is None and stop
+        strings are not allowed."""
+        if sp.stop_strings and self.tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer: pass one to Sampler(...).")
+        stop_ids = self.default_stop_ids() if sp.stop_token_ids is None else sp.stop_token_ids
+        results = generate_tokens(self.engine, params, prompt_ids, sp, stop_ids, self.buckets)
+        if self.tokenizer is None:
+            return results
+        return [[self._finish(c, sp, set(stop_ids)) for c in samples] for samples in results]
+
+    def _finish(self, c: Completion, sp: SamplingParams, stop_ids: set[int]) -> Completion:
+        ends_on_stop = c.finish_reason == "stop" and c.token_ids and c.token_ids[-1] in stop_ids
+        body = c.token_ids[:-1] if ends_on_stop else c.token_ids
+        c = Completion(c.token_ids, c.logprobs, c.finish_reason, self.decode(body))
+        return apply_stop_strings(c, sp.stop_strings, self.decode) if sp.stop_strings else c
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this Sampler has no tokenizer: pass one to Sampler(...) or use "
+                             "generate_ids with token ids.")
+        return self.tokenizer

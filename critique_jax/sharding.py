@@ -11,7 +11,9 @@ would force every op to agree on shardings, which buys little for a dense decode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +22,13 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
+
+# Rules for `constrain` set by `mesh_context`. Not flax's `nn.logical_axis_rules`: with those
+# set, flax also constrains parameter initializers while checking shapes in `apply`, which
+# fails for DenseGeneral's flat-then-reshaped kernels.
+_ACTIVATION_RULES: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "activation_rules", default=None
+)
 
 # A logical axis maps to the first listed mesh axis not already used by the same array
 # (flax's semantics), so activations' "batch" takes data+fsdp and their "embed" falls back
@@ -72,7 +81,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    rules = nn.get_logical_axis_rules() or DEFAULT_RULES
+    rules = _ACTIVATION_RULES.get() or nn.get_logical_axis_rules() or DEFAULT_RULES
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
 
@@ -153,23 +162,31 @@ def _local_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
     return min(starts), max(stops)
 
 
+def mesh_processes(mesh: Mesh) -> list[int]:
+    """The process indices that own devices of `mesh`, in order."""
+    return sorted({d.process_index for d in mesh.devices.flat})
+
+
 def shard_batch(
     local: dict[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES
 ) -> dict[str, jax.Array]:
     """Assemble each process's share of a batch (its contiguous rows) into global arrays.
 
-    Every array's dim 0 is rows; process p holds global rows [p * n, (p + 1) * n) for n local
-    rows (what `data.batching.BatchIterator` yields), which requires the batch mesh axes to
-    span the processes (the usual layout: tensor parallelism inside a host).
+    Every array's dim 0 is rows; the k-th process of the mesh holds global rows
+    [k * n, (k + 1) * n) for n local rows (what `data.batching.BatchIterator` yields), which
+    requires the batch mesh axes to span the processes (the usual layout: tensor
+    parallelism inside a host).
     """
     sharding = batch_sharding(mesh, rules)
     n = {k: len(v) for k, v in local.items()}
     rows = next(iter(n.values()))
     if any(v != rows for v in n.values()):
         raise ValueError(f"batch arrays disagree on their number of rows: {n}")
-    global_rows = rows * jax.process_count()
+    processes = mesh_processes(mesh)
+    rank = processes.index(jax.process_index())
+    global_rows = rows * len(processes)
     start, stop = _local_rows(sharding, global_rows)
-    if (start, stop) != (jax.process_index() * rows, (jax.process_index() + 1) * rows):
+    if (start, stop) != (rank * rows, (rank + 1) * rows):
         raise ValueError(
             f"process {jax.process_index()} was given {rows} rows but its devices hold global "
             f"rows [{start}, {stop}) of {global_rows}; the batch axes {batch_axes(rules)} of "
@@ -177,8 +194,9 @@ def shard_batch(
             "inside a host)."
         )
     return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (global_rows,) +
-                                                  np.shape(v)[1:])
+        k: jax.make_array_from_process_local_data(
+            sharding, np.asarray(v), (global_rows,) + np.shape(v)[1:]
+        )
         for k, v in local.items()
     }
 
@@ -205,3 +223,15 @@ def place(tree: Any, shardings: Any) -> Any:
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree.map(one, tree, shardings)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+    """`jax.set_mesh(mesh)` plus the rules that the model's `constrain` hints use; trace and
+    lower model code inside it."""
+    token = _ACTIVATION_RULES.set(tuple(rules))
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _ACTIVATION_RULES.reset(token)

@@ -12,10 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from jax.sharding import Mesh
+
 from critique_jax.data.critique_format import Critique, parse_critique
 from critique_jax.data.math import extract_answer, is_equiv
 from critique_jax.data.prompts import critique_messages, refine_messages, solve_messages
 from critique_jax.data.records import Problem
+from critique_jax.models.loading import LoadedModel
 from critique_jax.sampling import Completion, Sampler, SamplingParams
 
 
@@ -89,3 +92,15 @@ class Judged:
 
 def parsed(completion: Completion) -> Critique:
     return parse_critique(completion.text or "")
+
+
+_SAMPLERS: dict[tuple, Sampler] = {}
+
+
+def make_agent(model: LoadedModel, mesh: Mesh | None = None) -> Agent:
+    """An Agent over a sampler shared by every model of the same architecture and tokenizer,
+    so the actor and the critic compile once."""
+    key = (model.cfg, id(model.tokenizer), mesh)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = Sampler(model.cfg, model.tokenizer, mesh)
+    return Agent(model.params, _SAMPLERS[key])

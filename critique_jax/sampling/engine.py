@@ -109,6 +109,9 @@ def _decode(model: Transformer, spec: FilterSpec, max_new: int, params, cache, l
     return DecodeOut(out_tok, out_lp, lengths, stopped), cache
 
 
+_COMPILED: dict[tuple, Any] = {}
+
+
 class Engine:
     """Compiled prefill and decode for one architecture (and mesh); shapes vary by bucket."""
 
@@ -116,18 +119,20 @@ class Engine:
         self.cfg = cfg
         self.mesh = mesh
         self.model = Transformer(cfg)
-        self._fns: dict[tuple, Any] = {}
         if mesh is not None:
             self.param_shardings = param_shardings(abstract_params(cfg), mesh)
 
     def _jit(self, key: tuple, fn, shardings, donate=()):
-        """jit `fn` once per static `key`; `shardings()` gives (in, out) on a mesh."""
-        if key not in self._fns:
+        """jit `fn` once per static `key`, shared by every Engine of the same config and mesh
+        (so two Samplers of one architecture, e.g. actor and critic, compile once);
+        `shardings()` gives (in, out) on a mesh."""
+        key = (self.cfg, self.mesh, *key)
+        if key not in _COMPILED:
             kw: dict[str, Any] = dict(donate_argnums=donate)
             if self.mesh is not None:
                 kw["in_shardings"], kw["out_shardings"] = shardings()
-            self._fns[key] = jax.jit(fn, **kw)
-        return self._fns[key]
+            _COMPILED[key] = jax.jit(fn, **kw)
+        return _COMPILED[key]
 
     def _named(self, *names: str | None) -> NamedSharding:
         if not names:

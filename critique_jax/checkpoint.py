@@ -1,0 +1,110 @@
+"""Train-state checkpoints with orbax: async saves, keep-last-N, resume onto shardings.
+
+A checkpoint step holds two items: `state` (the TrainState pytree: step, params, optimizer
+state, PRNG key data; every process writes its own shards) and `data` (JSON: the data
+iterator's position and anything else the driver needs to continue exactly). orbax writes a
+step into a temporary directory and renames it when complete, so a killed save leaves no
+step behind; a step directory that is there but cannot be read (copied partially, disk
+trouble) is moved aside with a warning on resume and the previous step is used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint step was unreadable and skipped."""
+
+
+class Checkpointer:
+    """One run's checkpoints under `directory` (normally run_dir/checkpoints)."""
+
+    def __init__(self, directory: str | Path, keep: int = 2, async_save: bool = True) -> None:
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints={keep}: keep at least 1 checkpoint.")
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+                create=True,
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, data: dict[str, Any] | None = None) -> None:
+        """Start saving `state` and `data` at `step` (asynchronously when configured)."""
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data or {})
+            ),
+            force=True,
+        )
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, data) of the newest readable step, or None when there is none.
+
+        `abstract_state` is the state's pytree of `jax.ShapeDtypeStruct`s with shardings;
+        arrays are restored directly onto them. Unreadable steps are moved aside (renamed
+        `corrupt-<step>-<time>`) with a warning, and the next older step is tried.
+        """
+        self._manager.reload()
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as e:  # noqa: BLE001 - any failure to read means: skip this step
+                self._set_aside(step, e)
+                continue
+            return step, restored.state, dict(restored.data or {})
+        return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        bad = self.directory / str(step)
+        aside = self.directory / f"corrupt-{step}-{int(time.time())}"
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} cannot be restored "
+            f"({type(error).__name__}: {str(error)[:300]}); moving it to {aside.name} and "
+            "resuming from the previous checkpoint",
+            CheckpointWarning,
+            stacklevel=3,
+        )
+        if jax.process_index() == 0 and bad.exists():
+            bad.rename(aside)
+        if jax.process_count() > 1:  # every process must see the same steps before saving
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Block until pending async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

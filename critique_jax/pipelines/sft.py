@@ -1,0 +1,71 @@
+"""The `sft` stage: fine-tune a model on JSONL/JSON records and export it as an HF directory.
+
+    python -m critique_jax.train --config configs/critic_sft_qwen2.5-0.5b.yaml
+
+Critic SFT is this stage with `data.format: critique` (records: question, solution,
+critique); actor SFT uses `solve`, refinement SFT `refine`, chat data `chat`. MathCritique
+release files load directly (their records split into question/solution/critique/refinement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from critique_jax.config import MeshConfig, ModelSpec, OptimConfig, StageConfig, TrainConfig
+from critique_jax.data.loaders import load_chat_records, load_mathcritique, read_records
+from critique_jax.models.hf import save_hf
+from critique_jax.models.loading import load_model
+from critique_jax.pipelines.finetune import examples_from_records, finetune
+from critique_jax.runio import atomic_write_json
+from critique_jax.sharding import mesh_from_config
+
+
+@dataclass
+class SFTData:
+    path: str = ""
+    format: str = "critique"  # solve | critique | refine | chat | mathcritique-critique | ...
+    limit: int | None = None
+
+
+@dataclass
+class Config(StageConfig):
+    stage: str = "sft"
+    run_dir: str = "runs/sft"
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="tiny"))
+    data: SFTData = field(default_factory=SFTData)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+def load_sft_records(data: SFTData) -> tuple[list[dict[str, Any]], list[str]]:
+    """(records, their locations); `mathcritique-*` formats read MathCritique release files."""
+    if not data.path:
+        raise ValueError("data.path is empty: point it at a JSONL/JSON file of records")
+    if data.format.startswith("mathcritique-"):
+        records = load_mathcritique(data.path)
+        where = [f"{data.path} record {i}" for i in range(len(records))]
+    elif data.format == "chat":
+        records = [{"messages": m} for m in load_chat_records(data.path)]
+        where = [f"{data.path} record {i}" for i in range(len(records))]
+    else:
+        pairs = read_records(data.path)
+        records, where = [r for _, r in pairs], [loc for loc, _ in pairs]
+    n = data.limit or len(records)
+    return records[:n], where[:n]
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    mesh = mesh_from_config(cfg.mesh)
+    model = load_model(cfg.model, mesh=mesh, seed=cfg.seed)
+    fmt = cfg.data.format.removeprefix("mathcritique-")
+    records, locations = load_sft_records(cfg.data)
+    examples = examples_from_records(records, fmt, locations)
+    params = finetune(model, examples, cfg.train, cfg.optim, cfg.mesh, run_dir, cfg.seed)
+    out = save_hf(model.cfg, params, run_dir / "hf", model.tokenizer)
+    result = {"examples": len(examples), "hf_dir": str(out)}
+    atomic_write_json(run_dir / "results.json", result)
+    return result

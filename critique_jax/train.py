@@ -1,0 +1,68 @@
+"""The one entry point: `python -m critique_jax.train [--config FILE.yaml] [key=value ...]`.
+
+The config's `stage:` picks what runs (default: the embedded demo, which needs no download).
+Each stage module declares its `Config` dataclass and `run(config) -> results`; bad keys or
+values are reported with the key and the fix before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+from critique_jax.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml
+
+STAGES = {
+    "demo": "critique_jax.pipelines.demo",  # the whole loop on the embedded arithmetic world
+    "sft": "critique_jax.pipelines.sft",  # actor / critic / refinement / chat SFT
+    "collect_critiques": "critique_jax.pipelines.critique_data",  # AutoMathCritique
+    "eval_critic": "critique_jax.pipelines.critic_eval",
+    "rco_collect": "critique_jax.pipelines.rco_collect",  # critique utility
+    "rco": "critique_jax.pipelines.rco_train",
+    "dpco": "critique_jax.pipelines.dpco",
+    "eval_rco": "critique_jax.pipelines.rco_eval",
+    "eval_tts": "critique_jax.pipelines.test_time",  # test-time supervision
+    "self_train": "critique_jax.pipelines.self_train",  # critique-in-the-loop self-training
+    "self_talk": "critique_jax.pipelines.self_talk",
+}
+
+
+def build_config(path: str | None, overrides: list[str]) -> Any:
+    data = apply_overrides(load_yaml(path) if path else {}, overrides)
+    stage = data.get("stage", "demo")
+    if stage not in STAGES:
+        raise ConfigError(f"stage {stage!r} is unknown; stages: {sorted(STAGES)}")
+    module = importlib.import_module(STAGES[stage])
+    return module, from_dict(module.Config, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m critique_jax.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: the embedded demo)")
+    parser.add_argument("overrides", nargs="*", help="key.subkey=value overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("absl", "orbax", "jax"):  # their INFO logs drown the run's own progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        module, cfg = build_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+    from critique_jax.distributed import initialize_distributed
+
+    initialize_distributed()
+    save_yaml(cfg, f"{cfg.run_dir}/config.yaml")
+    results = module.run(cfg)
+    print(json.dumps(results, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,573 @@
+"""The sharded training engine every training stage shares (critic SFT, RCO, DPCO, actor).
+
+* `TrainState` holds step, params, optimizer state and the run's PRNG key data; it lives on
+  the mesh with explicit shardings (parameters by their logical axes, optimizer moments like
+  their parameters, scalars replicated) and is created directly sharded, never as a full
+  host copy.
+* The step `step(state, batch) -> (state, metrics)` is one `jax.jit` with explicit in/out
+  shardings and the state donated. Batches are dicts of [B, ...] arrays, all sharded by rows
+  over the batch mesh axes, so losses with extra keys (reference log-probs, utilities, pair
+  structure) need no trainer change.
+* Losses are pluggable: `loss_fn(apply_fn, params, batch) -> (loss, aux)` with
+  `aux["weight"]` the loss's denominator (target tokens, groups, pairs). Gradient
+  accumulation scans over contiguous row blocks and combines them by weight, so it equals
+  one step on the whole batch; rows that belong together (an RCO group, a DPO pair) stay in
+  one microbatch when the group size divides B / microbatches. Other aux entries are
+  reported as weight-averaged means.
+* A non-finite loss or gradient leaves the state unchanged (selected inside the step) and
+  stops the run with `NonFiniteLossError` naming the step; checkpoints hold only good states.
+* Mixed precision: `ModelConfig(param_dtype="float32", dtype="bfloat16")` keeps fp32 master
+  parameters and optimizer state while the model computes in bf16 (parameters are cast at
+  use); the loss maths is fp32 either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from critique_jax import losses
+from critique_jax.checkpoint import Checkpointer
+from critique_jax.config import MeshConfig, OptimConfig, TrainConfig
+from critique_jax.metrics import (
+    MetricsLogger,
+    mfu,
+    peak_flops_per_device,
+    training_flops_per_token,
+)
+from critique_jax.models import ModelConfig, Transformer, abstract_params, init_params
+from critique_jax.sharding import (
+    Rules,
+    batch_axes,
+    batch_sharding,
+    data_parallel_size,
+    mesh_context,
+    mesh_from_config,
+    mesh_processes,
+    param_shardings,
+    place,
+    replicated,
+    rules_from_config,
+    shard_batch,
+)
+
+log = logging.getLogger(__name__)
+
+Params = Any
+Batch = dict[str, jax.Array]
+ApplyFn = Callable[[Params, jax.Array, jax.Array, jax.Array | None], jax.Array]
+LossFn = Callable[[ApplyFn, Params, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+# Parameters never weight-decayed, by their name in the tree (norm scales and biases). Names,
+# not ndim: scanned layers stack a norm scale into [L, E] and a q bias is [heads, head_dim].
+NO_DECAY_NAMES = ("scale", "bias")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient of a step was NaN/inf; the state was not updated."""
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates applied so far
+    params: Params
+    opt_state: optax.OptState
+    rng: jax.Array  # uint32 key data: the run's PRNG stream, checkpointed with the state
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def learning_rate_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak (step s < W: lr * (s + 1) / W, so the first update is not
+    zero), then cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant."""
+    if optim.schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"optim.schedule={optim.schedule!r}; use cosine, linear or constant.")
+    peak, warmup = optim.learning_rate, optim.warmup_steps
+    end = peak * optim.end_lr_ratio
+    decay_steps = max(total_steps - warmup, 1)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak * jnp.minimum(1.0, (step + 1.0) / max(warmup, 1))
+        t = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+        if optim.schedule == "cosine":
+            decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        elif optim.schedule == "linear":
+            decayed = peak + (end - peak) * t
+        else:
+            decayed = jnp.asarray(peak, jnp.float32)
+        return jnp.where(step < warmup, warm, decayed)
+
+    return schedule
+
+
+def weight_decay_mask(params: Params) -> Any:
+    """True for parameters that get weight decay: all but norm scales and biases."""
+
+    def decays(path, _) -> bool:
+        last = path[-1]
+        name = getattr(last, "key", getattr(last, "name", None))
+        return name not in NO_DECAY_NAMES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW (decoupled decay, scaled by the learning rate as in PyTorch) after global-norm
+    clipping, with the warmup + decay schedule and no decay on norms and biases."""
+    tx = optax.adamw(
+        learning_rate_schedule(optim, total_steps),
+        b1=optim.b1,
+        b2=optim.b2,
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        mask=weight_decay_mask,
+    )
+    if optim.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+    return tx
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
+    model = Transformer(model_cfg)
+
+    def apply_fn(params, inputs, positions, segment_ids=None):
+        return model.apply({"params": params}, inputs, positions, segment_ids)
+
+    return apply_fn
+
+
+def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
+    """Next-token cross-entropy on `loss_mask` targets; weight = number of target tokens."""
+    logits = apply_fn(params, batch["inputs"], batch["positions"], batch["segment_ids"])
+    loss, aux = losses.sft_loss(logits, batch["targets"], batch["loss_mask"])
+    return loss, {"weight": aux["ntokens"], "accuracy": aux["accuracy"]}
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def check_batch_layout(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules) -> None:
+    """Reject a batch that cannot be split evenly, before anything compiles."""
+    dp = data_parallel_size(mesh, rules)
+    if microbatches < 1:
+        raise ValueError(f"train.microbatches={microbatches} must be >= 1.")
+    procs = len(mesh_processes(mesh))
+    if batch_size % (dp * microbatches) or batch_size % procs:
+        multiple = math.lcm(dp * microbatches, procs)
+        raise ValueError(
+            f"train.batch_size={batch_size} must be divisible by the data-parallel size "
+            f"{dp} (mesh axes {batch_axes(rules)} of mesh {dict(mesh.shape)}) x "
+            f"train.microbatches={microbatches} = {dp * microbatches}"
+            + (f" and by the mesh's {procs} processes" if procs > 1 else "")
+            + f"; use a batch size that is a multiple of {multiple}."
+        )
+
+
+def make_train_step(
+    apply_fn: ApplyFn,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    microbatches: int,
+    mesh: Mesh,
+    rules: Rules,
+    shardings: Any,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The pure step; `shardings` are the parameters' NamedShardings (gradient layout)."""
+    micro_rows = NamedSharding(mesh, PartitionSpec(None, batch_axes(rules) or None))
+
+    def loss_and_grad(params, batch):
+        (loss, aux), grads = jax.value_and_grad(
+            lambda p: loss_fn(apply_fn, p, batch), has_aux=True
+        )(params)
+        if "weight" not in aux:
+            raise KeyError("loss_fn must return aux['weight'] (the loss's denominator)")
+        aux = dict(aux)
+        weight = jnp.asarray(aux.pop("weight"), jnp.float32)
+        return loss.astype(jnp.float32), weight, aux, grads
+
+    def accumulate(params, batch):
+        def split(x):
+            x = x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:])
+            return jax.lax.with_sharding_constraint(x, micro_rows)
+
+        micro = jax.tree.map(split, batch)
+        first = jax.tree.map(lambda x: x[0], micro)
+        _, _, aux_shape, _ = jax.eval_shape(loss_and_grad, params, first)
+        zeros = dict(
+            grads=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+            loss=jnp.zeros((), jnp.float32),
+            weight=jnp.zeros((), jnp.float32),
+            aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape),
+        )
+
+        def body(acc, mb):
+            loss, weight, aux, grads = loss_and_grad(params, mb)
+            grads = jax.tree.map(lambda a, g: a + weight * g.astype(jnp.float32),
+                                 acc["grads"], grads)
+            grads = jax.lax.with_sharding_constraint(grads, shardings)
+            return dict(
+                grads=grads,
+                loss=acc["loss"] + weight * loss,
+                weight=acc["weight"] + weight,
+                aux=jax.tree.map(lambda a, v: a + weight * v, acc["aux"], aux),
+            ), None
+
+        acc, _ = jax.lax.scan(body, zeros, micro)
+        inv = jnp.where(acc["weight"] > 0, 1.0 / acc["weight"], 0.0)
+        grads = jax.tree.map(lambda g, p: (g * inv).astype(p.dtype), acc["grads"], params)
+        aux = jax.tree.map(lambda a: a * inv, acc["aux"])
+        return acc["loss"] * inv, acc["weight"], aux, grads
+
+    def step(state: TrainState, batch: Batch):
+        if microbatches == 1:
+            loss, weight, aux, grads = loss_and_grad(state.params, batch)
+        else:
+            loss, weight, aux, grads = accumulate(state.params, batch)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+        )
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        metrics = dict(aux, loss=loss, weight=weight, grad_norm=grad_norm,
+                       learning_rate=schedule(state.step))
+        return new, metrics
+
+    return step
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Programs:
+    """Everything a training run compiles, for one (model, optimizer, mesh, loss) setup.
+
+    Built once per setup and shared by every Trainer with that setup (`programs()` caches
+    it), so a driver that makes several trainers (self-training iterations, a resumed run)
+    compiles the step once.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, optim: OptimConfig, total_steps: int,
+                 microbatches: int, mesh: Mesh, rules: Rules, loss_fn: LossFn) -> None:
+        self.model_cfg, self.mesh, self.rules = model_cfg, mesh, rules
+        self.apply_fn = make_apply_fn(model_cfg)
+        self.schedule = learning_rate_schedule(optim, total_steps)
+        self.tx = make_optimizer(optim, total_steps)
+        self.param_shardings = param_shardings(abstract_params(model_cfg), mesh, rules)
+        rep = replicated(mesh)
+        self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
+        opt_shardings = optax.tree_map_params(
+            self.tx, lambda _, s: s, self.abstract_state.opt_state, self.param_shardings,
+            transform_non_params=lambda _: rep,
+        )
+        self.state_shardings = TrainState(step=rep, params=self.param_shardings,
+                                          opt_state=opt_shardings, rng=rep)
+        self.batch_sharding = batch_sharding(mesh, rules)
+        step = make_train_step(self.apply_fn, loss_fn, self.tx, self.schedule, microbatches,
+                               mesh, rules, self.param_shardings)
+        self.step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                            out_shardings=(self.state_shardings, rep), donate_argnums=0)
+        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.init_opt = jax.jit(self.tx.init, in_shardings=(self.param_shardings,),
+                                out_shardings=opt_shardings)
+        self.eval = jax.jit(lambda p, b: loss_fn(self.apply_fn, p, b),
+                            in_shardings=(self.param_shardings, self.batch_sharding),
+                            out_shardings=rep)
+        self._compiled: dict[Any, Any] = {}
+
+    def _init(self, rng: jax.Array) -> TrainState:
+        params = init_params(self.model_cfg, rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params),
+                          rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
+
+    def compiled_step(self, state: TrainState, batch: Batch):
+        """The step compiled for this batch's keys, shapes and dtypes (compiled once)."""
+        key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
+        if key not in self._compiled:
+            t0 = time.perf_counter()
+            with mesh_context(self.mesh, self.rules):
+                self._compiled[key] = self.step.lower(state, batch).compile()
+            log.info("compiled the train step in %.1fs", time.perf_counter() - t0)
+        return self._compiled[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_programs(model_cfg, optim_items, total_steps, microbatches, mesh, rules, loss_fn):
+    return Programs(model_cfg, OptimConfig(**dict(optim_items)), total_steps, microbatches,
+                    mesh, rules, loss_fn)
+
+
+def programs(model_cfg: ModelConfig, optim: OptimConfig, total_steps: int, microbatches: int,
+             mesh: Mesh, rules: Rules, loss_fn: LossFn) -> Programs:
+    """The shared `Programs` of a setup (built on first use)."""
+    optim_items = tuple(sorted(dataclasses.asdict(optim).items()))
+    return _cached_programs(model_cfg, optim_items, total_steps, microbatches, mesh,
+                            tuple(rules), loss_fn)
+
+
+def _iterator_state(batches: Any) -> dict[str, Any] | None:
+    return batches.state() if hasattr(batches, "state") else None
+
+
+class Trainer:
+    """Owns one run: its sharded state, checkpoints and metric logs, over shared `Programs`.
+
+    `params` (e.g. from an HF import) are placed onto the parameter shardings and owned by
+    the trainer from then on: the first step donates their buffers. Without `params` the
+    model starts from random weights made on their shards. With `run_dir`, metrics go to
+    run_dir/metrics.jsonl and run_dir/tensorboard, checkpoints to run_dir/checkpoints.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        train: TrainConfig,
+        optim: OptimConfig,
+        mesh_cfg: MeshConfig | None = None,
+        *,
+        loss_fn: LossFn = sft_loss_fn,
+        run_dir: str | Path | None = None,
+        params: Params | None = None,
+        seed: int = 0,
+        devices: list[jax.Device] | None = None,
+        peak_flops: float | None = None,
+    ) -> None:
+        mesh_cfg = mesh_cfg or MeshConfig()
+        self.model_cfg, self.train, self.optim = model_cfg, train, optim
+        self.rules = rules_from_config(mesh_cfg.rules)
+        self.mesh = mesh_from_config(mesh_cfg, devices)
+        check_batch_layout(train.batch_size, train.microbatches, self.mesh, self.rules)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.seed = seed
+        self.peak_flops = peak_flops if peak_flops is not None else peak_flops_per_device(
+            self.mesh.devices.flat[0])
+        self.programs = programs(model_cfg, optim, train.steps, train.microbatches, self.mesh,
+                                 self.rules, loss_fn)
+        self._params = params
+        self.state: TrainState | None = None
+        self.checkpointer = (
+            None if self.run_dir is None else
+            Checkpointer(self.run_dir / "checkpoints", train.keep_checkpoints,
+                         train.async_checkpoint)
+        )
+
+    # ---- state
+
+    @property
+    def step(self) -> int:
+        """Optimizer updates applied so far (host mirror of state.step)."""
+        return 0 if self.state is None else int(self.state.step)
+
+    def init_state(self) -> TrainState:
+        """Fresh state from the given params, or random params made on their shards."""
+        prog = self.programs
+        rng = jax.random.key(self.seed)
+        if self._params is None:
+            self.state = prog.init(rng)
+        else:
+            rep = replicated(self.mesh)
+            params = place(_checked_params(self._params, self.model_cfg), prog.param_shardings)
+            self.state = TrainState(
+                step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
+                opt_state=prog.init_opt(params),
+                rng=jax.device_put(jax.random.key_data(jax.random.fold_in(rng, 1)), rep),
+            )
+        self._params = None
+        return self.state
+
+    def resume(self, batches: Any = None) -> int | None:
+        """Restore the newest readable checkpoint (and the data iterator's position when
+        `batches` has `restore`); returns its step, or None when there is none."""
+        if self.checkpointer is None:
+            return None
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            self.programs.abstract_state, self.programs.state_shardings,
+        )
+        found = self.checkpointer.restore_latest(abstract)
+        if found is None:
+            return None
+        step, self.state, data = found
+        if batches is not None and hasattr(batches, "restore") and data.get("iterator"):
+            batches.restore(data["iterator"])
+        self._params = None
+        log.info("resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
+        return step
+
+    def save(self, data: dict[str, Any] | None = None) -> None:
+        """Checkpoint the current state (async); `data` is JSON saved alongside it."""
+        if self.checkpointer is None:
+            raise ValueError("this Trainer has no run_dir, so it cannot save checkpoints")
+        self.checkpointer.save(self.step, self.state, data)
+
+    def next_rng(self) -> jax.Array:
+        """A fresh PRNG key from the run's checkpointed stream (sampling between steps)."""
+        key, sub = jax.random.split(jax.random.wrap_key_data(self.state.rng))
+        self.state = self.state.replace(
+            rng=jax.device_put(jax.random.key_data(key), replicated(self.mesh)))
+        return sub
+
+    # ---- steps
+
+    def shard_batch(self, local: dict[str, np.ndarray]) -> Batch:
+        """This process's rows of a batch -> global arrays sharded by rows."""
+        procs = len(mesh_processes(self.mesh))
+        expected = self.train.batch_size // procs
+        for k, v in local.items():
+            if np.shape(v)[0] != expected:
+                raise ValueError(
+                    f"batch[{k!r}] has {np.shape(v)[0]} rows but this process must supply "
+                    f"batch_size / processes = {self.train.batch_size} / {procs} = {expected}"
+                )
+        return shard_batch(local, self.mesh, self.rules)
+
+    def train_step(self, local: dict[str, np.ndarray]) -> dict[str, float]:
+        """One step on this process's rows; host metrics; raises on a non-finite loss."""
+        if self.state is None:
+            self.init_state()
+        batch = self.shard_batch(local)
+        self.state, metrics = self.programs.compiled_step(self.state, batch)(self.state, batch)
+        metrics = _to_host(metrics)
+        self._check_finite(self.step + 1, metrics)
+        return metrics
+
+    def _check_finite(self, step: int, metrics: dict[str, float]) -> None:
+        loss, grad_norm = metrics["loss"], metrics["grad_norm"]
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        saved = None if self.checkpointer is None else self.checkpointer.latest_step()
+        raise NonFiniteLossError(
+            f"non-finite training signal at step {step}: loss={loss}, grad_norm={grad_norm}. "
+            f"The parameters were not updated (state stays at step {self.step}); "
+            + (f"the last good checkpoint is step {saved}. " if saved is not None else "")
+            + "Lower optim.learning_rate or add warmup, check this batch's data, or train "
+            "with param_dtype=float32."
+        )
+
+    def fit(
+        self,
+        batches: Iterator[dict[str, np.ndarray]],
+        num_steps: int | None = None,
+        on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train until `train.steps` (or `num_steps` more steps), resuming when configured.
+
+        `batches` yields this process's rows of each global batch; its `state()` (if any) is
+        checkpointed and restored with the train state. Checkpoints every
+        `train.checkpoint_every` steps and at the end (async). Returns per-step metrics.
+        """
+        if self.state is None:
+            if not (self.train.resume and self.resume(batches) is not None):
+                self.init_state()
+        start = self.step
+        end = self.train.steps if num_steps is None else min(self.train.steps, start + num_steps)
+        if start >= end:
+            return []
+        every = self.train.checkpoint_every
+        tokens = self.train.batch_size * self.train.seq_len
+        flops = training_flops_per_token(self.model_cfg, self.train.seq_len) * tokens
+        n_dev = self.mesh.devices.size
+        logger = MetricsLogger(self.run_dir, self.train.steps, start, self.train.log_every)
+        history: list[dict[str, Any]] = []
+        try:
+            batch = self.shard_batch(next(batches))
+            data = _iterator_state(batches)
+            run = self.programs.compiled_step(self.state, batch)
+            last = time.perf_counter()
+            for step in range(start + 1, end + 1):
+                self.state, metrics = run(self.state, batch)
+                if step < end:  # prepare the next batch while the device computes
+                    next_batch = self.shard_batch(next(batches))
+                    next_data = _iterator_state(batches)
+                metrics = _to_host(metrics)
+                now = time.perf_counter()
+                dt, last = now - last, now
+                self._check_finite(step, metrics)
+                record = dict(
+                    metrics, step_time=dt, tokens_per_s=tokens / dt,
+                    tokens_per_s_per_device=tokens / dt / n_dev,
+                    mfu=mfu(flops, dt, n_dev, self.peak_flops),
+                )
+                logger.log(step, record)
+                history.append({"step": step, **record})
+                if on_step is not None:
+                    on_step(step, record)
+                if self.checkpointer is not None and (
+                    (every and step % every == 0) or step == end
+                ):
+                    self.save({"iterator": data})
+                if step < end:
+                    batch, data = next_batch, next_data
+        finally:
+            logger.close()
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
+        return history
+
+    def evaluate(self, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
+        """Weight-averaged loss and aux metrics of the current params over `batches`."""
+        if self.state is None:
+            self.init_state()
+        total: dict[str, float] = {}
+        weight = 0.0
+        with mesh_context(self.mesh, self.rules):
+            for local in batches:
+                loss, aux = self.programs.eval(self.state.params, self.shard_batch(local))
+                aux = _to_host(aux)
+                w = aux.pop("weight")
+                for k, v in {"loss": float(loss), **aux}.items():
+                    total[k] = total.get(k, 0.0) + w * v
+                weight += w
+        if not weight:
+            return {}
+        return {k: v / weight for k, v in total.items()} | {"weight": weight}
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+
+def _to_host(tree: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def _checked_params(params: Params, cfg: ModelConfig) -> Params:
+    """Given params must match the model's tree and shapes; cast to its param dtype."""
+    abstract = nn.meta.unbox(abstract_params(cfg))
+    want = jax.tree_util.tree_structure(abstract)
+    got = jax.tree_util.tree_structure(params)
+    if want != got:
+        raise ValueError(f"params do not match the model's parameter tree:\n got {got}\n "
+                         f"want {want}")
+
+    def check(path, p, a):
+        if tuple(np.shape(p)) != a.shape:
+            raise ValueError(f"param {jax.tree_util.keystr(path)} has shape {np.shape(p)}, "
+                             f"the model expects {a.shape}")
+        return p if p.dtype == a.dtype else p.astype(a.dtype)
+
+    return jax.tree_util.tree_map_with_path(check, params, abstract)

@@ -1,0 +1,233 @@
+"""Trainer pieces on one CPU device: optimizer, errors, mixed precision, metrics, launch env."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from critique_jax.config import MeshConfig, OptimConfig, TrainConfig
+from critique_jax.distributed import detect_launcher, slurm_local_device_ids
+from critique_jax.metrics import MetricsLogger, peak_flops_per_device, training_flops_per_token
+from critique_jax.models import abstract_params, preset
+from critique_jax.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    learning_rate_schedule,
+    make_optimizer,
+    sft_loss_fn,
+    weight_decay_mask,
+)
+
+B, T = 4, 16
+
+
+def batch(seed: int, poison: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, 256, (B, T + 1)).astype(np.int32)
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "loss_mask": (rng.random((B, T)) < 0.8).astype(np.float32),
+        "segment_ids": np.ones((B, T), np.int32),
+        "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1)),
+        "poison": np.full((B,), poison),
+    }
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def test_schedule_warmup_then_decay():
+    optim = OptimConfig(learning_rate=1.0, warmup_steps=4, end_lr_ratio=0.1, schedule="cosine")
+    lr = learning_rate_schedule(optim, total_steps=14)
+    assert [float(lr(s)) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert float(lr(4)) == pytest.approx(1.0)
+    assert float(lr(9)) == pytest.approx(0.55)  # halfway through the cosine: mean of 1, 0.1
+    assert float(lr(14)) == pytest.approx(0.1)
+    linear = learning_rate_schedule(OptimConfig(learning_rate=1.0, schedule="linear",
+                                                end_lr_ratio=0.0), total_steps=10)
+    assert float(linear(5)) == pytest.approx(0.5)
+    const = learning_rate_schedule(OptimConfig(learning_rate=2.0, schedule="constant"), 10)
+    assert float(const(7)) == 2.0
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate_schedule(OptimConfig(schedule="exp"), 10)
+
+
+def test_weight_decay_skips_norms_and_biases_of_scanned_layers():
+    cfg = preset("tiny", qkv_bias=True, qk_norm=True)
+    params = nn.meta.unbox(abstract_params(cfg))
+    mask = weight_decay_mask(params)
+    layers = params["layers"]
+    assert layers["input_norm"]["scale"].shape == (cfg.num_layers, cfg.hidden_size)  # 2-D
+    assert layers["attn"]["q"]["bias"].ndim == 3  # [L, heads, head_dim]
+    assert not mask["layers"]["input_norm"]["scale"]
+    assert not mask["layers"]["attn"]["q_norm"]["scale"]
+    assert not mask["layers"]["attn"]["q"]["bias"]
+    assert not mask["final_norm"]["scale"]
+    assert mask["layers"]["attn"]["q"]["kernel"]
+    assert mask["layers"]["mlp"]["up"]["kernel"]
+    assert mask["embed"]["embedding"]
+
+
+def test_adamw_decays_masked_params_only():
+    optim = OptimConfig(learning_rate=0.1, weight_decay=0.5, grad_clip=1.0)
+    tx = make_optimizer(optim, total_steps=10)
+    params = {"w": {"kernel": jnp.ones((2, 2))}, "n": {"scale": jnp.ones((2,))}}
+    state = tx.init(params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["w"]["kernel"], 1 - 0.1 * 0.5)  # lr * wd * w
+    np.testing.assert_allclose(new["n"]["scale"], 1.0)
+    big = {"w": {"kernel": jnp.full((2, 2), 100.0)}, "n": {"scale": jnp.zeros((2,))}}
+    clipped, _ = optax.clip_by_global_norm(1.0).update(big, None)
+    assert float(optax.tree.norm(clipped)) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_bad_mesh_and_batch_rejected_before_compiling():
+    cfg, optim = preset("tiny"), OptimConfig()
+    with pytest.raises(ValueError, match=r"needs 8 devices but 1 are available"):
+        Trainer(cfg, TrainConfig(batch_size=8), optim, MeshConfig(shape=(2, 2, 2)))
+    with pytest.raises(ValueError, match=r"batch_size=6 .*microbatches=4"):
+        Trainer(cfg, TrainConfig(batch_size=6, microbatches=4), optim, MeshConfig((1, 1, 1)))
+    with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
+        Trainer(cfg, TrainConfig(batch_size=4), optim,
+                MeshConfig(shape=(1, 1, 1), rules=[["mlp", "model"]]))
+
+
+def poisonable_sft_loss(apply_fn, params, b):
+    """SFT loss that turns NaN on a batch whose `poison` rows are set."""
+    loss, aux = sft_loss_fn(apply_fn, params, b)
+    return jnp.where(b["poison"].any(), jnp.nan, loss), aux
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_good_state(tmp_path):
+    train = TrainConfig(steps=5, batch_size=B, seq_len=T, checkpoint_every=1, log_every=100)
+    t = Trainer(preset("tiny"), train, OptimConfig(learning_rate=1e-3), MeshConfig((1, 1, 1)),
+                loss_fn=poisonable_sft_loss, run_dir=tmp_path)
+    batches = iter([batch(0), batch(1), batch(2, poison=True), batch(3), batch(4)])
+    with pytest.raises(NonFiniteLossError, match=r"at step 3: loss=nan.*checkpoint is step 2"):
+        t.fit(batches)
+    t.close()
+    assert t.step == 2  # the poisoned update was not applied
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(t.state.params)))
+    assert t.checkpointer.steps() == [1, 2]
+    kept = Trainer(preset("tiny"), train, OptimConfig(learning_rate=1e-3), MeshConfig((1, 1, 1)),
+                   loss_fn=poisonable_sft_loss, run_dir=tmp_path)
+    assert kept.resume() == 2
+    for a, b in zip(jax.tree.leaves(kept.state.params), jax.tree.leaves(t.state.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kept.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2]
+    for key in ("loss", "grad_norm", "learning_rate", "tokens_per_s", "step_time", "mfu"):
+        assert key in records[0]
+
+
+# --------------------------------------------------------------------------- precision, eval
+
+
+def test_fp32_master_params_with_bf16_compute_and_given_params():
+    cfg = preset("tiny", dtype="bfloat16", param_dtype="float32")
+    given = jax.tree.map(lambda x: np.asarray(x, np.float32),
+                         jax.device_get(jax.jit(lambda r: _init(cfg, r))(jax.random.key(7))))
+    train = TrainConfig(steps=2, batch_size=B, seq_len=T, log_every=100)
+    t = Trainer(cfg, train, OptimConfig(learning_rate=1e-2), MeshConfig((1, 1, 1)),
+                params=given)  # batches carry an extra `poison` key, which is just sharded
+    m1 = t.train_step(batch(0))
+    m2 = t.train_step(batch(0))
+    assert m2["loss"] < m1["loss"]  # same batch twice: the update helped
+    leaves = jax.tree.leaves(t.state.params)
+    assert all(x.dtype == jnp.float32 for x in leaves)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(t.state.opt_state)
+               if hasattr(x, "dtype") and x.ndim > 0)
+    # Evaluation is the weight-averaged loss over batches.
+    one = [t.evaluate([batch(i)]) for i in (5, 6)]
+    both = t.evaluate([batch(5), batch(6)])
+    expect = (one[0]["loss"] * one[0]["weight"] + one[1]["loss"] * one[1]["weight"]) / (
+        one[0]["weight"] + one[1]["weight"])
+    assert both["loss"] == pytest.approx(expect, rel=1e-6)
+    assert both["weight"] == one[0]["weight"] + one[1]["weight"]
+
+
+def _init(cfg, rng):
+    from critique_jax.models import init_params
+
+    return init_params(cfg, rng)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_flop_formula_by_hand():
+    cfg = preset("tiny")  # untied: the input table is a lookup, not counted
+    n = cfg.num_params() - cfg.vocab_size * cfg.hidden_size
+    attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 128
+    assert training_flops_per_token(cfg, 128) == 6 * n + attention
+    tied = preset("smollm2-135m")
+    assert training_flops_per_token(tied, 1) == pytest.approx(
+        6 * tied.num_params() + 6 * 30 * 9 * 64)
+    assert 130e6 < tied.num_params() < 140e6
+
+
+def test_peak_flops_table():
+    class Dev:
+        platform = "gpu"
+        device_kind = "NVIDIA H100 80GB HBM3"
+
+    assert peak_flops_per_device(Dev()) == 989e12
+    Dev.platform, Dev.device_kind = "tpu", "TPU v5 lite"
+    assert peak_flops_per_device(Dev()) == 197e12
+    assert peak_flops_per_device(jax.devices("cpu")[0]) is None
+
+
+def test_metrics_logger_replaces_records_after_resume(tmp_path):
+    log = MetricsLogger(tmp_path, total_steps=4, enabled=True, tensorboard=False)
+    for step in (1, 2, 3):
+        log.log(step, {"loss": 1.0 / step, "mfu": None, "weight": np.float32(7)})
+    log.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lo')  # torn by a kill mid-write
+    log = MetricsLogger(tmp_path, total_steps=4, initial_step=2, enabled=True,
+                        tensorboard=False)
+    log.log(3, {"loss": math.pi})
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[2]["loss"] == math.pi and records[0]["weight"] == 7.0
+
+
+# --------------------------------------------------------------------------- launch env
+
+
+def test_detect_launcher():
+    assert detect_launcher({}) is None
+    explicit = {"COORDINATOR_ADDRESS": "h0:1234", "NUM_PROCESSES": "4", "PROCESS_ID": "2"}
+    assert detect_launcher(explicit) == "explicit"
+    assert detect_launcher({**explicit, "NUM_PROCESSES": "1"}) is None
+    with pytest.raises(ValueError, match="PROCESS_ID"):
+        detect_launcher({"COORDINATOR_ADDRESS": "h0:1234", "NUM_PROCESSES": "4"})
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "n[1-2]"}
+    assert detect_launcher(slurm) == "slurm"
+    assert detect_launcher({**slurm, "SLURM_NTASKS": "1"}) is None
+    assert detect_launcher({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}) == "tpu"
+    assert detect_launcher({"TPU_WORKER_HOSTNAMES": "t0"}) is None
+    assert detect_launcher({"CRITIQUE_JAX_MULTIHOST": "1"}) == "tpu"
+
+
+def test_slurm_local_devices():
+    per_node = {"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_GPUS_ON_NODE": "8"}
+    assert slurm_local_device_ids(per_node) == list(range(8))
+    per_gpu = {"SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_GPUS_ON_NODE": "8"}
+    assert slurm_local_device_ids(per_gpu) is None

@@ -27,6 +27,10 @@ class CheckpointWarning(UserWarning):
     """A checkpoint step was unreadable and skipped."""
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint holds a differently shaped state (another model or optimizer)."""
+
+
 class Checkpointer:
     """One run's checkpoints under `directory` (normally run_dir/checkpoints)."""
 
@@ -42,6 +46,10 @@ class Checkpointer:
                 cleanup_tmp_directories=True,
                 create=True,
             ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def steps(self) -> list[int]:
@@ -67,10 +75,20 @@ class Checkpointer:
 
         `abstract_state` is the state's pytree of `jax.ShapeDtypeStruct`s with shardings;
         arrays are restored directly onto them. Unreadable steps are moved aside (renamed
-        `corrupt-<step>-<time>`) with a warning, and the next older step is tried.
+        `corrupt-<step>-<time>`) with a warning, and the next older step is tried. A readable
+        step whose arrays do not match `abstract_state` (the config changed) raises
+        `CheckpointMismatchError` and touches nothing.
         """
         self._manager.reload()
         for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                saved = self._manager.item_metadata(step)["state"]
+                if saved is None:
+                    raise FileNotFoundError("the state item has no readable metadata")
+            except Exception as e:  # noqa: BLE001 - any failure to read means: skip this step
+                self._set_aside(step, e)
+                continue
+            _check_layout(step, _shapes(saved.tree), _shapes(abstract_state))
             try:
                 restored = self._manager.restore(
                     step,
@@ -79,7 +97,7 @@ class Checkpointer:
                         data=ocp.args.JsonRestore(),
                     ),
                 )
-            except Exception as e:  # noqa: BLE001 - any failure to read means: skip this step
+            except Exception as e:  # noqa: BLE001
                 self._set_aside(step, e)
                 continue
             return step, restored.state, dict(restored.data or {})
@@ -108,3 +126,23 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _shapes(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+    """The sorted (shape, dtype) of every array leaf: a layout fingerprint of a state that
+    does not depend on how orbax names tree nodes."""
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return sorted((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def _check_layout(step: int, saved: list, expected: list) -> None:
+    if saved == expected:
+        return
+    only_saved = sorted(set(saved) - set(expected))[:3]
+    only_expected = sorted(set(expected) - set(saved))[:3]
+    raise CheckpointMismatchError(
+        f"checkpoint step {step} holds {len(saved)} arrays, this run's state has "
+        f"{len(expected)}; (shape, dtype) only in the checkpoint: {only_saved}, only in this "
+        f"run: {only_expected}. The model or optimizer config changed since it was saved: "
+        "resume with the same config, or start a new run_dir."
+    )

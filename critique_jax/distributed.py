@@ -68,13 +68,20 @@ def initialize_distributed(env: Mapping[str, str] = os.environ) -> bool:
         return False
     kwargs: dict[str, Any] = {}
     if launcher == "explicit":
-        kwargs = dict(coordinator_address=env["COORDINATOR_ADDRESS"],
-                      num_processes=int(env["NUM_PROCESSES"]),
-                      process_id=int(env["PROCESS_ID"]))
+        kwargs = dict(
+            coordinator_address=env["COORDINATOR_ADDRESS"],
+            num_processes=int(env["NUM_PROCESSES"]),
+            process_id=int(env["PROCESS_ID"]),
+        )
     elif launcher == "slurm":
         kwargs = dict(local_device_ids=slurm_local_device_ids(env))
     jax.distributed.initialize(**kwargs)
-    log.info("process %d of %d (%s launch): %d local of %d devices", jax.process_index(),
-             jax.process_count(), launcher, jax.local_device_count(), jax.device_count())
+    log.info(
+        "process %d of %d (%s launch): %d local of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        launcher,
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
-

@@ -76,13 +76,16 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     for name, peak in PEAK_BF16_FLOPS:
         if name.lower() in kind.lower():
             return peak
-    logger.warning("no peak FLOP/s known for device kind %r: MFU is not reported; pass "
-                   "peak_flops to set one", kind)
+    logger.warning(
+        "no peak FLOP/s known for device kind %r: MFU is not reported; pass peak_flops to set one",
+        kind,
+    )
     return None
 
 
-def mfu(flops_per_step: float, step_time: float, num_devices: int,
-        peak_per_device: float | None) -> float | None:
+def mfu(
+    flops_per_step: float, step_time: float, num_devices: int, peak_per_device: float | None
+) -> float | None:
     if peak_per_device is None or step_time <= 0:
         return None
     return flops_per_step / (step_time * num_devices * peak_per_device)
@@ -96,9 +99,15 @@ class MetricsLogger:
     TensorBoard purges its events after k, so each step appears once.
     """
 
-    def __init__(self, run_dir: str | Path | None, total_steps: int, initial_step: int = 0,
-                 log_every: int = 10, enabled: bool | None = None,
-                 tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path | None,
+        total_steps: int,
+        initial_step: int = 0,
+        log_every: int = 10,
+        enabled: bool | None = None,
+        tensorboard: bool = True,
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
@@ -112,10 +121,18 @@ class MetricsLogger:
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
-                                         purge_step=initial_step + 1 if initial_step else None)
-        self._bar = tqdm(total=total_steps, initial=initial_step, disable=not self.enabled,
-                         dynamic_ncols=True, desc="train", unit="step")
+                self._tb = SummaryWriter(
+                    str(Path(run_dir) / "tensorboard"),
+                    purge_step=initial_step + 1 if initial_step else None,
+                )
+        self._bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            disable=not self.enabled,
+            dynamic_ncols=True,
+            desc="train",
+            unit="step",
+        )
 
     def _drop_after(self, step: int) -> None:
         if not self.path.exists():

@@ -20,10 +20,14 @@ from critique_jax.sharding import make_mesh, param_shardings
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True, help="HF checkpoint directory")
-    p.add_argument("--prompt", action="append", required=True,
-                   help="prompt text; repeat for several prompts")
-    p.add_argument("--chat", action="store_true",
-                   help="send each prompt as a user message through the chat template")
+    p.add_argument(
+        "--prompt", action="append", required=True, help="prompt text; repeat for several prompts"
+    )
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="send each prompt as a user message through the chat template",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -32,12 +36,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
-    p.add_argument("--stop-token-id", type=int, action="append", default=None,
-                   help="stop token id; repeatable (default: the tokenizer's eos)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="compute and parameter dtype")
-    p.add_argument("--mesh", default=None,
-                   help="data,fsdp,tensor mesh shape, e.g. 1,1,-1 (default: one device)")
+    p.add_argument(
+        "--stop-token-id",
+        type=int,
+        action="append",
+        default=None,
+        help="stop token id; repeatable (default: the tokenizer's eos)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute and parameter dtype",
+    )
+    p.add_argument(
+        "--mesh",
+        default=None,
+        help="data,fsdp,tensor mesh shape, e.g. 1,1,-1 (default: one device)",
+    )
     p.add_argument("--max-batch", type=int, default=64, help="most decode rows per call")
     p.add_argument("--json", action="store_true", help="one JSON object per sample")
     return p.parse_args(argv)
@@ -47,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sp = SamplingParams(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, min_p=args.min_p, n=args.n, seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            n=args.n,
+            seed=args.seed,
             stop_strings=tuple(args.stop),
             stop_token_ids=None if args.stop_token_id is None else tuple(args.stop_token_id),
         )
@@ -57,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     shardings = None if mesh is None else (lambda c: param_shardings(abstract_params(c), mesh))
-    cfg, params = load_hf(args.model, shardings=shardings, dtype=args.dtype,
-                          param_dtype=args.dtype)
+    cfg, params = load_hf(args.model, shardings=shardings, dtype=args.dtype, param_dtype=args.dtype)
     tokenizer = load_tokenizer(args.model, cfg)
     sampler = Sampler(cfg, tokenizer, mesh=mesh, buckets=Buckets(max_batch=args.max_batch))
     prompts = [[{"role": "user", "content": p}] if args.chat else p for p in args.prompt]
@@ -68,9 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     for i, samples in enumerate(results):
         for j, c in enumerate(samples):
             if args.json:
-                print(json.dumps(dict(prompt=i, sample=j, text=c.text,
-                                      finish_reason=c.finish_reason, num_tokens=c.num_tokens,
-                                      logprob=sum(c.logprobs), token_ids=list(c.token_ids))))
+                print(
+                    json.dumps(
+                        dict(
+                            prompt=i,
+                            sample=j,
+                            text=c.text,
+                            finish_reason=c.finish_reason,
+                            num_tokens=c.num_tokens,
+                            logprob=sum(c.logprobs),
+                            token_ids=list(c.token_ids),
+                        )
+                    )
+                )
             else:
                 print(f"=== prompt {i} sample {j} ({c.num_tokens} tokens, {c.finish_reason})")
                 print(c.text)

@@ -49,12 +49,14 @@ def _scorer(model_cfg: ModelConfig, mesh: Mesh, rules: Rules):
     shardings = param_shardings(abstract_params(model_cfg), mesh, rules)
 
     def score(params, batch):
-        logits = model.apply({"params": params}, batch["inputs"], batch["positions"],
-                             batch["segment_ids"])
+        logits = model.apply(
+            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
+        )
         return losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
 
-    fn = jax.jit(score, in_shardings=(shardings, batch_sharding(mesh, rules)),
-                 out_shardings=replicated(mesh))
+    fn = jax.jit(
+        score, in_shardings=(shardings, batch_sharding(mesh, rules)), out_shardings=replicated(mesh)
+    )
     return shardings, fn
 
 
@@ -77,8 +79,10 @@ def _score_batch(fn, params, batch: dict[str, np.ndarray], mesh: Mesh, rules: Ru
 def _check_rows(rows: int, mesh: Mesh, rules: Rules) -> None:
     dp = data_parallel_size(mesh, rules)
     if rows % dp:
-        raise ValueError(f"{rows} rows cannot be split over the data-parallel size {dp} of mesh "
-                         f"{dict(mesh.shape)}; use a multiple of {dp}.")
+        raise ValueError(
+            f"{rows} rows cannot be split over the data-parallel size {dp} of mesh "
+            f"{dict(mesh.shape)}; use a multiple of {dp}."
+        )
 
 
 def sequence_logprobs(

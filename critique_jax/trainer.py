@@ -156,8 +156,12 @@ def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
 
 
 def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
-    """Next-token cross-entropy on `loss_mask` targets; weight = number of target tokens."""
-    logits = apply_fn(params, batch["inputs"], batch["positions"], batch["segment_ids"])
+    """Next-token cross-entropy on `loss_mask` targets; weight = number of target tokens.
+
+    Without `segment_ids` in the batch (one right-padded sequence per row) the model takes
+    its plain causal attention path, which is flash attention on GPU.
+    """
+    logits = apply_fn(params, batch["inputs"], batch["positions"], batch.get("segment_ids"))
     loss, aux = losses.sft_loss(logits, batch["targets"], batch["loss_mask"])
     return loss, {"weight": aux["ntokens"], "accuracy": aux["accuracy"]}
 
@@ -222,8 +226,9 @@ def make_train_step(
 
         def body(acc, mb):
             loss, weight, aux, grads = loss_and_grad(params, mb)
-            grads = jax.tree.map(lambda a, g: a + weight * g.astype(jnp.float32),
-                                 acc["grads"], grads)
+            grads = jax.tree.map(
+                lambda a, g: a + weight * g.astype(jnp.float32), acc["grads"], grads
+            )
             grads = jax.lax.with_sharding_constraint(grads, shardings)
             return dict(
                 grads=grads,
@@ -252,8 +257,9 @@ def make_train_step(
         )
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-        metrics = dict(aux, loss=loss, weight=weight, grad_norm=grad_norm,
-                       learning_rate=schedule(state.step))
+        metrics = dict(
+            aux, loss=loss, weight=weight, grad_norm=grad_norm, learning_rate=schedule(state.step)
+        )
         return new, metrics
 
     return step
@@ -270,8 +276,16 @@ class Programs:
     compiles the step once.
     """
 
-    def __init__(self, model_cfg: ModelConfig, optim: OptimConfig, total_steps: int,
-                 microbatches: int, mesh: Mesh, rules: Rules, loss_fn: LossFn) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        optim: OptimConfig,
+        total_steps: int,
+        microbatches: int,
+        mesh: Mesh,
+        rules: Rules,
+        loss_fn: LossFn,
+    ) -> None:
         self.model_cfg, self.mesh, self.rules = model_cfg, mesh, rules
         self.apply_fn = make_apply_fn(model_cfg)
         self.schedule = learning_rate_schedule(optim, total_steps)
@@ -280,29 +294,51 @@ class Programs:
         rep = replicated(mesh)
         self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
         opt_shardings = optax.tree_map_params(
-            self.tx, lambda _, s: s, self.abstract_state.opt_state, self.param_shardings,
+            self.tx,
+            lambda _, s: s,
+            self.abstract_state.opt_state,
+            self.param_shardings,
             transform_non_params=lambda _: rep,
         )
-        self.state_shardings = TrainState(step=rep, params=self.param_shardings,
-                                          opt_state=opt_shardings, rng=rep)
+        self.state_shardings = TrainState(
+            step=rep, params=self.param_shardings, opt_state=opt_shardings, rng=rep
+        )
         self.batch_sharding = batch_sharding(mesh, rules)
-        step = make_train_step(self.apply_fn, loss_fn, self.tx, self.schedule, microbatches,
-                               mesh, rules, self.param_shardings)
-        self.step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
-                            out_shardings=(self.state_shardings, rep), donate_argnums=0)
+        step = make_train_step(
+            self.apply_fn,
+            loss_fn,
+            self.tx,
+            self.schedule,
+            microbatches,
+            mesh,
+            rules,
+            self.param_shardings,
+        )
+        self.step = jax.jit(
+            step,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, rep),
+            donate_argnums=0,
+        )
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.init_opt = jax.jit(self.tx.init, in_shardings=(self.param_shardings,),
-                                out_shardings=opt_shardings)
-        self.eval = jax.jit(lambda p, b: loss_fn(self.apply_fn, p, b),
-                            in_shardings=(self.param_shardings, self.batch_sharding),
-                            out_shardings=rep)
+        self.init_opt = jax.jit(
+            self.tx.init, in_shardings=(self.param_shardings,), out_shardings=opt_shardings
+        )
+        self.eval = jax.jit(
+            lambda p, b: loss_fn(self.apply_fn, p, b),
+            in_shardings=(self.param_shardings, self.batch_sharding),
+            out_shardings=rep,
+        )
         self._compiled: dict[Any, Any] = {}
 
     def _init(self, rng: jax.Array) -> TrainState:
         params = init_params(self.model_cfg, rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params),
-                          rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
+        )
 
     def compiled_step(self, state: TrainState, batch: Batch):
         """The step compiled for this batch's keys, shapes and dtypes (compiled once)."""
@@ -317,16 +353,25 @@ class Programs:
 
 @functools.lru_cache(maxsize=8)
 def _cached_programs(model_cfg, optim_items, total_steps, microbatches, mesh, rules, loss_fn):
-    return Programs(model_cfg, OptimConfig(**dict(optim_items)), total_steps, microbatches,
-                    mesh, rules, loss_fn)
+    return Programs(
+        model_cfg, OptimConfig(**dict(optim_items)), total_steps, microbatches, mesh, rules, loss_fn
+    )
 
 
-def programs(model_cfg: ModelConfig, optim: OptimConfig, total_steps: int, microbatches: int,
-             mesh: Mesh, rules: Rules, loss_fn: LossFn) -> Programs:
+def programs(
+    model_cfg: ModelConfig,
+    optim: OptimConfig,
+    total_steps: int,
+    microbatches: int,
+    mesh: Mesh,
+    rules: Rules,
+    loss_fn: LossFn,
+) -> Programs:
     """The shared `Programs` of a setup (built on first use)."""
     optim_items = tuple(sorted(dataclasses.asdict(optim).items()))
-    return _cached_programs(model_cfg, optim_items, total_steps, microbatches, mesh,
-                            tuple(rules), loss_fn)
+    return _cached_programs(
+        model_cfg, optim_items, total_steps, microbatches, mesh, tuple(rules), loss_fn
+    )
 
 
 def _iterator_state(batches: Any) -> dict[str, Any] | None:
@@ -363,16 +408,22 @@ class Trainer:
         check_batch_layout(train.batch_size, train.microbatches, self.mesh, self.rules)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.seed = seed
-        self.peak_flops = peak_flops if peak_flops is not None else peak_flops_per_device(
-            self.mesh.devices.flat[0])
-        self.programs = programs(model_cfg, optim, train.steps, train.microbatches, self.mesh,
-                                 self.rules, loss_fn)
+        self.peak_flops = (
+            peak_flops
+            if peak_flops is not None
+            else peak_flops_per_device(self.mesh.devices.flat[0])
+        )
+        self.programs = programs(
+            model_cfg, optim, train.steps, train.microbatches, self.mesh, self.rules, loss_fn
+        )
         self._params = params
         self.state: TrainState | None = None
         self.checkpointer = (
-            None if self.run_dir is None else
-            Checkpointer(self.run_dir / "checkpoints", train.keep_checkpoints,
-                         train.async_checkpoint)
+            None
+            if self.run_dir is None
+            else Checkpointer(
+                self.run_dir / "checkpoints", train.keep_checkpoints, train.async_checkpoint
+            )
         )
 
     # ---- state
@@ -392,7 +443,8 @@ class Trainer:
             rep = replicated(self.mesh)
             params = place(_checked_params(self._params, self.model_cfg), prog.param_shardings)
             self.state = TrainState(
-                step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
+                step=jax.device_put(jnp.zeros((), jnp.int32), rep),
+                params=params,
                 opt_state=prog.init_opt(params),
                 rng=jax.device_put(jax.random.key_data(jax.random.fold_in(rng, 1)), rep),
             )
@@ -406,14 +458,22 @@ class Trainer:
             return None
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            self.programs.abstract_state, self.programs.state_shardings,
+            self.programs.abstract_state,
+            self.programs.state_shardings,
         )
         found = self.checkpointer.restore_latest(abstract)
         if found is None:
             return None
         step, self.state, data = found
-        if batches is not None and hasattr(batches, "restore") and data.get("iterator"):
-            batches.restore(data["iterator"])
+        if data.get("iterator") and batches is not None:
+            if hasattr(batches, "restore"):
+                batches.restore(data["iterator"])
+            else:
+                log.warning(
+                    "checkpoint step %d saved a data position but this batch iterator "
+                    "has no restore(); the data restarts from its beginning",
+                    step,
+                )
         self._params = None
         log.info("resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
         return step
@@ -428,7 +488,8 @@ class Trainer:
         """A fresh PRNG key from the run's checkpointed stream (sampling between steps)."""
         key, sub = jax.random.split(jax.random.wrap_key_data(self.state.rng))
         self.state = self.state.replace(
-            rng=jax.device_put(jax.random.key_data(key), replicated(self.mesh)))
+            rng=jax.device_put(jax.random.key_data(key), replicated(self.mesh))
+        )
         return sub
 
     # ---- steps
@@ -488,27 +549,32 @@ class Trainer:
         if start >= end:
             return []
         every = self.train.checkpoint_every
-        tokens = self.train.batch_size * self.train.seq_len
-        flops = training_flops_per_token(self.model_cfg, self.train.seq_len) * tokens
         n_dev = self.mesh.devices.size
         logger = MetricsLogger(self.run_dir, self.train.steps, start, self.train.log_every)
         history: list[dict[str, Any]] = []
         try:
-            batch = self.shard_batch(next(batches))
-            data = _iterator_state(batches)
+            batch, data = self._next_batch(batches, start + 1)
+            rows, length = (
+                batch["inputs"].shape
+                if "inputs" in batch
+                else (self.train.batch_size, self.train.seq_len)
+            )
+            tokens = rows * length
+            flops = training_flops_per_token(self.model_cfg, length) * tokens
             run = self.programs.compiled_step(self.state, batch)
             last = time.perf_counter()
             for step in range(start + 1, end + 1):
                 self.state, metrics = run(self.state, batch)
                 if step < end:  # prepare the next batch while the device computes
-                    next_batch = self.shard_batch(next(batches))
-                    next_data = _iterator_state(batches)
+                    next_batch, next_data = self._next_batch(batches, step + 1)
                 metrics = _to_host(metrics)
                 now = time.perf_counter()
                 dt, last = now - last, now
                 self._check_finite(step, metrics)
                 record = dict(
-                    metrics, step_time=dt, tokens_per_s=tokens / dt,
+                    metrics,
+                    step_time=dt,
+                    tokens_per_s=tokens / dt,
                     tokens_per_s_per_device=tokens / dt / n_dev,
                     mfu=mfu(flops, dt, n_dev, self.peak_flops),
                 )
@@ -516,9 +582,7 @@ class Trainer:
                 history.append({"step": step, **record})
                 if on_step is not None:
                     on_step(step, record)
-                if self.checkpointer is not None and (
-                    (every and step % every == 0) or step == end
-                ):
+                if self.checkpointer is not None and ((every and step % every == 0) or step == end):
                     self.save({"iterator": data})
                 if step < end:
                     batch, data = next_batch, next_data
@@ -527,6 +591,17 @@ class Trainer:
             if self.checkpointer is not None:
                 self.checkpointer.wait()
         return history
+
+    def _next_batch(self, batches: Iterator, step: int) -> tuple[Batch, dict | None]:
+        """The global batch for `step` and the iterator position after it."""
+        try:
+            local = next(batches)
+        except StopIteration:
+            raise ValueError(
+                f"the batch iterator ran out before step {step} of {self.train.steps}; give "
+                "an endless iterator (data.batching.BatchIterator) or fewer train.steps"
+            ) from None
+        return self.shard_batch(local), _iterator_state(batches)
 
     def evaluate(self, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
         """Weight-averaged loss and aux metrics of the current params over `batches`."""
@@ -561,13 +636,16 @@ def _checked_params(params: Params, cfg: ModelConfig) -> Params:
     want = jax.tree_util.tree_structure(abstract)
     got = jax.tree_util.tree_structure(params)
     if want != got:
-        raise ValueError(f"params do not match the model's parameter tree:\n got {got}\n "
-                         f"want {want}")
+        raise ValueError(
+            f"params do not match the model's parameter tree:\n got {got}\n want {want}"
+        )
 
     def check(path, p, a):
         if tuple(np.shape(p)) != a.shape:
-            raise ValueError(f"param {jax.tree_util.keystr(path)} has shape {np.shape(p)}, "
-                             f"the model expects {a.shape}")
+            raise ValueError(
+                f"param {jax.tree_util.keystr(path)} has shape {np.shape(p)}, "
+                f"the model expects {a.shape}"
+            )
         return p if p.dtype == a.dtype else p.astype(a.dtype)
 
     return jax.tree_util.tree_map_with_path(check, params, abstract)

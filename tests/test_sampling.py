@@ -30,8 +30,9 @@ from critique_jax.sampling.stops import apply_stop_strings
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 9, 2], [7, 1, 4, 4, 8, 3, 2, 9], [3], [12, 6, 6, 1, 2]]
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0.0, stop_token_ids=())
-SAMPLED = SamplingParams(max_new_tokens=6, temperature=1.0, top_k=20, stop_token_ids=(), n=2,
-                         seed=3)
+SAMPLED = SamplingParams(
+    max_new_tokens=6, temperature=1.0, top_k=20, stop_token_ids=(), n=2, seed=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,11 @@ def test_prefill_logits_equal_full_forward_for_left_padded_rows(model, sampler):
     tokens = np.zeros((len(PROMPTS), width), np.int32)
     mask = np.zeros((len(PROMPTS), width), bool)
     for r, ids in enumerate(PROMPTS):
-        tokens[r, width - len(ids):], mask[r, width - len(ids):] = ids, True
+        tokens[r, width - len(ids) :], mask[r, width - len(ids) :] = ids, True
     # The shapes generate_ids uses for PROMPTS under GREEDY, so nothing extra compiles.
-    _, last, lengths = sampler.engine.prefill(params, tokens, mask, 1,
-                                              width + GREEDY.max_new_tokens)
+    _, last, lengths = sampler.engine.prefill(
+        params, tokens, mask, 1, width + GREEDY.max_new_tokens
+    )
     assert list(np.asarray(lengths)) == [len(p) for p in PROMPTS]
     ref = full_forward_logprobs(cfg, params, PROMPTS)
     for r, ids in enumerate(PROMPTS):
@@ -90,14 +92,17 @@ def test_prefill_logits_equal_full_forward_for_left_padded_rows(model, sampler):
 def test_decode_tokens_and_logprobs_match_full_forward(model, greedy, sampled, sp):
     cfg, params = model
     results = greedy if sp is GREEDY else sampled
-    seqs = [ids + list(c.token_ids) for ids, samples in zip(PROMPTS, results, strict=True)
-            for c in samples]
+    seqs = [
+        ids + list(c.token_ids)
+        for ids, samples in zip(PROMPTS, results, strict=True)
+        for c in samples
+    ]
     refs = iter(full_forward_logprobs(cfg, params, seqs))
     for ids, samples in zip(PROMPTS, results, strict=True):
         assert len(samples) == sp.n
         for c in samples:
             assert c.finish_reason == "length" and c.num_tokens == sp.max_new_tokens
-            steps = next(refs)[len(ids) - 1: len(ids) - 1 + c.num_tokens]
+            steps = next(refs)[len(ids) - 1 : len(ids) - 1 + c.num_tokens]
             want = steps[np.arange(c.num_tokens), c.token_ids]
             np.testing.assert_allclose(c.logprobs, want, atol=1e-4)
             if sp.greedy:
@@ -148,8 +153,9 @@ def test_samples_do_not_depend_on_batch_composition_or_bucketing(model, sampler,
 def test_requests_larger_than_the_batch_bucket_are_split():
     calls = plan_calls([3, 1, 2, 5, 4], n=3, buckets=Buckets(max_batch=8))
     rows = [r for c in calls for r in zip(*c.row_indices(3), strict=True) if r[2]]
-    assert sorted((int(p), int(s)) for p, s, _ in rows) == [(p, s) for p in range(5)
-                                                            for s in range(3)]
+    assert sorted((int(p), int(s)) for p, s, _ in rows) == [
+        (p, s) for p in range(5) for s in range(3)
+    ]
     assert all(len(c.prompts) * c.fanout <= 8 for c in calls)
     many = plan_calls([1, 1], n=20, buckets=Buckets(max_batch=8))
     assert [(c.prompts[0], c.sample_start) for c in many] == [
@@ -174,9 +180,18 @@ def test_too_long_prompt_raises_before_running(model, sampler):
         sampler.generate_ids(model[1], [[model[0].vocab_size]], GREEDY)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0.0), dict(top_k=-2),
-                                 dict(min_p=1.0), dict(n=0), dict(max_new_tokens=0),
-                                 dict(stop_strings=("",))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1),
+        dict(top_p=0.0),
+        dict(top_k=-2),
+        dict(min_p=1.0),
+        dict(n=0),
+        dict(max_new_tokens=0),
+        dict(stop_strings=("",)),
+    ],
+)
 def test_sampling_params_validation(bad):
     with pytest.raises(ValueError, match="invalid SamplingParams"):
         SamplingParams(**bad)
@@ -185,8 +200,9 @@ def test_sampling_params_validation(bad):
 # ----------------------------------------------------------------- filters, against NumPy
 
 
-def np_allowed(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
-               min_p: float) -> np.ndarray:
+def np_allowed(
+    logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float
+) -> np.ndarray:
     """Hugging Face's warper order written out in float64: temperature, top-k, top-p, min-p."""
     x = logits.astype(np.float64) / temperature
     allowed = np.ones_like(x, bool)
@@ -219,10 +235,12 @@ FILTER_CASES = [
 @pytest.mark.parametrize("temperature,top_k,top_p,min_p", FILTER_CASES)
 def test_filter_logits_allows_exactly_the_reference_set(temperature, top_k, top_p, min_p):
     logits = np.random.default_rng(0).normal(size=(32, 50)).astype(np.float32) * 2
-    spec = FilterSpec.from_params(SamplingParams(temperature=temperature, top_k=top_k,
-                                                 top_p=top_p, min_p=min_p))
-    got = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), spec, temperature, top_p,
-                                               min_p)))
+    spec = FilterSpec.from_params(
+        SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    )
+    got = np.isfinite(
+        np.asarray(filter_logits(jnp.asarray(logits), spec, temperature, top_p, min_p))
+    )
     want = np.stack([np_allowed(row, temperature, top_k, top_p, min_p) for row in logits])
     np.testing.assert_array_equal(got, want)
 
@@ -235,11 +253,13 @@ def test_sampled_distribution_matches_the_filtered_target(temperature, top_k, to
     target = np.where(allowed, np.exp(logits / temperature), 0.0)
     target = target / target.sum()
     draws = 40_000
-    spec = FilterSpec.from_params(SamplingParams(temperature=temperature, top_k=top_k,
-                                                 top_p=top_p, min_p=min_p))
+    spec = FilterSpec.from_params(
+        SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    )
     keys = jax.random.split(jax.random.key(0), draws)
-    tokens = np.asarray(sample_tokens(keys, jnp.broadcast_to(logits, (draws, 8)), spec,
-                                      temperature, top_p, min_p))
+    tokens = np.asarray(
+        sample_tokens(keys, jnp.broadcast_to(logits, (draws, 8)), spec, temperature, top_p, min_p)
+    )
     assert allowed[tokens].all(), "a token outside the allowed set was sampled"
     freq = np.bincount(tokens, minlength=8) / draws
     # Each cell within 5 standard errors of its target: a false alarm has odds ~1e-6.
@@ -333,8 +353,14 @@ def test_sharded_mesh_matches_single_device(greedy, sampled):
     """data=2, fsdp=2, tensor=2 on 8 simulated CPU devices: the same samples as one device."""
     requests = [dict(GREEDY.__dict__), dict(SAMPLED.__dict__)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, json.dumps([PROMPTS, requests])],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT, json.dumps([PROMPTS, requests])],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8

@@ -38,11 +38,16 @@ def hf_greedy(model, prompts: list[list[int]], eos: int) -> list[list[int]]:
     ids = np.zeros((len(prompts), width), np.int64)
     mask = np.zeros_like(ids)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p):], mask[r, width - len(p):] = p, 1
+        ids[r, width - len(p) :], mask[r, width - len(p) :] = p, 1
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                             do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
-                             pad_token_id=0)
+        out = model.generate(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
     rows = []
     for row in out[:, width:].tolist():
         rows.append(row[: row.index(eos) + 1] if eos in row else row)

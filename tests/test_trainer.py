@@ -1,4 +1,5 @@
-"""Trainer pieces on one CPU device: optimizer, errors, mixed precision, metrics, launch env."""
+"""Trainer pieces on one CPU device: optimizer, config errors, mixed precision, evaluation,
+metrics, launch environment. (Non-finite loss handling is in test_checkpoint.py.)"""
 
 from __future__ import annotations
 
@@ -17,18 +18,16 @@ from critique_jax.distributed import detect_launcher, slurm_local_device_ids
 from critique_jax.metrics import MetricsLogger, peak_flops_per_device, training_flops_per_token
 from critique_jax.models import abstract_params, preset
 from critique_jax.trainer import (
-    NonFiniteLossError,
     Trainer,
     learning_rate_schedule,
     make_optimizer,
-    sft_loss_fn,
     weight_decay_mask,
 )
 
 B, T = 4, 16
 
 
-def batch(seed: int, poison: bool = False) -> dict[str, np.ndarray]:
+def batch(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     tokens = rng.integers(1, 256, (B, T + 1)).astype(np.int32)
     return {
@@ -37,7 +36,7 @@ def batch(seed: int, poison: bool = False) -> dict[str, np.ndarray]:
         "loss_mask": (rng.random((B, T)) < 0.8).astype(np.float32),
         "segment_ids": np.ones((B, T), np.int32),
         "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1)),
-        "poison": np.full((B,), poison),
+        "extra": np.zeros((B, 3), np.float32),  # loss functions may need more keys
     }
 
 
@@ -51,8 +50,9 @@ def test_schedule_warmup_then_decay():
     assert float(lr(4)) == pytest.approx(1.0)
     assert float(lr(9)) == pytest.approx(0.55)  # halfway through the cosine: mean of 1, 0.1
     assert float(lr(14)) == pytest.approx(0.1)
-    linear = learning_rate_schedule(OptimConfig(learning_rate=1.0, schedule="linear",
-                                                end_lr_ratio=0.0), total_steps=10)
+    linear = learning_rate_schedule(
+        OptimConfig(learning_rate=1.0, schedule="linear", end_lr_ratio=0.0), total_steps=10
+    )
     assert float(linear(5)) == pytest.approx(0.5)
     const = learning_rate_schedule(OptimConfig(learning_rate=2.0, schedule="constant"), 10)
     assert float(const(7)) == 2.0
@@ -101,38 +101,27 @@ def test_bad_mesh_and_batch_rejected_before_compiling():
     with pytest.raises(ValueError, match=r"batch_size=6 .*microbatches=4"):
         Trainer(cfg, TrainConfig(batch_size=6, microbatches=4), optim, MeshConfig((1, 1, 1)))
     with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
-        Trainer(cfg, TrainConfig(batch_size=4), optim,
-                MeshConfig(shape=(1, 1, 1), rules=[["mlp", "model"]]))
+        Trainer(
+            cfg,
+            TrainConfig(batch_size=4),
+            optim,
+            MeshConfig(shape=(1, 1, 1), rules=[["mlp", "model"]]),
+        )
 
 
-def poisonable_sft_loss(apply_fn, params, b):
-    """SFT loss that turns NaN on a batch whose `poison` rows are set."""
-    loss, aux = sft_loss_fn(apply_fn, params, b)
-    return jnp.where(b["poison"].any(), jnp.nan, loss), aux
-
-
-def test_non_finite_loss_stops_with_the_step_and_keeps_good_state(tmp_path):
-    train = TrainConfig(steps=5, batch_size=B, seq_len=T, checkpoint_every=1, log_every=100)
-    t = Trainer(preset("tiny"), train, OptimConfig(learning_rate=1e-3), MeshConfig((1, 1, 1)),
-                loss_fn=poisonable_sft_loss, run_dir=tmp_path)
-    batches = iter([batch(0), batch(1), batch(2, poison=True), batch(3), batch(4)])
-    with pytest.raises(NonFiniteLossError, match=r"at step 3: loss=nan.*checkpoint is step 2"):
-        t.fit(batches)
-    t.close()
-    assert t.step == 2  # the poisoned update was not applied
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(t.state.params)))
-    assert t.checkpointer.steps() == [1, 2]
-    kept = Trainer(preset("tiny"), train, OptimConfig(learning_rate=1e-3), MeshConfig((1, 1, 1)),
-                   loss_fn=poisonable_sft_loss, run_dir=tmp_path)
-    assert kept.resume() == 2
-    for a, b in zip(jax.tree.leaves(kept.state.params), jax.tree.leaves(t.state.params),
-                    strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    kept.close()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
-    assert [r["step"] for r in records] == [1, 2]
-    for key in ("loss", "grad_norm", "learning_rate", "tokens_per_s", "step_time", "mfu"):
-        assert key in records[0]
+def test_rules_override_changes_parameter_shardings_only_for_named_axes():
+    cfg, optim = preset("tiny"), OptimConfig()
+    default = Trainer(cfg, TrainConfig(batch_size=4), optim, MeshConfig((1, 1, 1)))
+    no_fsdp = Trainer(
+        cfg,
+        TrainConfig(batch_size=4),
+        optim,
+        MeshConfig((1, 1, 1), rules=[["embed", None], ["batch", ["data"]]]),
+    )
+    embed = lambda t: t.programs.param_shardings["embed"]["embedding"].spec  # noqa: E731
+    assert tuple(embed(default)) == ("tensor", "fsdp")
+    assert tuple(embed(no_fsdp)) == ("tensor", None)  # vocab rule kept, embed overridden
+    assert no_fsdp.rules[:2] == (("embed", None), ("batch", ("data",)))
 
 
 # --------------------------------------------------------------------------- precision, eval
@@ -140,23 +129,28 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_state(tmp_path):
 
 def test_fp32_master_params_with_bf16_compute_and_given_params():
     cfg = preset("tiny", dtype="bfloat16", param_dtype="float32")
-    given = jax.tree.map(lambda x: np.asarray(x, np.float32),
-                         jax.device_get(jax.jit(lambda r: _init(cfg, r))(jax.random.key(7))))
+    given = jax.tree.map(
+        lambda x: np.asarray(x, np.float32),
+        jax.device_get(jax.jit(lambda r: _init(cfg, r))(jax.random.key(7))),
+    )
     train = TrainConfig(steps=2, batch_size=B, seq_len=T, log_every=100)
-    t = Trainer(cfg, train, OptimConfig(learning_rate=1e-2), MeshConfig((1, 1, 1)),
-                params=given)  # batches carry an extra `poison` key, which is just sharded
+    t = Trainer(cfg, train, OptimConfig(learning_rate=1e-2), MeshConfig((1, 1, 1)), params=given)
     m1 = t.train_step(batch(0))
     m2 = t.train_step(batch(0))
     assert m2["loss"] < m1["loss"]  # same batch twice: the update helped
     leaves = jax.tree.leaves(t.state.params)
     assert all(x.dtype == jnp.float32 for x in leaves)
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(t.state.opt_state)
-               if hasattr(x, "dtype") and x.ndim > 0)
+    assert all(
+        x.dtype == jnp.float32
+        for x in jax.tree.leaves(t.state.opt_state)
+        if hasattr(x, "dtype") and x.ndim > 0
+    )
     # Evaluation is the weight-averaged loss over batches.
     one = [t.evaluate([batch(i)]) for i in (5, 6)]
     both = t.evaluate([batch(5), batch(6)])
     expect = (one[0]["loss"] * one[0]["weight"] + one[1]["loss"] * one[1]["weight"]) / (
-        one[0]["weight"] + one[1]["weight"])
+        one[0]["weight"] + one[1]["weight"]
+    )
     assert both["loss"] == pytest.approx(expect, rel=1e-6)
     assert both["weight"] == one[0]["weight"] + one[1]["weight"]
 
@@ -177,7 +171,8 @@ def test_flop_formula_by_hand():
     assert training_flops_per_token(cfg, 128) == 6 * n + attention
     tied = preset("smollm2-135m")
     assert training_flops_per_token(tied, 1) == pytest.approx(
-        6 * tied.num_params() + 6 * 30 * 9 * 64)
+        6 * tied.num_params() + 6 * 30 * 9 * 64
+    )
     assert 130e6 < tied.num_params() < 140e6
 
 
@@ -199,8 +194,7 @@ def test_metrics_logger_replaces_records_after_resume(tmp_path):
     log.close()
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 4, "lo')  # torn by a kill mid-write
-    log = MetricsLogger(tmp_path, total_steps=4, initial_step=2, enabled=True,
-                        tensorboard=False)
+    log = MetricsLogger(tmp_path, total_steps=4, initial_step=2, enabled=True, tensorboard=False)
     log.log(3, {"loss": math.pi})
     log.close()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]

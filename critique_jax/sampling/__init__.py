@@ -11,12 +11,13 @@ prefill and decode), generate (token-level driver), stops (stop strings), sample
 from critique_jax.sampling.buckets import Buckets
 from critique_jax.sampling.engine import DecodeOut, Engine
 from critique_jax.sampling.filters import FilterSpec, filter_logits, row_keys, sample_tokens
-from critique_jax.sampling.generate import generate_tokens
+from critique_jax.sampling.generate import CallInputs, generate_tokens, prepare_calls, run_call
 from critique_jax.sampling.params import Completion, SamplingParams
 from critique_jax.sampling.sampler import Sampler
 
 __all__ = [
     "Buckets",
+    "CallInputs",
     "Completion",
     "DecodeOut",
     "Engine",
@@ -25,6 +26,8 @@ __all__ = [
     "SamplingParams",
     "filter_logits",
     "generate_tokens",
+    "prepare_calls",
     "row_keys",
+    "run_call",
     "sample_tokens",
 ]

@@ -67,8 +67,9 @@ class Call:
     def row_indices(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per decode row: prompt index, sample index, and whether the row is real."""
         prompt = np.repeat(np.asarray(self.prompts, np.int32), self.fanout)
-        sample = np.tile(np.arange(self.fanout, dtype=np.int32) + self.sample_start,
-                         len(self.prompts))
+        sample = np.tile(
+            np.arange(self.fanout, dtype=np.int32) + self.sample_start, len(self.prompts)
+        )
         active = (prompt >= 0) & (sample < n)
         return prompt, sample, active
 
@@ -80,12 +81,15 @@ def plan_calls(lengths: list[int], n: int, buckets: Buckets) -> list[Call]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     if n > buckets.max_batch:
         fanout = buckets.max_batch
-        return [Call((p,) + (-1,) * (buckets.batch(1, 1) - 1), fanout, s)
-                for p in order for s in range(0, n, fanout)]
+        return [
+            Call((p,) + (-1,) * (buckets.batch(1, 1) - 1), fanout, s)
+            for p in order
+            for s in range(0, n, fanout)
+        ]
     per_call = buckets.max_batch // n
     calls = []
     for start in range(0, len(order), per_call):
-        chunk = tuple(order[start:start + per_call])
+        chunk = tuple(order[start : start + per_call])
         size = buckets.batch(len(chunk), per_call)
         calls.append(Call(chunk + (-1,) * (size - len(chunk)), n, 0))
     return calls

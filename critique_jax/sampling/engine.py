@@ -55,17 +55,50 @@ def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, to
     positions = jnp.maximum(jnp.cumsum(token_mask, axis=-1) - 1, 0).astype(jnp.int32)
     cache = init_cache(model.cfg, batch, cache_len)
     cache = {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
-    logits, cache = model.apply({"params": params}, tokens, positions, token_mask, cache,
-                                method=Transformer.extend)
-    cache = dict(k=_repeat(cache["k"], fanout, 1), v=_repeat(cache["v"], fanout, 1),
-                 mask=_repeat(cache["mask"], fanout, 0), index=cache["index"])
+
+    def extend(cols: slice, cache):
+        return model.apply(
+            {"params": params},
+            tokens[:, cols],
+            positions[:, cols],
+            token_mask[:, cols],
+            cache,
+            method=Transformer.extend,
+        )
+
+    # All but the last column first, its logits unused: XLA drops their vocabulary projection
+    # ([B, P, V] floats: gigabytes for a large vocabulary). Then the last column, whose logits
+    # pick the first token (left padding puts every row's last prompt token there).
+    if tokens.shape[1] > 1:
+        _, cache = extend(slice(None, -1), cache)
+    logits, cache = extend(slice(-1, None), cache)
+    cache = dict(
+        k=_repeat(cache["k"], fanout, 1),
+        v=_repeat(cache["v"], fanout, 1),
+        mask=_repeat(cache["mask"], fanout, 0),
+        index=cache["index"],
+    )
     lengths = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
     return cache, _repeat(logits[:, -1], fanout, 0), _repeat(lengths, fanout, 0)
 
 
-def _decode(model: Transformer, spec: FilterSpec, max_new: int, params, cache, logits,
-            prompt_lengths, prompt_index, sample_index, active, stop_ids, seed, temperature,
-            top_p, min_p):
+def _decode(
+    model: Transformer,
+    spec: FilterSpec,
+    max_new: int,
+    params,
+    cache,
+    logits,
+    prompt_lengths,
+    prompt_index,
+    sample_index,
+    active,
+    stop_ids,
+    seed,
+    temperature,
+    top_p,
+    min_p,
+):
     batch = logits.shape[0]
     keys = row_keys(seed, prompt_index, sample_index)
 
@@ -91,18 +124,20 @@ def _decode(model: Transformer, spec: FilterSpec, max_new: int, params, cache, l
         step, tok, cache, out_tok, out_lp, lengths, done, stopped = c
         positions = (prompt_lengths + step - 1)[:, None]
         step_logits, cache = model.apply(
-            {"params": params}, tok[:, None], positions, jnp.ones((batch, 1), bool), cache,
+            {"params": params},
+            tok[:, None],
+            positions,
+            jnp.ones((batch, 1), bool),
+            cache,
             method=Transformer.extend,
         )
         new, lp = choose(step_logits[:, 0], step)
         live = ~done
         new = jnp.where(live, new, 0)
         out_tok = jax.lax.dynamic_update_slice(out_tok, new[:, None], (0, step))
-        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None],
-                                              (0, step))
+        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, step))
         hit = live & is_stop(new)
-        return (step + 1, new, cache, out_tok, out_lp, lengths + live, done | hit,
-                stopped | hit)
+        return (step + 1, new, cache, out_tok, out_lp, lengths + live, done | hit, stopped | hit)
 
     carry = (jnp.int32(1), tok, cache, out_tok, out_lp, lengths, done, stopped)
     _, _, cache, out_tok, out_lp, lengths, _, stopped = jax.lax.while_loop(cond, body, carry)
@@ -110,6 +145,12 @@ def _decode(model: Transformer, spec: FilterSpec, max_new: int, params, cache, l
 
 
 _COMPILED: dict[tuple, Any] = {}
+
+
+def _global(host: np.ndarray | np.generic, sharding: NamedSharding) -> jax.Array:
+    """A host array (identical on every process) as a global array on `sharding`."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 class Engine:
@@ -122,17 +163,27 @@ class Engine:
         if mesh is not None:
             self.param_shardings = param_shardings(abstract_params(cfg), mesh)
 
-    def _jit(self, key: tuple, fn, shardings, donate=()):
-        """jit `fn` once per static `key`, shared by every Engine of the same config and mesh
-        (so two Samplers of one architecture, e.g. actor and critic, compile once);
-        `shardings()` gives (in, out) on a mesh."""
+    def _call(self, key: tuple, fn, shardings, *args, donate=()):
+        """Run `fn`, jitted once per static `key` and shared by every Engine of the same
+        config and mesh (two Samplers of one architecture, e.g. actor and critic, compile
+        once). On a mesh, `shardings()` gives (in, out) shardings, host arrays become global
+        arrays (each process places only its own shards: multi-host safe), and the call is
+        traced under the mesh so the model's sharding hints apply."""
         key = (self.cfg, self.mesh, *key)
         if key not in _COMPILED:
             kw: dict[str, Any] = dict(donate_argnums=donate)
             if self.mesh is not None:
                 kw["in_shardings"], kw["out_shardings"] = shardings()
-            _COMPILED[key] = jax.jit(fn, **kw)
-        return _COMPILED[key]
+            _COMPILED[key] = (jax.jit(fn, **kw), kw.get("in_shardings"))
+        jitted, in_shardings = _COMPILED[key]
+        if self.mesh is None:
+            return jitted(*args)
+        args = [
+            _global(a, sh) if isinstance(a, np.ndarray | np.generic) else a
+            for a, sh in zip(args, in_shardings, strict=True)
+        ]
+        with jax.set_mesh(self.mesh):
+            return jitted(*args)
 
     def _named(self, *names: str | None) -> NamedSharding:
         if not names:
@@ -142,14 +193,14 @@ class Engine:
     def _cache_shardings(self) -> dict[str, NamedSharding]:
         return {k: named(self.mesh, *v) for k, v in CACHE_LOGICAL_AXES.items()}
 
-    def _in_mesh(self, fn, *args):
-        if self.mesh is None:
-            return fn(*args)
-        with jax.set_mesh(self.mesh):
-            return fn(*args)
-
-    def prefill(self, params: Params, tokens: np.ndarray, token_mask: np.ndarray, fanout: int,
-                cache_len: int):
+    def prefill(
+        self,
+        params: Params,
+        tokens: np.ndarray,
+        token_mask: np.ndarray,
+        fanout: int,
+        cache_len: int,
+    ):
         """Left-padded prompts [B, P] -> (cache, last logits, prompt lengths), B * fanout rows."""
 
         def fn(params, tokens, token_mask):
@@ -158,16 +209,29 @@ class Engine:
         def shardings():
             rows = self._named("batch", "length")
             ins = (self.param_shardings, rows, rows)
-            return ins, (self._cache_shardings(), self._named("batch", "vocab"),
-                         self._named("batch"))
+            return ins, (
+                self._cache_shardings(),
+                self._named("batch", "vocab"),
+                self._named("batch"),
+            )
 
-        jitted = self._jit(("prefill", fanout, cache_len), fn, shardings)
-        return self._in_mesh(jitted, params, tokens, token_mask)
+        return self._call(("prefill", fanout, cache_len), fn, shardings, params, tokens, token_mask)
 
-    def decode(self, params: Params, prefilled, spec: FilterSpec, max_new: int,
-               prompt_index: np.ndarray, sample_index: np.ndarray, active: np.ndarray,
-               stop_ids: np.ndarray, seed: int, temperature: float, top_p: float,
-               min_p: float) -> DecodeOut:
+    def decode(
+        self,
+        params: Params,
+        prefilled,
+        spec: FilterSpec,
+        max_new: int,
+        prompt_index: np.ndarray,
+        sample_index: np.ndarray,
+        active: np.ndarray,
+        stop_ids: np.ndarray,
+        seed: int,
+        temperature: float,
+        top_p: float,
+        min_p: float,
+    ) -> DecodeOut:
         """Decode from `prefill`'s output (its cache is donated: do not reuse it)."""
         cache, logits, lengths = prefilled
 
@@ -177,14 +241,46 @@ class Engine:
         def shardings():
             row, rows, rep = self._named("batch"), self._named("batch", None), self._named()
             cache_sh = self._cache_shardings()
-            ins = (self.param_shardings, cache_sh, self._named("batch", "vocab"), row, row, row,
-                   row, rep, rep, rep, rep, rep)
+            ins = (
+                self.param_shardings,
+                cache_sh,
+                self._named("batch", "vocab"),
+                row,
+                row,
+                row,
+                row,
+                rep,
+                rep,
+                rep,
+                rep,
+                rep,
+            )
             return ins, (DecodeOut(rows, rows, row, row), cache_sh)
 
-        jitted = self._jit(("decode", spec, max_new), fn, shardings, donate=(1,))
-        out, _ = self._in_mesh(
-            jitted, params, cache, logits, lengths, prompt_index, sample_index, active,
-            stop_ids, np.int32(seed), np.float32(temperature), np.float32(top_p),
+        out, _ = self._call(
+            ("decode", spec, max_new),
+            fn,
+            shardings,
+            params,
+            cache,
+            logits,
+            lengths,
+            prompt_index,
+            sample_index,
+            active,
+            stop_ids,
+            np.int32(seed),
+            np.float32(temperature),
+            np.float32(top_p),
             np.float32(min_p),
+            donate=(1,),
         )
         return out
+
+    def fetch(self, out: DecodeOut) -> DecodeOut:
+        """Device results as NumPy on this host (gathered across processes on multi-host)."""
+        if jax.process_count() == 1:
+            return jax.device_get(out)
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(out, tiled=True)

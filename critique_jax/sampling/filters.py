@@ -71,8 +71,9 @@ def filter_logits(logits: jax.Array, spec: FilterSpec, temperature, top_p, min_p
     return jnp.where(scaled >= cut[..., None], scaled, -jnp.inf)
 
 
-def sample_tokens(keys: jax.Array, logits: jax.Array, spec: FilterSpec, temperature, top_p,
-                  min_p) -> jax.Array:
+def sample_tokens(
+    keys: jax.Array, logits: jax.Array, spec: FilterSpec, temperature, top_p, min_p
+) -> jax.Array:
     """One token per row of logits [B, V] with per-row keys [B]; int32 [B].
 
     With top-k on, the draw happens among the k candidates only (k Gumbel draws per row

@@ -30,6 +30,11 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop_strings, str):
+            raise ValueError(
+                "invalid SamplingParams: stop_strings must be a tuple of strings, "
+                f"not the string {self.stop_strings!r}"
+            )
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
@@ -47,8 +52,6 @@ class SamplingParams:
             problems.append("stop_strings must not contain the empty string")
         if problems:
             raise ValueError("invalid SamplingParams: " + "; ".join(problems))
-        if isinstance(self.stop_strings, str):
-            raise ValueError("stop_strings must be a tuple of strings, not one string")
         # Lists from YAML/CLI become tuples so the params stay hashable.
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
         if self.stop_token_ids is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,17 +32,19 @@ class Sampler:
     training; batch buckets are rounded up to the data-parallel size.
     """
 
-    def __init__(self, model_cfg: ModelConfig, tokenizer: Any = None, mesh: Mesh | None = None,
-                 buckets: Buckets | None = None):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        tokenizer: Any = None,
+        mesh: Mesh | None = None,
+        buckets: Buckets | None = None,
+    ):
         self.cfg = model_cfg
         self.tokenizer = tokenizer
         self.engine = Engine(model_cfg, mesh)
         buckets = buckets or Buckets()
-        dp = _data_parallel_size(mesh)
-        if buckets.multiple % dp:
-            buckets = Buckets(buckets.min_length, buckets.max_length, buckets.min_batch,
-                              buckets.max_batch, multiple=dp)
-        self.buckets = buckets
+        multiple = math.lcm(buckets.multiple, _data_parallel_size(mesh))
+        self.buckets = dataclasses.replace(buckets, multiple=multiple)
 
     def default_stop_ids(self) -> tuple[int, ...]:
         """The tokenizer's eos id and the model config's eos id(s)."""
@@ -57,8 +61,7 @@ class Sampler:
         if isinstance(prompt, str):
             return tok.encode(prompt)
         if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(list(prompt), tokenize=False,
-                                           add_generation_prompt=True)
+            text = tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
             return tok.encode(text, add_special_tokens=False)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
         return tok.encode(text)
@@ -66,14 +69,16 @@ class Sampler:
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._need_tokenizer().decode(list(token_ids), skip_special_tokens=True)
 
-    def generate(self, params: Params, prompts: Sequence[Prompt],
-                 sp: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, params: Params, prompts: Sequence[Prompt], sp: SamplingParams
+    ) -> list[list[Completion]]:
         """n completions per prompt (outer list: prompts in order; inner: samples)."""
         self._need_tokenizer()
         return self.generate_ids(params, [self.encode(p) for p in prompts], sp)
 
-    def generate_ids(self, params: Params, prompt_ids: Sequence[Sequence[int]],
-                     sp: SamplingParams) -> list[list[Completion]]:
+    def generate_ids(
+        self, params: Params, prompt_ids: Sequence[Sequence[int]], sp: SamplingParams
+    ) -> list[list[Completion]]:
         """Like `generate` from token ids. Without a tokenizer, text is None and stop
         strings are not allowed."""
         if sp.stop_strings and self.tokenizer is None:
@@ -92,6 +97,8 @@ class Sampler:
 
     def _need_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError("this Sampler has no tokenizer: pass one to Sampler(...) or use "
-                             "generate_ids with token ids.")
+            raise ValueError(
+                "this Sampler has no tokenizer: pass one to Sampler(...) or use "
+                "generate_ids with token ids."
+            )
         return self.tokenizer

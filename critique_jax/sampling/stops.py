@@ -17,8 +17,9 @@ def first_stop(text: str, stop_strings: Sequence[str]) -> tuple[int, str] | None
     return min(hits) if hits else None
 
 
-def apply_stop_strings(completion: Completion, stop_strings: Sequence[str],
-                       decode: Callable[[Sequence[int]], str]) -> Completion:
+def apply_stop_strings(
+    completion: Completion, stop_strings: Sequence[str], decode: Callable[[Sequence[int]], str]
+) -> Completion:
     """Cut the text before the earliest stop string and the tokens after the one completing it.
 
     The kept tokens are the shortest prefix whose text contains the stop string (found by

@@ -1,0 +1,692 @@
+"""The `collect_critiques` stage: AutoMathCritique data collection (MathCritique, first half).
+
+    python -m critique_jax.train --config configs/collect_critiques_demo.yaml
+
+For each chunk of questions:
+1. flawed solutions: K actor samples at temperature > 0, verified against the gold answer;
+   the wrong ones are kept (with a final answer unless `require_answer: false`), plus
+   controlled error insertion at a step k (an annotator model rewrites step k of a correct
+   solution and continues; `method: demo` uses `demo_world.inject_error`), which records the
+   known first-error step, plus a share of correct solutions (a critic must also say Correct);
+2. critiques: the annotator critiques each kept solution step by step, knowing the gold
+   answer, and the critique is cut at its first wrong step (several samples per solution
+   when the annotator is a model);
+3. soft filtering by Monte Carlo refinement: a critique is kept when its final verdict agrees
+   with the verifier and, for a wrong solution, at least `tau` of M actor refinements guided
+   by it verify.
+
+Outputs in run_dir: solutions.jsonl (every sampled, inserted or reference solution; `selected`
+marks the critiqued ones; the records are also an eval set for `eval_critic`),
+critiques.jsonl (every critique with its filter statistics), critic_sft.jsonl (the kept ones
+as `critique`-format SFT records) and summary.json.
+
+Resume: a chunk is a fixed slice of the problem list with its own sampling seeds, so it
+computes the same records whenever it runs. Its solutions are written last, so a chunk is done
+when all of them are on disk; a rerun recomputes unfinished chunks and appends only the
+records whose id is not in a file yet, which gives the files of one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import random
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
+from critique_jax.data.critique_format import Critique, format_critique, split_steps
+from critique_jax.data.demo_tokenizer import build_demo_tokenizer
+from critique_jax.data.demo_world import inject_error, templated_critique
+from critique_jax.data.math import extract_answer, is_equiv
+from critique_jax.data.prompts import ANSWER_FORMAT, CRITIQUE_FORMAT, Messages
+from critique_jax.data.records import Problem
+from critique_jax.data.sources import ProblemSource, load_problems
+from critique_jax.models.config import preset
+from critique_jax.models.loading import LoadedModel, load_model
+from critique_jax.pipelines.roles import (
+    Agent,
+    Critic,
+    Judged,
+    OracleCritic,
+    make_agent,
+    parsed,
+    refine,
+    solve,
+)
+from critique_jax.runio import JsonlWriter, atomic_write_json, read_jsonl
+from critique_jax.sampling import SamplingParams
+from critique_jax.sharding import mesh_from_config
+
+log = logging.getLogger(__name__)
+
+# Oracle critics by name: functions (problem, solution text) -> critique text.
+ORACLES: dict[str, Callable[[Problem, str], str]] = {"demo": templated_critique}
+INSERTION_METHODS = ("none", "model", "demo")
+
+
+def insert_error_messages(question: str, steps_before: Sequence[str], step: int) -> Messages:
+    """Ask an annotator to continue a correct solution from step `step` with a mistake there.
+
+    The steps before `step` come from a correct solution, so the first error of the result is
+    at `step` when the annotator follows the instruction (the verifier then checks that the
+    final answer is indeed wrong).
+    """
+    parts = [f"Question: {question.strip()}"]
+    if steps_before:
+        parts.append(f"The first {step - 1} steps of a correct solution:\n" + "\n".join(
+            s.strip() for s in steps_before))
+    parts.append(
+        f"Write step {step} with one plausible mistake in it (a wrong calculation, a misread "
+        "number or a wrong formula), then finish the solution consistently with that mistake, "
+        f"without pointing it out. Write only step {step} onward. {ANSWER_FORMAT}"
+    )
+    return [{"role": "user", "content": "\n\n".join(parts)}]
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class CriticSpec:
+    """A critic or annotator: a model, or an oracle that needs none (`oracle: demo`, the demo
+    world's step checker, which knows the true computation)."""
+
+    model: ModelSpec | None = None
+    oracle: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.oracle is None):
+            raise ConfigError("give exactly one of `model: {preset|path: ...}` or `oracle: demo`")
+        if self.oracle is not None and self.oracle not in ORACLES:
+            raise ConfigError(f"oracle {self.oracle!r} unknown; oracles: {sorted(ORACLES)}")
+
+
+@dataclass
+class SolutionsConfig:
+    samples_per_question: int = 4  # K actor samples per question (one fan-out call)
+    sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.8)
+    )
+    correct_share: float = 0.2  # target share of correct solutions among the critiqued ones
+    require_answer: bool = True  # drop wrong solutions that state no final answer (cut off)
+    include_reference: bool = False  # reference solutions join the pool of correct ones
+
+
+@dataclass
+class InsertionConfig:
+    method: str = "none"  # none | model (the annotator model) | demo (demo_world.inject_error)
+    per_question: int = 1
+    sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
+    )
+
+
+@dataclass
+class CritiqueConfig:
+    per_solution: int = 2  # critique samples per solution from a model annotator (oracle: 1)
+    sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.7)
+    )
+
+
+@dataclass
+class FilterConfig:
+    refinements: int = 4  # M actor refinements per critique of a wrong solution (0: no MC)
+    tau: float = 0.5  # keep when at least this fraction of the refinements verify
+    sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
+    )
+
+
+@dataclass
+class Config(StageConfig):
+    stage: str = "collect_critiques"
+    run_dir: str = "runs/collect_critiques"
+    problems: ProblemSource = field(default_factory=ProblemSource)
+    actor: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
+    annotator: CriticSpec = field(default_factory=lambda: CriticSpec(oracle="demo"))
+    solutions: SolutionsConfig = field(default_factory=SolutionsConfig)
+    insertion: InsertionConfig = field(default_factory=InsertionConfig)
+    critiques: CritiqueConfig = field(default_factory=CritiqueConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    chunk_size: int = 128  # questions per chunk: the unit of batching and of resume
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.solutions.samples_per_question < 1:
+            problems.append("solutions.samples_per_question must be >= 1")
+        if not 0 <= self.solutions.correct_share <= 1:
+            problems.append("solutions.correct_share must be in [0, 1]")
+        if self.insertion.method not in INSERTION_METHODS:
+            problems.append(f"insertion.method must be one of {INSERTION_METHODS}")
+        if self.insertion.method == "model" and self.annotator.model is None:
+            problems.append("insertion.method: model needs a model annotator (annotator.model)")
+        if self.insertion.method == "demo" and self.problems.kind != "demo":
+            problems.append("insertion.method: demo needs problems.kind: demo")
+        if self.annotator.oracle == "demo" and self.problems.kind != "demo":
+            problems.append("annotator.oracle: demo needs problems.kind: demo")
+        if self.insertion.per_question < 0 or self.critiques.per_solution < 1:
+            problems.append("insertion.per_question must be >= 0, critiques.per_solution >= 1")
+        if self.filter.refinements < 0 or not 0 <= self.filter.tau <= 1:
+            problems.append("filter.refinements must be >= 0 and filter.tau in [0, 1]")
+        if self.chunk_size < 1:
+            problems.append("chunk_size must be >= 1")
+        if problems:
+            raise ConfigError("collect_critiques: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 31-bit seed from any parts, the same in every process and run."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """Fixed slices; a slice's content and index do not depend on how far a run got."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def with_demo_tokenizer(spec: ModelSpec, problems: Sequence[Problem], out_dir: Path) -> ModelSpec:
+    """A preset model without a tokenizer gets the demo tokenizer (built once in `out_dir`
+    from the demo world's texts) when the problems are demo-world ones; anything else that
+    has no tokenizer is a config error, because sampling needs one."""
+    if spec.preset is None or spec.tokenizer is not None:
+        return spec
+    if not problems or any(p.source != "demo" for p in problems):
+        raise ConfigError(
+            f"model preset {spec.preset!r} has no tokenizer: set its `tokenizer:` to a tokenizer "
+            "directory (only demo-world problems get the demo tokenizer built automatically)"
+        )
+    texts = [ANSWER_FORMAT, CRITIQUE_FORMAT]
+    for p in problems:
+        texts += [p.question, p.solution, templated_critique(p, p.solution)]
+    vocab = preset(spec.preset, **spec.overrides).vocab_size
+    build_demo_tokenizer(texts, str(out_dir), vocab_size=vocab)
+    return dataclasses.replace(spec, tokenizer=str(out_dir))
+
+
+def _tokenizer_source(spec: ModelSpec) -> str | None:
+    return spec.tokenizer or spec.path
+
+
+def load_models(
+    actor: ModelSpec | None, critic: CriticSpec | None, mesh: Mesh | None, seed: int
+) -> tuple[LoadedModel | None, LoadedModel | None]:
+    """(actor, critic model); one model when both specs are equal, and one tokenizer object
+    when both read the same directory, so the two share compiled samplers (`make_agent`)."""
+    actor_model = load_model(actor, mesh, seed) if actor is not None else None
+    if critic is None or critic.model is None:
+        return actor_model, None
+    if actor_model is not None and critic.model == actor:
+        return actor_model, actor_model
+    critic_model = load_model(critic.model, mesh, seed)
+    if actor_model is not None and _tokenizer_source(critic.model) == _tokenizer_source(actor):
+        critic_model = dataclasses.replace(critic_model, tokenizer=actor_model.tokenizer)
+    return actor_model, critic_model
+
+
+def make_critic(
+    spec: CriticSpec, model: LoadedModel | None, problems: Sequence[Problem], mesh: Mesh | None
+) -> Critic:
+    if spec.oracle is not None:
+        return OracleCritic({p.question: p for p in problems}, ORACLES[spec.oracle])
+    if model is None:
+        raise ValueError("a model critic needs its loaded model")
+    return make_agent(model, mesh)
+
+
+def critique_text(critique: Critique) -> str:
+    """A parsed critique in the canonical format, cut after its first wrong step (critiques
+    stop at the first error, DESIGN.md)."""
+    first = critique.first_wrong_step
+    steps = [s for s in critique.steps if first is None or s.index <= first]
+    return format_critique(steps, bool(critique.final_correct), critique.final_explanation)
+
+
+def refine_verified(
+    actor: Agent,
+    questions: Sequence[str],
+    solutions: Sequence[str],
+    critiques: Sequence[str],
+    golds: Sequence[str],
+    sp: SamplingParams,
+) -> list[list[Judged]]:
+    """sp.n actor refinements per (question, solution, critique), each verified."""
+    if not questions:
+        return []
+    outs = refine(actor, questions, solutions, critiques, sp)
+    return [[Judged.of(c, g) for c in comps] for comps, g in zip(outs, golds, strict=True)]
+
+
+def keep_critique(
+    verdict: bool | None, solution_correct: bool, refinements: Sequence[bool], tau: float
+) -> bool:
+    """The soft filter: the verdict agrees with the verifier and, for a wrong solution with
+    refinements, at least a fraction `tau` of them verify."""
+    if verdict is None or verdict != solution_correct:
+        return False
+    if solution_correct or not refinements:
+        return True
+    return sum(refinements) / len(refinements) >= tau
+
+
+class RecordLog:
+    """A run-dir JSONL file keyed by `id`: process 0 appends, every process knows what is done
+    (all processes must take the same resume decisions in an SPMD program)."""
+
+    def __init__(self, path: Path) -> None:
+        self.writer = JsonlWriter(path) if jax.process_index() == 0 else None
+        self.done = set(self.writer.done) if self.writer else {r["id"] for r in read_jsonl(path)}
+
+    def write_all(self, records: Iterable[dict[str, Any]]) -> None:
+        for r in records:
+            if r["id"] in self.done:
+                continue
+            self.done.add(r["id"])
+            if self.writer is not None:
+                self.writer.write(r)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --------------------------------------------------------------------------- solutions
+
+
+def solution_record(
+    problem: Problem,
+    sid: str,
+    kind: str,
+    text: str,
+    tokens: int,
+    first_error_step: int | None = None,
+) -> dict[str, Any]:
+    """One solution, verified; the fields of an `eval_critic` eval record plus provenance."""
+    pred = extract_answer(text)
+    return {
+        "id": sid,
+        "problem_id": problem.id,
+        "question": problem.question,
+        "answer": problem.answer,
+        "level": problem.level,
+        "kind": kind,
+        "solution": text,
+        "pred": pred,
+        "solution_is_correct": pred is not None and is_equiv(pred, problem.answer),
+        "first_error_step": first_error_step,
+        "tokens": tokens,
+        "selected": False,
+    }
+
+
+def sample_ids(problem: Problem, k: int) -> list[str]:
+    return [f"{problem.id}/sample{j}" for j in range(k)]
+
+
+def sample_solutions(
+    actor: Agent, problems: Sequence[Problem], k: int, sp: SamplingParams
+) -> list[dict[str, Any]]:
+    outs = solve(actor, [p.question for p in problems], sp.replace(n=k))
+    return [
+        solution_record(p, sid, "sample", c.text or "", c.num_tokens)
+        for p, comps in zip(problems, outs, strict=True)
+        for sid, c in zip(sample_ids(p, k), comps, strict=True)
+    ]
+
+
+def reference_solution(problem: Problem) -> dict[str, Any]:
+    """The dataset's own solution, ending like the actor's ("The answer is X.") when it
+    states no final answer itself (GSM8K references lose their `#### N` line on loading)."""
+    text = problem.solution.strip()
+    if extract_answer(text) is None:
+        text = f"{text}\nThe answer is {problem.answer}."
+    return solution_record(problem, f"{problem.id}/reference", "reference", text, 0)
+
+
+def _insertion_step(problem: Problem, j: int, n_steps: int, seed: int) -> int:
+    return random.Random(stable_seed(seed, problem.id, "insert", j)).randint(1, n_steps)
+
+
+def demo_insertions(problems: Sequence[Problem], per_question: int, seed: int) -> list[dict]:
+    """`demo_world.inject_error` at a random step: a known first error, no model needed."""
+    out = []
+    for p in problems:
+        n_steps = len(split_steps(p.solution))
+        for j in range(per_question):
+            step = _insertion_step(p, j, n_steps, seed)
+            text = inject_error(p, step, stable_seed(seed, p.id, j))
+            out.append(solution_record(p, f"{p.id}/insert{j}", "insert", text, 0, step))
+    return out
+
+
+_PARAGRAPHS = re.compile(r"\n[ \t]*\n")
+
+
+def model_insertions(
+    annotator: Agent,
+    problems: Sequence[Problem],
+    sampled: Sequence[dict[str, Any]],
+    per_question: int,
+    sp: SamplingParams,
+    seed: int,
+) -> list[dict]:
+    """The annotator rewrites step k of a correct solution (the question's first correct
+    sample, else its reference solution) with a mistake and continues from there."""
+    correct = {}
+    for r in sampled:
+        if r["solution_is_correct"]:
+            correct.setdefault(r["problem_id"], r["solution"])
+    jobs = []  # (problem, j, steps before, step, separator)
+    for p in problems:
+        source = correct.get(p.id) or p.solution
+        steps = split_steps(source)
+        if not steps:
+            continue
+        sep = "\n\n" if _PARAGRAPHS.search(source.strip()) else "\n"
+        for j in range(per_question):
+            step = _insertion_step(p, j, len(steps), seed)
+            jobs.append((p, j, steps[: step - 1], step, sep))
+    if not jobs:
+        return []
+    prompts = [insert_error_messages(p.question, before, step) for p, _, before, step, _ in jobs]
+    outs = annotator.chat(prompts, sp.replace(n=1))
+    records = []
+    for (p, j, before, step, sep), (c,) in zip(jobs, outs, strict=True):
+        text = sep.join([*before, (c.text or "").strip()])
+        records.append(solution_record(p, f"{p.id}/insert{j}", "insert", text, c.num_tokens, step))
+    return records
+
+
+def select_solutions(
+    records: Sequence[dict[str, Any]], correct_share: float, require_answer: bool, seed: int
+) -> None:
+    """Mark the solutions to critique (`selected`): every distinct wrong one (with a final
+    answer when `require_answer`), then correct ones up to `correct_share` of the total,
+    spread over questions (each question's first correct solution before any second one)."""
+    seen: set[tuple[str, str]] = set()
+    wrong, pool = [], []
+    rank: dict[str, int] = defaultdict(int)
+    for r in records:
+        key = (r["problem_id"], r["solution"].strip())
+        if key in seen or not r["solution"].strip():
+            continue
+        seen.add(key)
+        if r["solution_is_correct"]:
+            pool.append((rank[r["problem_id"]], stable_seed(seed, r["id"]), r))
+            rank[r["problem_id"]] += 1
+        elif r["pred"] is not None or not require_answer:
+            wrong.append(r)
+    if correct_share >= 1:
+        n_correct = len(pool)
+    else:
+        n_correct = min(len(pool), round(len(wrong) * correct_share / (1 - correct_share)))
+    pool.sort(key=lambda t: t[:2])
+    for r in [*wrong, *(t[2] for t in pool[:n_correct])]:
+        r["selected"] = True
+
+
+# --------------------------------------------------------------------------- critiques
+
+
+def kind_group(solution: dict[str, Any]) -> str:
+    """sample-wrong | sample-correct | insert | reference: the rows of the keep-rate table."""
+    if solution["kind"] == "sample":
+        return "sample-correct" if solution["solution_is_correct"] else "sample-wrong"
+    return solution["kind"]
+
+
+def annotate(
+    annotator: Critic,
+    solutions: Sequence[dict[str, Any]],
+    n: int,
+    sp: SamplingParams,
+) -> list[dict[str, Any]]:
+    """n critiques per solution from the annotator, given the gold answer; parseable ones are
+    cut at their first wrong step; identical critiques of one solution are kept once."""
+    if not solutions:
+        return []
+    outs = annotator.critique(
+        [s["question"] for s in solutions],
+        [s["solution"] for s in solutions],
+        sp.replace(n=n),
+        references=[s["answer"] for s in solutions],
+    )
+    records = []
+    for s, comps in zip(solutions, outs, strict=True):
+        seen = set()
+        for i, c in enumerate(comps):
+            crit = parsed(c)
+            verdict = crit.final_correct if crit.parseable else None
+            text = critique_text(crit) if crit.parseable else (c.text or "")
+            if text in seen:
+                continue
+            seen.add(text)
+            known = s["first_error_step"]
+            records.append({
+                "id": f"{s['id']}/critique{i}",
+                "solution_id": s["id"],
+                "problem_id": s["problem_id"],
+                "question": s["question"],
+                "solution": s["solution"],
+                "answer": s["answer"],
+                "level": s["level"],
+                "group": kind_group(s),
+                "solution_is_correct": s["solution_is_correct"],
+                "first_error_step": known,
+                "critique": text,
+                "parseable": crit.parseable,
+                "verdict": verdict,
+                "first_wrong_step": crit.first_wrong_step,
+                "verdict_agrees": verdict == s["solution_is_correct"],
+                "first_error_agrees": None if known is None else crit.first_wrong_step == known,
+                "tokens": c.num_tokens,
+                "refinements": [],
+                "refine_correct_frac": None,
+                "refine_tokens": 0,
+                "kept": False,
+            })
+    return records
+
+
+def soft_filter(
+    actor: Agent, critiques: Sequence[dict[str, Any]], m: int, tau: float, sp: SamplingParams
+) -> None:
+    """Refine M times with each critique whose verdict rightly says Wrong, verify, and set
+    the filter statistics and `kept` on every critique."""
+    todo = [c for c in critiques if c["verdict_agrees"] and not c["solution_is_correct"]]
+    if m > 0:
+        judged = refine_verified(
+            actor,
+            [c["question"] for c in todo],
+            [c["solution"] for c in todo],
+            [c["critique"] for c in todo],
+            [c["answer"] for c in todo],
+            sp.replace(n=m),
+        )
+        for c, outs in zip(todo, judged, strict=True):
+            c["refinements"] = [j.correct for j in outs]
+            c["refine_correct_frac"] = sum(c["refinements"]) / m
+            c["refine_tokens"] = sum(j.tokens for j in outs)
+    for c in critiques:
+        c["kept"] = keep_critique(c["verdict"], c["solution_is_correct"], c["refinements"], tau)
+
+
+def sft_record(critique: dict[str, Any]) -> dict[str, Any]:
+    """A kept critique in the `critique` SFT format (question, solution, critique)."""
+    keys = ("id", "question", "solution", "critique", "answer", "level", "group",
+            "solution_is_correct", "first_error_step")
+    return {k: critique[k] for k in keys}
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class Collector:
+    """Everything one chunk needs: the models, the annotator and the config."""
+
+    cfg: Config
+    actor: Agent
+    annotator: Critic
+
+    def seed(self, sp: SamplingParams, phase: str, chunk: int) -> SamplingParams:
+        return sp.replace(seed=stable_seed(sp.seed, self.cfg.seed, phase, chunk))
+
+    def chunk(
+        self, problems: Sequence[Problem], index: int
+    ) -> tuple[list[dict], list[dict], list[dict]]:
+        """(solutions, critiques, SFT records) of one chunk."""
+        cfg = self.cfg
+        sc, ic = cfg.solutions, cfg.insertion
+        solutions = sample_solutions(
+            self.actor, problems, sc.samples_per_question, self.seed(sc.sampling, "solve", index)
+        )
+        if ic.method == "demo":
+            solutions += demo_insertions(problems, ic.per_question, cfg.seed)
+        elif ic.method == "model":
+            assert isinstance(self.annotator, Agent)
+            solutions += model_insertions(
+                self.annotator, problems, solutions, ic.per_question,
+                self.seed(ic.sampling, "insert", index), cfg.seed,
+            )
+        if sc.include_reference:
+            solutions += [reference_solution(p) for p in problems if p.solution.strip()]
+        select_solutions(solutions, sc.correct_share, sc.require_answer,
+                         stable_seed(cfg.seed, index))
+        n = 1 if cfg.annotator.oracle is not None else cfg.critiques.per_solution
+        critiques = annotate(
+            self.annotator,
+            [s for s in solutions if s["selected"]],
+            n,
+            self.seed(cfg.critiques.sampling, "critique", index),
+        )
+        fc = cfg.filter
+        soft_filter(self.actor, critiques, fc.refinements, fc.tau,
+                    self.seed(fc.sampling, "refine", index))
+        return solutions, critiques, [sft_record(c) for c in critiques if c["kept"]]
+
+
+def _rate(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def _keep_table(critiques: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for c in critiques:
+        groups[str(c[key])].append(c)
+    return {
+        g: {"critiques": len(cs), "kept": sum(c["kept"] for c in cs),
+            "keep_rate": _rate(sum(c["kept"] for c in cs), len(cs))}
+        for g, cs in sorted(groups.items())
+    }
+
+
+def summarize(
+    solutions: Sequence[dict[str, Any]], critiques: Sequence[dict[str, Any]], n_sft: int
+) -> dict[str, Any]:
+    """Counts, rates and generated tokens of a collection run, from its records."""
+    samples = [s for s in solutions if s["kind"] == "sample"]
+    inserts = [s for s in solutions if s["kind"] == "insert"]
+    refined = [c for c in critiques if c["refine_correct_frac"] is not None]
+    known = [c for c in critiques if c["first_error_agrees"] is not None]
+    kept = sum(c["kept"] for c in critiques)
+    selected: dict[str, int] = defaultdict(int)
+    for s in solutions:
+        if s["selected"]:
+            selected[kind_group(s)] += 1
+    tokens = {
+        "solve": sum(s["tokens"] for s in samples),
+        "insert": sum(s["tokens"] for s in inserts),
+        "critique": sum(c["tokens"] for c in critiques),
+        "refine": sum(c["refine_tokens"] for c in critiques),
+    }
+    tokens["total"] = sum(tokens.values())
+    return {
+        "problems": len({s["problem_id"] for s in solutions}),
+        "samples": len(samples),
+        "sample_accuracy": _rate(sum(s["solution_is_correct"] for s in samples), len(samples)),
+        "sample_answered_rate": _rate(sum(s["pred"] is not None for s in samples), len(samples)),
+        "insertions": len(inserts),
+        "insertions_flawed": sum(not s["solution_is_correct"] for s in inserts),
+        "selected": dict(sorted(selected.items())),
+        "critiques": len(critiques),
+        "parseable_rate": _rate(sum(c["parseable"] for c in critiques), len(critiques)),
+        "verdict_agree_rate": _rate(sum(c["verdict_agrees"] for c in critiques), len(critiques)),
+        "first_error_agree_rate": _rate(sum(c["first_error_agrees"] for c in known), len(known)),
+        "mean_refine_correct_frac": _rate(sum(c["refine_correct_frac"] for c in refined),
+                                          len(refined)),
+        "kept": kept,
+        "keep_rate": _rate(kept, len(critiques)),
+        "keep_by_kind": _keep_table(critiques, "group"),
+        "keep_by_level": _keep_table(critiques, "level"),
+        "sft_records": n_sft,
+        "tokens": tokens,
+        "critique_tokens_per_kept": _rate(tokens["critique"], kept),
+    }
+
+
+def load_roles(cfg: Config, problems: Sequence[Problem]) -> tuple[Agent, Critic]:
+    """The actor and the annotator of a config (preset demo models get the demo tokenizer)."""
+    mesh = mesh_from_config(cfg.mesh)
+    tok_dir = Path(cfg.run_dir) / "demo_tokenizer"
+    actor_spec = with_demo_tokenizer(cfg.actor, problems, tok_dir)
+    spec = cfg.annotator
+    if spec.model is not None:
+        spec = dataclasses.replace(spec, model=with_demo_tokenizer(spec.model, problems, tok_dir))
+    actor_model, annotator_model = load_models(actor_spec, spec, mesh, cfg.seed)
+    assert actor_model is not None
+    return make_agent(actor_model, mesh), make_critic(spec, annotator_model, problems, mesh)
+
+
+def collect(
+    cfg: Config, problems: Sequence[Problem], actor: Agent, annotator: Critic
+) -> dict[str, Any]:
+    """Collect over all chunks (skipping finished ones), then write summary.json. Callers
+    with models in memory (the demo, tests) use this; `run` loads the models first."""
+    run_dir = Path(cfg.run_dir)
+    collector = Collector(cfg, actor, annotator)
+    names = ("critiques", "critic_sft", "solutions")  # solutions last: they mark a chunk done
+    logs = {name: RecordLog(run_dir / f"{name}.jsonl") for name in names}
+    k = cfg.solutions.samples_per_question
+    try:
+        for index, chunk in enumerate(chunks(problems, cfg.chunk_size)):
+            if all(i in logs["solutions"].done for p in chunk for i in sample_ids(p, k)):
+                continue
+            solutions, critiques, sft = collector.chunk(chunk, index)
+            logs["critiques"].write_all(critiques)
+            logs["critic_sft"].write_all(sft)
+            logs["solutions"].write_all(solutions)
+            log.info("chunk %d: %d solutions, %d critiques, %d kept", index, len(solutions),
+                     len(critiques), len(sft))
+    finally:
+        for lg in logs.values():
+            lg.close()
+    summary = summarize(
+        list(read_jsonl(run_dir / "solutions.jsonl")),
+        list(read_jsonl(run_dir / "critiques.jsonl")),
+        sum(1 for _ in read_jsonl(run_dir / "critic_sft.jsonl")),
+    )
+    if jax.process_index() == 0:
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    problems = load_problems(cfg.problems)
+    if not problems:
+        raise ValueError("no problems to collect critiques for: check the `problems:` section")
+    return collect(cfg, problems, *load_roles(cfg, problems))

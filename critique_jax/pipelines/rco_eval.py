@@ -1,0 +1,194 @@
+"""The `eval_rco` stage: compare critics by how much their critiques improve refinements.
+
+    python -m critique_jax.train --config configs/eval_rco_demo.yaml
+
+Every critic in `critics` (e.g. the initial critic, +DPCO, +RCO) critiques the same held-out
+(x, y0) groups (`num_critiques` samples each), the same actor refines each critique
+`num_refinements` times with the same seeds (common random numbers: differences between
+critics are not sampling noise of the actor), and the judge scores the refinements:
+
+* mean CU: mean over critiques of CU = mean_j PS(y'_j, y0), PS in {0, 0.5, 1};
+* RQS: the judge's absolute score of the refinements themselves (verifier: the share that
+  is correct, on [0, 1]; model judge: a 1-10 rating);
+* refinement accuracy (when gold answers exist), split into `fixed` (y0 wrong, refinement
+  right) and `broken` (y0 right, refinement wrong), the critic's final-verdict accuracy on
+  y0, and the critique length in tokens (inference compute).
+
+Outputs in run_dir: initial.jsonl (the shared y0), critics/<name>.jsonl (per-group records,
+resumable), comparison.json and comparison.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from critique_jax.config import MeshConfig, ModelSpec, StageConfig, to_dict
+from critique_jax.data.critique_format import parse_critique
+from critique_jax.data.sources import ProblemSource
+from critique_jax.pipelines.judges import Judge, JudgeConfig, is_correct, make_judge
+from critique_jax.pipelines.rco_collect import (
+    INITIAL,
+    Group,
+    InitialResponses,
+    chunk_seed,
+    critique_and_refine,
+    initial_groups,
+    load_agent,
+    run_chunks,
+)
+from critique_jax.runio import atomic_write_json, atomic_write_text
+from critique_jax.sampling import SamplingParams
+from critique_jax.sharding import mesh_from_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CriticEntry:
+    name: str
+    model: ModelSpec
+
+
+@dataclass
+class Config(StageConfig):
+    stage: str = "eval_rco"
+    run_dir: str = "runs/eval_rco"
+    critics: list[CriticEntry] = field(default_factory=list)  # the first is the baseline
+    actor: ModelSpec | None = None  # refines (and, for initial.source: actor, solves)
+    problems: ProblemSource = field(default_factory=ProblemSource)
+    initial: InitialResponses = field(default_factory=InitialResponses)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    num_critiques: int = 2  # per (x, y0) and critic
+    num_refinements: int = 4  # per critique
+    critique_sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=1.0))
+    refine_sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7))
+    chunk_groups: int = 64
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        if not self.critics:
+            raise ValueError("critics is empty: list the critic checkpoints to compare, each "
+                             "as {name: ..., model: {path: ...}}")
+        names = [c.name for c in self.critics]
+        if len(set(names)) != len(names) or not all(n and "/" not in n for n in names):
+            raise ValueError(f"critic names {names} must be unique, non-empty, without '/'")
+        if self.actor is None:
+            raise ValueError("actor is not set: give the model that refines (actor: {path: ...})")
+
+
+def score_refinements(judge: Judge, records: list[dict[str, Any]]) -> None:
+    """Add the judge's absolute score of every refinement (`scores`, aligned with
+    `refinements`) in place, in one judge call."""
+    items = [(r, c) for r in records for c in r["critiques"] for _ in c["refinements"]]
+    texts = [t for r in records for c in r["critiques"] for t in c["refinements"]]
+    scores = judge.score([r["question"] for r, _ in items], texts,
+                         [r["answer"] for r, _ in items])
+    it = iter(scores)
+    for r in records:
+        for c in r["critiques"]:
+            c["scores"] = [next(it) for _ in c["refinements"]]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def critic_metrics(records: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    crits = [(r, c) for r in records for c in r["critiques"]]
+    scores = [s for _, c in crits for s in c["scores"] if s is not None]
+    out: dict[str, Any] = {
+        "mean_cu": _mean([c["cu"] for _, c in crits]),
+        "rqs": _mean(scores),
+        "rqs_scale": scale,
+        "critique_tokens": _mean([c["num_tokens"] for _, c in crits]),
+        "parseable": _mean([parse_critique(c["text"]).parseable for _, c in crits]),
+    }
+    golds = [(r, c) for r, c in crits if r["answer"] is not None]
+    if golds:
+        right = {0: [], 1: []}
+        for r, c in golds:
+            right[int(r["solution_correct"])] += [is_correct(t, r["answer"])
+                                                  for t in c["refinements"]]
+        out["refinement_accuracy"] = _mean(right[0] + right[1])
+        out["fixed"] = _mean(right[0])  # y0 wrong -> refinement right
+        out["broken"] = _mean([not ok for ok in right[1]])  # y0 right -> refinement wrong
+        out["verdict_accuracy"] = _mean(
+            [parse_critique(c["text"]).final_correct == r["solution_correct"] for r, c in golds])
+    return out
+
+
+COLUMNS = (("mean_cu", "mean CU"), ("rqs", "RQS"), ("refinement_accuracy", "refine acc"),
+           ("fixed", "fixed"), ("broken", "broken"), ("verdict_accuracy", "verdict acc"),
+           ("parseable", "parseable"), ("critique_tokens", "tokens/critique"))
+
+
+def comparison_markdown(table: dict[str, Any]) -> str:
+    rows = table["critics"]
+    cols = [(k, title) for k, title in COLUMNS if any(r.get(k) is not None for r in rows)]
+    base = rows[0]["mean_cu"]
+    lines = [
+        f"RCO evaluation: {table['groups']} groups, {table['critiques_per_group']} critiques x "
+        f"{table['refinements_per_critique']} refinements each, judge: {table['judge']} "
+        f"(RQS on [0, {rows[0]['rqs_scale']:g}]).",
+        "",
+        "| critic | " + " | ".join(t for _, t in cols) + " | CU vs first |",
+        "|---|" + "---:|" * (len(cols) + 1),
+    ]
+    for r in rows:
+        cells = ["-" if r.get(k) is None else f"{r[k]:.3f}" if k != "critique_tokens"
+                 else f"{r[k]:.1f}" for k, _ in cols]
+        delta = r["mean_cu"] - base
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {delta:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    mesh = mesh_from_config(cfg.mesh)
+    actor_model, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
+    judge = make_judge(cfg.judge, mesh, cfg.seed)
+    groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
+    if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
+        raise ValueError("judge.kind: verifier needs gold answers for every (x, y0)")
+    results = []
+    for entry in cfg.critics:
+        _, critic = load_agent(entry.model, mesh, cfg.seed, f"critic {entry.name!r}",
+                               like=actor_model)
+
+        def compute(chunk: list[Group], index: int, critic=critic) -> list[dict[str, Any]]:
+            records = critique_and_refine(
+                critic, actor, judge, chunk, cfg.num_critiques, cfg.num_refinements,
+                cfg.critique_sampling.replace(seed=chunk_seed(cfg.seed, index, 1)),
+                cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)))
+            for r in records:  # evaluation keeps token counts, not tokens
+                r.pop("prompt_ids")
+                for c in r["critiques"]:
+                    c["num_tokens"] = len(c.pop("token_ids"))
+            score_refinements(judge, records)
+            return records
+
+        path = run_dir / "critics" / f"{entry.name}.jsonl"
+        records = run_chunks(groups, cfg.chunk_groups, path, compute)
+        metrics = critic_metrics(records, judge.scale)
+        log.info("eval_rco %s: %s", entry.name, metrics)
+        results.append({"name": entry.name, "model": to_dict(entry.model), **metrics})
+        del critic
+        gc.collect()
+    table = {
+        "judge": cfg.judge.kind, "groups": len(groups), "critiques_per_group": cfg.num_critiques,
+        "refinements_per_critique": cfg.num_refinements, "critics": results,
+    }
+    if jax.process_index() == 0:
+        atomic_write_json(run_dir / "comparison.json", table)
+        atomic_write_text(run_dir / "comparison.md", comparison_markdown(table))
+    return table

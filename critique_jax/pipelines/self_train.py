@@ -1,0 +1,456 @@
+"""The `self_train` stage: critique-in-the-loop self-training of the actor, and its baseline.
+
+    python -m critique_jax.train --config configs/self_train_demo.yaml
+
+Iteration 0 (shared by every arm): SFT of the base actor on the training questions'
+reference solutions plus refinement examples (x, y0, c -> y'), so the actor can follow
+critiques. On the demo world the refinement examples are built from `inject_error` flawed
+solutions, their `templated_critique` and the reference solution; elsewhere they come from a
+critique dataset file (`refine_data`: refine-format records or a MathCritique release file).
+`sft0.steps: 0` skips the SFT and starts from the given actor (an instruct model).
+
+Iteration t >= 1, per arm, with the actor of iteration t-1:
+1. sample K solutions per training question (T ~ 0.7), verify them against the gold answer,
+   keep the correct ones (exact duplicates dropped);
+2. `critique` arm: critique every wrong sample, refine it K' times, keep the correct
+   refinements that show their work (`shows_work`), at most r per critique;
+3. fine-tune on the kept set (x -> y). `init: iteration0` (default) starts every iteration
+   from the iteration-0 weights, as in ReST-EM: the data of iteration t comes from the actor of
+   iteration t-1, but errors do not compound through repeated fine-tuning of one model.
+   `init: previous` continues from the iteration t-1 weights instead;
+4. evaluate on the test set: greedy accuracy overall and by difficulty, pass@K, tokens per
+   question, and, of the kept data, the share from hard questions.
+
+The vanilla baseline (rejection sampling) is the same code path with the critic off: the
+`vanilla` arm runs whenever `critic` is null, and beside the `critique` arm when `baseline` is
+true. Both arms of an iteration draw the same sampler seeds, so at iteration 1 they start from
+the same samples and differ only by the critic's refinements.
+
+Shortcut guard: a kept refinement must have at least
+max(min_steps, ceil(min_step_ratio * reference steps)) reasoning steps (`work_steps`: the
+solution's steps once lines that only state the final answer are removed), so a refinement
+that just copies an answer out of a critique is not learned.
+
+Files: run_dir/iter_0/{train,hf,results.json}; run_dir/<arm>/iter_<t>/{collect.jsonl,
+collect_stats.json, kept.jsonl, train, hf, results.json}; run_dir/comparison.{json,md}.
+An iteration with results.json is finished and skipped when the stage reruns; collect.jsonl
+resumes chunk by chunk, train/ holds the fine-tune checkpoints, which resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from critique_jax.config import (
+    ConfigError,
+    MeshConfig,
+    ModelSpec,
+    OptimConfig,
+    StageConfig,
+    TrainConfig,
+)
+from critique_jax.data.critique_format import split_steps
+from critique_jax.data.demo_world import inject_error, templated_critique
+from critique_jax.data.prompts import refine_messages, solve_messages
+from critique_jax.data.records import Problem
+from critique_jax.data.sources import ProblemSource, load_problems
+from critique_jax.models.hf import save_hf
+from critique_jax.models.loading import LoadedModel, load_model
+from critique_jax.pipelines.critique_data import CriticSpec, with_demo_tokenizer
+from critique_jax.pipelines.finetune import Example, examples_from_records, finetune
+from critique_jax.pipelines.roles import Agent, Critic, Judged, make_agent, refine, solve
+from critique_jax.pipelines.sft import SFTData, load_sft_records
+from critique_jax.pipelines.test_time import (
+    check_oracle,
+    difficulty,
+    load_critic,
+    resumable_records,
+    salted,
+)
+from critique_jax.runio import atomic_write_json, atomic_write_text, read_jsonl
+from critique_jax.sampling import SamplingParams
+from critique_jax.sharding import mesh_from_config
+
+log = logging.getLogger(__name__)
+
+INITS = ("iteration0", "previous")
+
+
+@dataclass
+class Config(StageConfig):
+    stage: str = "self_train"
+    run_dir: str = "runs/self_train"
+    actor: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
+    critic: CriticSpec | None = field(default_factory=lambda: CriticSpec(oracle="demo"))
+    baseline: bool = True  # also run the vanilla arm, for the comparison table
+    train_problems: ProblemSource = field(
+        default_factory=lambda: ProblemSource(split="train", seed=1, size=200))
+    test_problems: ProblemSource = field(default_factory=lambda: ProblemSource(seed=2, size=100))
+    refine_data: SFTData | None = None  # iteration-0 refinement examples (non-demo problems)
+    iterations: int = 2
+    init: str = "iteration0"  # iteration0 | previous
+    samples: int = 4  # K
+    refinements: int = 2  # K' per critique
+    max_per_critique: int = 1  # r
+    min_steps: int = 1
+    min_step_ratio: float = 0.5
+    hard_min_level: int = 3  # difficulty >= this counts as hard
+    eval_samples: int = 4  # pass@K on the test set
+    chunk_size: int = 64
+    sample: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7))
+    critique: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0))
+    refine: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7))
+    eval: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.0))
+    sft0: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        check_oracle(self.critic, self.train_problems, "train_problems")
+        if self.init not in INITS:
+            raise ConfigError(f"init {self.init!r}: choose one of {list(INITS)}")
+        if min(self.samples, self.refinements, self.max_per_critique, self.chunk_size) < 1:
+            raise ConfigError("samples, refinements, max_per_critique and chunk_size must be >= 1")
+        if self.iterations < 0 or self.eval_samples < 0:
+            raise ConfigError("iterations and eval_samples must be >= 0")
+        if self.refine_data is not None and self.refine_data.format not in (
+                "refine", "mathcritique-refine"):
+            raise ConfigError(f"refine_data.format {self.refine_data.format!r}: use 'refine' "
+                              "(question, solution, critique, refinement records) or "
+                              "'mathcritique-refine' (a MathCritique release file)")
+
+
+# --------------------------------------------------------------------------- shortcut guard
+
+_ANSWER_ONLY = re.compile(
+    r"^\W*(?:(?:so|therefore|thus|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer\s+is\b.*$|^\s*####",
+    re.IGNORECASE)
+
+
+def work_steps(solution: str) -> int:
+    """Reasoning steps of a solution: `split_steps` after dropping the lines that only state
+    the final answer ("The answer is 18.", "#### 18")."""
+    body = "\n".join(ln for ln in solution.splitlines() if not _ANSWER_ONLY.match(ln))
+    return len(split_steps(body))
+
+
+def required_steps(problem: Problem, min_steps: int, ratio: float) -> int:
+    reference = work_steps(problem.solution) if problem.solution else 0
+    return max(min_steps, math.ceil(ratio * reference))
+
+
+def shows_work(solution: str, problem: Problem, min_steps: int, ratio: float) -> bool:
+    """The shortcut guard on refinements (see the module docstring)."""
+    return work_steps(solution) >= required_steps(problem, min_steps, ratio)
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def _item(p: Problem, judged: Judged, item_id: str, origin: str, **extra: Any) -> dict:
+    return {"id": item_id, "problem_id": p.id, "question": p.question, "solution": judged.text,
+            "answer": judged.answer, "gold": p.answer, "level": difficulty(p),
+            "origin": origin, **extra}
+
+
+def collect_records(actor: Agent, critic: Critic | None, problems: Sequence[Problem],
+                    cfg: Config, salt: Any = 0) -> list[dict[str, Any]]:
+    """Per question: the kept items (`kept`, each verified correct) and counts. Batched: one
+    solve call with fan-out K, one critique call, one refine call with fan-out K'."""
+    questions = [p.question for p in problems]
+    samples = solve(actor, questions, salted(cfg.sample, "sample", salt).replace(n=cfg.samples))
+    records, seen, wrong = [], [], []
+    for i, (p, cs) in enumerate(zip(problems, samples, strict=True)):
+        judged = [Judged.of(c, p.answer) for c in cs]
+        kept, texts = [], set()
+        for j, jd in enumerate(judged):
+            if jd.correct and jd.text.strip() not in texts:
+                texts.add(jd.text.strip())
+                kept.append(_item(p, jd, f"{p.id}/s{j}", "sample"))
+            elif not jd.correct:
+                wrong.append((i, j, jd.text))
+        seen.append(texts)
+        records.append({"id": p.id, "level": difficulty(p), "samples": len(judged),
+                        "correct_samples": sum(jd.correct for jd in judged), "critiqued": 0,
+                        "correct_refinements": 0, "shortcuts": 0, "kept": kept})
+    if critic is None or not wrong:
+        return records
+    crits = critic.critique([questions[i] for i, _, _ in wrong], [t for _, _, t in wrong],
+                            salted(cfg.critique, "critique", salt).replace(n=1))
+    critiques = [cs[0].text or "" for cs in crits]
+    refs = refine(actor, [questions[i] for i, _, _ in wrong], [t for _, _, t in wrong],
+                  critiques, salted(cfg.refine, "refine", salt).replace(n=cfg.refinements))
+    for (i, j, text), critique, rs in zip(wrong, critiques, refs, strict=True):
+        p, rec = problems[i], records[i]
+        rec["critiqued"] += 1
+        taken = 0
+        for m, r in enumerate(rs):
+            jd = Judged.of(r, p.answer)
+            if not jd.correct:
+                continue
+            rec["correct_refinements"] += 1
+            if not shows_work(jd.text, p, cfg.min_steps, cfg.min_step_ratio):
+                rec["shortcuts"] += 1
+                continue
+            if taken < cfg.max_per_critique and jd.text.strip() not in seen[i]:
+                seen[i].add(jd.text.strip())
+                rec["kept"].append(_item(p, jd, f"{p.id}/s{j}/r{m}", "refinement",
+                                         wrong_solution=text, critique=critique))
+                taken += 1
+    return records
+
+
+def kept_stats(records: Sequence[dict[str, Any]], hard_min_level: int) -> dict[str, Any]:
+    """What the collection kept: counts by origin, per-level question coverage, and the share
+    of kept items (and of training questions) that are hard."""
+    items = [it for r in records for it in r["kept"]]
+
+    def hard_share(levels: list[Any]) -> float | None:
+        known = [lv for lv in levels if lv is not None]
+        return sum(lv >= hard_min_level for lv in known) / len(known) if known else None
+
+    coverage: dict[str, list[bool]] = {}
+    for r in records:
+        coverage.setdefault(str(r["level"]), []).append(bool(r["kept"]))
+    return {
+        "kept": len(items),
+        "from_samples": sum(it["origin"] == "sample" for it in items),
+        "from_refinements": sum(it["origin"] == "refinement" for it in items),
+        "questions_covered": sum(bool(r["kept"]) for r in records) / max(len(records), 1),
+        "coverage_by_level": {lv: sum(v) / len(v) for lv, v in sorted(coverage.items())},
+        "hard_share_kept": hard_share([it["level"] for it in items]),
+        "hard_share_questions": hard_share([r["level"] for r in records]),
+        "samples": sum(r["samples"] for r in records),
+        "correct_samples": sum(r["correct_samples"] for r in records),
+        "critiqued": sum(r["critiqued"] for r in records),
+        "correct_refinements": sum(r["correct_refinements"] for r in records),
+        "shortcuts_rejected": sum(r["shortcuts"] for r in records),
+    }
+
+
+# --------------------------------------------------------------------------- iteration 0
+
+
+def iteration0_examples(problems: Sequence[Problem], refine_data: SFTData | None,
+                        seed: int = 0) -> list[Example]:
+    """Reference solutions (x -> y) plus refinement examples (x, y0, c -> y'): demo ones
+    from injected errors and the oracle critique, otherwise from `refine_data`."""
+    examples: list[Example] = [(solve_messages(p.question), p.solution)
+                               for p in problems if p.solution]
+    if problems and all(p.source == "demo" for p in problems):
+        rng = random.Random(seed)
+        for p in problems:
+            flawed = inject_error(p, rng.randint(1, p.level or 1), seed)
+            examples.append((refine_messages(p.question, flawed, templated_critique(p, flawed)),
+                             p.solution))
+    elif refine_data is not None:
+        records, where = load_sft_records(refine_data)
+        examples += examples_from_records(records, "refine", where)
+    else:
+        log.warning("no refine_data: iteration 0 teaches reference solutions only, so the "
+                    "actor has not learned to follow critiques")
+    return examples
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_actor(actor: Agent, problems: Sequence[Problem], cfg: Config) -> dict[str, Any]:
+    """Greedy accuracy (overall, by difficulty), tokens per question, and pass@K; every
+    actor is evaluated with the same sampler seeds."""
+    if not problems:
+        return {"accuracy": None, "by_level": {}, "tokens_per_question": 0.0}
+    questions = [p.question for p in problems]
+    greedy = solve(actor, questions, cfg.eval.replace(n=1))
+    judged = [Judged.of(cs[0], p.answer) for cs, p in zip(greedy, problems, strict=True)]
+    by_level: dict[str, list[bool]] = {}
+    for p, jd in zip(problems, judged, strict=True):
+        by_level.setdefault(str(difficulty(p)), []).append(jd.correct)
+    out = {
+        "accuracy": sum(jd.correct for jd in judged) / len(judged),
+        "by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
+        "tokens_per_question": sum(jd.tokens for jd in judged) / len(judged),
+    }
+    if cfg.eval_samples:
+        sampled = solve(actor, questions,
+                        salted(cfg.sample, "eval").replace(n=cfg.eval_samples))
+        hits = [any(Judged.of(c, p.answer).correct for c in cs)
+                for cs, p in zip(sampled, problems, strict=True)]
+        out[f"pass@{cfg.eval_samples}"] = sum(hits) / len(hits)
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class _Models:
+    """Loads the actor's checkpoints with one tokenizer object, so every iteration's actor
+    shares one compiled sampler (`make_agent` keys samplers by tokenizer identity)."""
+
+    def __init__(self, spec: ModelSpec, mesh: Any, seed: int) -> None:
+        self.spec, self.mesh, self.seed = spec, mesh, seed
+        self.tokenizer: Any = None
+
+    def load(self, hf_dir: Path | None = None) -> LoadedModel:
+        spec = self.spec if hf_dir is None else ModelSpec(path=str(hf_dir),
+                                                          overrides=self.spec.overrides)
+        model = load_model(spec, self.mesh, self.seed)
+        if self.tokenizer is None:
+            self.tokenizer = model.tokenizer
+        return dataclasses.replace(model, tokenizer=self.tokenizer)
+
+    def agent(self, hf_dir: Path) -> Agent:
+        return make_agent(self.load(hf_dir), self.mesh)
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _train_and_export(models: _Models, init: Path | None, examples: Sequence[Example],
+                      train: TrainConfig, cfg: Config, out: Path) -> None:
+    """Fine-tune from `init` (None: the configured actor) and export to out/hf; with no
+    examples or no steps the starting weights are exported unchanged. Once exported, the
+    fine-tune checkpoints are no longer needed to resume and are deleted (they hold the
+    optimizer state: several times the model's size, per iteration and arm)."""
+    model = models.load(init)
+    params = model.params
+    if examples and train.steps > 0:
+        params = finetune(model, examples, train, cfg.optim, cfg.mesh, out / "train", cfg.seed)
+    save_hf(model.cfg, params, out / "hf", model.tokenizer)
+    if _primary():
+        shutil.rmtree(out / "train" / "checkpoints", ignore_errors=True)
+
+
+def _finished(out: Path) -> dict[str, Any] | None:
+    path = out / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def iteration_zero(cfg: Config, models: _Models, train: Sequence[Problem],
+                   test: Sequence[Problem], out: Path) -> dict[str, Any]:
+    if (done := _finished(out)) is not None:
+        return done
+    examples = iteration0_examples(train, cfg.refine_data, cfg.seed)
+    if not (out / "hf" / "config.json").exists():
+        _train_and_export(models, None, examples, cfg.sft0, cfg, out)
+    results = {"arm": "shared", "iteration": 0, "examples": len(examples),
+               **evaluate_actor(models.agent(out / "hf"), test, cfg)}
+    if _primary():
+        atomic_write_json(out / "results.json", results)
+    return results
+
+
+def iteration(cfg: Config, arm: str, t: int, critic: Critic | None, models: _Models,
+              train: Sequence[Problem], test: Sequence[Problem], run_dir: Path
+              ) -> dict[str, Any]:
+    """One self-training iteration of one arm (critic None: vanilla), resumable."""
+    out = run_dir / arm / f"iter_{t}"
+    if (done := _finished(out)) is not None:
+        return done
+    prev = run_dir / "iter_0" / "hf" if t == 1 else run_dir / arm / f"iter_{t - 1}" / "hf"
+    if not (out / "kept.jsonl").exists():
+        actor = models.agent(prev)
+        records = resumable_records(
+            out / "collect.jsonl", train, cfg.chunk_size,
+            lambda chunk, i: collect_records(actor, critic, chunk, cfg, salt=(t, i)))
+        if _primary():
+            atomic_write_json(out / "collect_stats.json",
+                              kept_stats(records, cfg.hard_min_level))
+            atomic_write_text(out / "kept.jsonl", "".join(
+                json.dumps(it) + "\n" for r in records for it in r["kept"]))
+    items = list(read_jsonl(out / "kept.jsonl"))
+    if not (out / "hf" / "config.json").exists():
+        if not items:
+            log.warning("%s iteration %d kept nothing: the actor is not fine-tuned", arm, t)
+        init = run_dir / "iter_0" / "hf" if cfg.init == "iteration0" else prev
+        examples = [(solve_messages(it["question"]), it["solution"]) for it in items]
+        _train_and_export(models, init, examples, cfg.train, cfg, out)
+    results = {"arm": arm, "iteration": t, "trained_on": len(items),
+               "collection": json.loads((out / "collect_stats.json").read_text()),
+               **evaluate_actor(models.agent(out / "hf"), test, cfg)}
+    if _primary():
+        atomic_write_json(out / "results.json", results)
+    return results
+
+
+def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
+    """Markdown: one row per (arm, iteration), accuracy by difficulty and what was kept."""
+    levels = sorted({lv for r in rows for lv in r.get("by_level", {})},
+                    key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    pass_key = f"pass@{eval_samples}"
+    head = ["arm", "iter", "accuracy", *(f"level {lv}" for lv in levels), pass_key,
+            "tokens/q", "kept", "from refinements", "hard share kept"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def fmt(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    for r in rows:
+        kept = r.get("collection", {})
+        cells = [r["arm"], r["iteration"], r.get("accuracy"),
+                 *(r.get("by_level", {}).get(lv) for lv in levels), r.get(pass_key),
+                 r.get("tokens_per_question"), kept.get("kept"), kept.get("from_refinements"),
+                 kept.get("hard_share_kept")]
+        lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_comparison(run_dir: Path, rows: list[dict[str, Any]], cfg: Config) -> None:
+    if not _primary():
+        return
+    atomic_write_json(run_dir / "comparison.json", rows)
+    title = "# Self-training: vanilla (rejection sampling) vs critique-in-the-loop\n\n"
+    atomic_write_text(run_dir / "comparison.md",
+                      title + comparison_table(rows, cfg.eval_samples))
+
+
+def _split(cfg: Config) -> tuple[list[Problem], list[Problem]]:
+    """Training and test problems, without test questions that also appear in training."""
+    train = load_problems(cfg.train_problems)
+    seen = {p.question for p in train}
+    test = load_problems(cfg.test_problems)
+    kept = [p for p in test if p.question not in seen]
+    if len(kept) < len(test):
+        log.info("dropped %d test questions that are also training questions",
+                 len(test) - len(kept))
+    return train, kept
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    mesh = mesh_from_config(cfg.mesh)
+    train, test = _split(cfg)
+    tokenizer_dir = run_dir / "demo_tokenizer"
+    spec = with_demo_tokenizer(cfg.actor, [*train, *test], tokenizer_dir)
+    models = _Models(spec, mesh, cfg.seed)
+    arms: dict[str, Critic | None] = {}
+    if cfg.critic is None or cfg.baseline:
+        arms["vanilla"] = None
+    if cfg.critic is not None:
+        arms["critique"] = load_critic(cfg.critic, train, mesh, cfg.seed, tokenizer_dir)
+    rows = [iteration_zero(cfg, models, train, test, run_dir / "iter_0")]
+    _write_comparison(run_dir, rows, cfg)
+    for t in range(1, cfg.iterations + 1):
+        for arm, critic in arms.items():
+            rows.append(iteration(cfg, arm, t, critic, models, train, test, run_dir))
+            _write_comparison(run_dir, rows, cfg)
+    return {"arms": list(arms), "iterations": cfg.iterations, "rows": rows,
+            "table": str(run_dir / "comparison.md")}

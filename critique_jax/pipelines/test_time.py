@@ -1,0 +1,418 @@
+"""The `eval_tts` stage: test-time supervision with a critic, and the compute it costs.
+
+    python -m critique_jax.train --config configs/eval_tts_gsm8k_qwen2.5-0.5b.yaml
+
+Modes (DESIGN.md "Test-time supervision"):
+- sequential: y0 (greedy) -> critique -> refinement -> critique ... up to `rounds`
+  refinements, stopping as soon as the critic's parsed final verdict is Correct. Reported for
+  every round budget 0..R (budget 0 is the actor alone).
+- parallel: K samples per question in one fan-out call, each critiqued once, then
+  `majority` (actor alone, majority vote), `critic_filter` / `critic_weighted` (the critic as
+  a verifier of the K samples, see `voting`), `refine_vote` (every sample the critic does not
+  accept is refined with its critique, then majority over the final answers) and `oracle`
+  (a perfect verifier: pass@K, the upper bound).
+
+Compute is generated tokens per question: actor tokens plus critic tokens (an oracle critic
+generates nothing and costs 0). The sweep over K uses prefixes of one K_max-sample run: the
+samples are independent draws, so the first k of them are a k-sample run and every K shares
+the same sampler calls. Questions go through in chunks (`chunk_size`), one batched sampler
+call per step of a chunk; each chunk's per-question records are appended to JSONL, so a killed
+run resumes after its last finished chunk and the metrics are recomputed from the records.
+
+The critic is a `critique_data.CriticSpec`: `critic: {oracle: demo}` (the demo world's
+templated critic) or `critic: {model: {path: ...}}` (a trained critic, or the actor's own
+checkpoint for self-critique, which then shares the actor's weights). This module also holds
+what the self-training and self-talk stages share with it: `load_critic`, the difficulty of a
+problem (`difficulty`) and resumable per-question records (`resumable_records`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
+from critique_jax.data.critique_format import split_steps
+from critique_jax.data.records import Problem
+from critique_jax.data.sources import ProblemSource, load_problems
+from critique_jax.models.loading import load_model
+from critique_jax.pipelines.critique_data import (
+    CriticSpec,
+    load_models,
+    make_critic,
+    with_demo_tokenizer,
+)
+from critique_jax.pipelines.roles import Agent, Critic, Judged, make_agent, parsed, refine, solve
+from critique_jax.pipelines.voting import (
+    DEFAULT_WEIGHTS,
+    VerdictWeights,
+    equivalence_labels,
+    filtered_vote,
+    majority_vote,
+    weighted_vote,
+)
+from critique_jax.plots import plot_accuracy_vs_compute
+from critique_jax.runio import JsonlWriter, atomic_write_json, read_jsonl
+from critique_jax.sampling import Completion, SamplingParams
+from critique_jax.sharding import mesh_from_config
+
+log = logging.getLogger(__name__)
+
+MODES = ("sequential", "parallel")
+# Curve names of the figure, by results key.
+CURVES = {
+    "majority": "actor + majority vote",
+    "refine_vote": "actor + critic: critique-refine + vote",
+    "critic_weighted": "actor + critic: verifier-weighted vote",
+    "critic_filter": "actor + critic: verifier-filtered vote",
+    "oracle": "oracle verifier (pass@K)",
+    "sequential": "actor + critic: sequential rounds",
+}
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def load_critic(spec: CriticSpec, problems: Sequence[Problem], mesh: Any = None,
+                seed: int = 0, tokenizer_dir: str | Path | None = None) -> Critic:
+    """The critic of `spec` for `problems` (an oracle must know every problem it judges);
+    with `tokenizer_dir`, a preset critic model on demo problems gets the demo tokenizer."""
+    model = None
+    if spec.model is not None:
+        model_spec = (spec.model if tokenizer_dir is None
+                      else with_demo_tokenizer(spec.model, problems, Path(tokenizer_dir)))
+        model = load_model(model_spec, mesh, seed)
+    return make_critic(spec, model, problems, mesh)
+
+
+def check_oracle(spec: CriticSpec | None, problems: ProblemSource, where: str) -> None:
+    """An oracle critic knows the demo world's computations only."""
+    if spec is not None and spec.oracle is not None and problems.kind != "demo":
+        raise ConfigError(f"critic.oracle: {spec.oracle} checks demo-world problems, but "
+                          f"{where}.kind is {problems.kind!r}; use `critic: {{model: "
+                          "{path: <critic HF dir>}}` for real data")
+
+
+def difficulty(problem: Problem) -> int | None:
+    """Problem.level (MATH level, demo steps), else the number of steps of the reference
+    solution (GSM8K has no level), else None."""
+    if problem.level is not None:
+        return problem.level
+    return len(split_steps(problem.solution)) if problem.solution else None
+
+
+def salted(sp: SamplingParams, *salt: Any) -> SamplingParams:
+    """`sp` with a seed derived from its own and `salt`: distinct sampler calls (chunks,
+    rounds, roles) draw independent randomness, reproducibly."""
+    key = ":".join(str(s) for s in (sp.seed, *salt))
+    return sp.replace(seed=zlib.crc32(key.encode()) & 0x7FFFFFFF)
+
+
+def resumable_records(path: str | Path, problems: Sequence[Problem], chunk_size: int,
+                      compute: Callable[[list[Problem], int], list[dict[str, Any]]]
+                      ) -> list[dict[str, Any]]:
+    """One record per problem (key `id`), in problem order, computed chunk by chunk with
+    `compute(chunk, chunk_index)` and appended to the JSONL at `path`; problems that already
+    have a record there are skipped. Process 0 writes; the others read (shared run_dir)."""
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"problem ids must be unique to resume by id; {path} would mix "
+                         "records of different problems")
+    writer = JsonlWriter(path) if jax.process_index() == 0 else None
+    done = {r["id"]: r for r in (writer.records if writer else read_jsonl(path))}
+    try:
+        for start in range(0, len(problems), chunk_size):
+            chunk = [p for p in problems[start : start + chunk_size] if p.id not in done]
+            if not chunk:
+                continue
+            for record in compute(chunk, start // chunk_size):
+                done[record["id"]] = record
+                if writer is not None:
+                    writer.write(record)
+            log.info("%s: %d/%d questions", Path(path).name,
+                     min(start + chunk_size, len(problems)), len(problems))
+    finally:
+        if writer is not None:
+            writer.close()
+    return [done[i] for i in ids]
+
+
+def judged_dict(completion: Completion, gold: str) -> dict[str, Any]:
+    return dataclasses.asdict(Judged.of(completion, gold))
+
+
+def critique_fields(completion: Completion) -> dict[str, Any]:
+    return {"critique": completion.text or "", "verdict": parsed(completion).final_correct,
+            "critic_tokens": completion.num_tokens}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class TTSSettings:
+    """What to run and how to sample. `n` of each SamplingParams is set by the mode."""
+
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    rounds: int = 3
+    first: SamplingParams = field(  # sequential y0
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0))
+    sample: SamplingParams = field(  # parallel samples
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7))
+    critique: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.0))
+    refine: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0))
+    weights: VerdictWeights = field(default_factory=VerdictWeights)
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.modes) - set(MODES))
+        if bad or not self.modes:
+            raise ConfigError(f"tts.modes {self.modes}: choose from {list(MODES)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"tts.ks {self.ks} must be a non-empty list of K >= 1")
+        if self.rounds < 0 or self.chunk_size < 1:
+            raise ConfigError("tts.rounds must be >= 0 and tts.chunk_size >= 1")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sequential_records(actor: Agent, critic: Critic, problems: Sequence[Problem],
+                       s: TTSSettings, salt: Any = 0) -> list[dict[str, Any]]:
+    """Critique-refine rounds per question; record `rounds[i]` is y_i with the critique of
+    y_i (absent on the last one). One batched call per round and role."""
+    questions = [p.question for p in problems]
+    first = solve(actor, questions, salted(s.first, "first", salt).replace(n=1))
+    rounds = [[judged_dict(c[0], p.answer)] for c, p in zip(first, problems, strict=True)]
+    active = list(range(len(problems)))
+    for r in range(s.rounds):
+        crits = critic.critique([questions[i] for i in active],
+                                [rounds[i][-1]["text"] for i in active],
+                                salted(s.critique, "critique", r, salt).replace(n=1))
+        for i, cs in zip(active, crits, strict=True):
+            rounds[i][-1].update(critique_fields(cs[0]))
+        active = [i for i in active if rounds[i][-1]["verdict"] is not True]
+        if not active:
+            break
+        refs = refine(actor, [questions[i] for i in active],
+                      [rounds[i][-1]["text"] for i in active],
+                      [rounds[i][-1]["critique"] for i in active],
+                      salted(s.refine, "refine", r, salt).replace(n=1))
+        for i, cs in zip(active, refs, strict=True):
+            rounds[i].append(judged_dict(cs[0], problems[i].answer))
+    return [{"id": p.id, "level": difficulty(p), "gold": p.answer, "rounds": rounds[i]}
+            for i, p in enumerate(problems)]
+
+
+def parallel_records(actor: Agent, critic: Critic | None, problems: Sequence[Problem],
+                     s: TTSSettings, salt: Any = 0) -> list[dict[str, Any]]:
+    """max(ks) samples per question, each critiqued; those the critic does not accept are
+    refined once (`refined`). Three batched calls: solve (fan-out), critique, refine."""
+    k = max(s.ks)
+    questions = [p.question for p in problems]
+    samples = solve(actor, questions, salted(s.sample, "sample", salt).replace(n=k))
+    per_q = [[judged_dict(c, p.answer) for c in cs]
+             for cs, p in zip(samples, problems, strict=True)]
+    if critic is not None:
+        flat = [(i, j) for i in range(len(problems)) for j in range(k)]
+        crits = critic.critique([questions[i] for i, _ in flat],
+                                [per_q[i][j]["text"] for i, j in flat],
+                                salted(s.critique, "critique", salt).replace(n=1))
+        for (i, j), cs in zip(flat, crits, strict=True):
+            per_q[i][j].update(critique_fields(cs[0]), refined=None)
+        todo = [(i, j) for i, j in flat if per_q[i][j]["verdict"] is not True]
+        if todo:
+            refs = refine(actor, [questions[i] for i, _ in todo],
+                          [per_q[i][j]["text"] for i, j in todo],
+                          [per_q[i][j]["critique"] for i, j in todo],
+                          salted(s.refine, "refine", salt).replace(n=1))
+            for (i, j), cs in zip(todo, refs, strict=True):
+                per_q[i][j]["refined"] = judged_dict(cs[0], problems[i].answer)
+    return [{"id": p.id, "level": difficulty(p), "gold": p.answer, "samples": per_q[i]}
+            for i, p in enumerate(problems)]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _point(records: Sequence[dict[str, Any]], outcomes: Sequence[tuple[bool, float, float]],
+           **extra: Any) -> dict[str, Any]:
+    """Accuracy and mean tokens of per-question (correct, actor tokens, critic tokens)."""
+    n = max(len(records), 1)
+    by_level: dict[str, list[bool]] = {}
+    for r, (ok, _, _) in zip(records, outcomes, strict=True):
+        by_level.setdefault(str(r["level"]), []).append(ok)
+    actor = sum(a for _, a, _ in outcomes) / n
+    critic = sum(c for _, _, c in outcomes) / n
+    return {
+        **extra,
+        "accuracy": sum(ok for ok, _, _ in outcomes) / n,
+        "tokens_per_question": actor + critic,
+        "actor_tokens_per_question": actor,
+        "critic_tokens_per_question": critic,
+        "by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
+    }
+
+
+def sequential_outcome(rounds: Sequence[dict[str, Any]], budget: int) -> tuple[bool, int, int]:
+    """(correct, actor tokens, critic tokens) of the sequential run with at most `budget`
+    refinements, read off a run with more: it stops where the critic first says Correct."""
+    actor = critic = 0
+    for i, step in enumerate(rounds):
+        actor += step["tokens"]
+        if i == budget or "verdict" not in step:
+            return step["correct"], actor, critic
+        critic += step["critic_tokens"]
+        if step["verdict"] is True:
+            return step["correct"], actor, critic
+    raise ValueError("a sequential record must end with an uncritiqued or accepted round")
+
+
+def summarize_sequential(records: Sequence[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+    points = []
+    for budget in range(rounds + 1):
+        outcomes = [sequential_outcome(r["rounds"], budget) for r in records]
+        points.append(_point(records, outcomes, rounds=budget, label=f"R={budget}"))
+    return points
+
+
+def _final(sample: dict[str, Any]) -> dict[str, Any]:
+    return sample.get("refined") or sample
+
+
+def summarize_parallel(records: Sequence[dict[str, Any]], ks: Sequence[int],
+                       weights: VerdictWeights = DEFAULT_WEIGHTS) -> dict[str, list[dict]]:
+    """Points per mode and K (see the module docstring for the modes)."""
+    k_max = max(ks)
+    short = [r["id"] for r in records if len(r["samples"]) < k_max]
+    if short:
+        raise ValueError(f"record {short[0]!r} has fewer than K={k_max} samples: the run "
+                         "directory holds records of another run; use a new run_dir")
+    with_critic = bool(records) and "verdict" in records[0]["samples"][0]
+    labels = [equivalence_labels([s["answer"] for s in r["samples"]]) for r in records]
+    final_labels = ([equivalence_labels([_final(s)["answer"] for s in r["samples"]])
+                     for r in records] if with_critic else [])
+    out: dict[str, list[dict]] = {m: [] for m in CURVES if m != "sequential"}
+    for k in sorted(ks):
+        rows = {m: [] for m in out}
+        for n, r in enumerate(records):
+            ss = r["samples"][:k]
+            answers = [s["answer"] for s in ss]
+            actor = sum(s["tokens"] for s in ss)
+            rows["majority"].append((_pick(ss, majority_vote(answers, labels[n])), actor, 0))
+            rows["oracle"].append((any(s["correct"] for s in ss), actor, 0))
+            if not with_critic:
+                continue
+            critic = sum(s["critic_tokens"] for s in ss)
+            verdicts = [s["verdict"] for s in ss]
+            rows["critic_filter"].append(
+                (_pick(ss, filtered_vote(answers, verdicts, labels[n])), actor, critic))
+            rows["critic_weighted"].append(
+                (_pick(ss, weighted_vote(answers, verdicts, weights, labels[n])), actor, critic))
+            finals = [_final(s) for s in ss]
+            refine_tokens = sum(s["refined"]["tokens"] for s in ss if s.get("refined"))
+            winner = majority_vote([f["answer"] for f in finals], final_labels[n])
+            rows["refine_vote"].append((_pick(finals, winner), actor + refine_tokens, critic))
+        for m, outcomes in rows.items():
+            if outcomes:
+                out[m].append(_point(records, outcomes, k=k, label=f"K={k}"))
+    return {m: pts for m, pts in out.items() if pts}
+
+
+def _pick(samples: Sequence[dict[str, Any]], index: int | None) -> bool:
+    return index is not None and bool(samples[index]["correct"])
+
+
+def critic_diagnostics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How good the critic is as a verifier of the samples, and what refining did."""
+    samples = [s for r in records for s in r["samples"] if "verdict" in s]
+    if not samples:
+        return {}
+    judged = [s for s in samples if s["verdict"] is not None]
+    refined = [s for s in samples if s.get("refined")]
+    return {
+        "samples": len(samples),
+        "unparseable_verdicts": 1 - len(judged) / len(samples),
+        "verdict_accuracy": (sum(s["verdict"] == s["correct"] for s in judged) / len(judged)
+                             if judged else None),
+        "refined": len(refined),
+        "wrong_to_correct": sum(not s["correct"] and s["refined"]["correct"] for s in refined),
+        "correct_to_wrong": sum(s["correct"] and not s["refined"]["correct"] for s in refined),
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_test_time(actor: Agent, critic: Critic | None, problems: Sequence[Problem],
+                  s: TTSSettings, out_dir: str | Path, title: str = "") -> dict[str, Any]:
+    """Run the configured modes on `problems`, resuming from the records in `out_dir`;
+    writes results.json and accuracy_vs_compute.png there and returns the results."""
+    out = Path(out_dir)
+    if "sequential" in s.modes and critic is None:
+        raise ConfigError("the sequential mode needs a critic: set `critic` or drop "
+                          "'sequential' from tts.modes")
+    results: dict[str, Any] = {"questions": len(problems), "ks": sorted(s.ks),
+                               "rounds": s.rounds, "critic": critic is not None}
+    if "sequential" in s.modes:
+        records = resumable_records(
+            out / "sequential.jsonl", problems, s.chunk_size,
+            lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i))
+        results["sequential"] = summarize_sequential(records, s.rounds)
+    if "parallel" in s.modes:
+        records = resumable_records(
+            out / "parallel.jsonl", problems, s.chunk_size,
+            lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i))
+        results["parallel"] = summarize_parallel(records, s.ks, s.weights)
+        results["critic_diagnostics"] = critic_diagnostics(records)
+    curves = {CURVES[m]: pts for m, pts in results.get("parallel", {}).items()}
+    if "sequential" in results:
+        curves[CURVES["sequential"]] = results["sequential"]
+    if jax.process_index() == 0:
+        if problems:
+            results["plot"] = str(plot_accuracy_vs_compute(
+                curves, out / "accuracy_vs_compute.png", title))
+        atomic_write_json(out / "results.json", results)
+    return results
+
+
+@dataclass
+class Config(StageConfig):
+    stage: str = "eval_tts"
+    run_dir: str = "runs/eval_tts"
+    actor: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
+    critic: CriticSpec | None = field(default_factory=lambda: CriticSpec(oracle="demo"))
+    problems: ProblemSource = field(default_factory=ProblemSource)
+    tts: TTSSettings = field(default_factory=TTSSettings)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        check_oracle(self.critic, self.problems, "problems")
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    mesh = mesh_from_config(cfg.mesh)
+    problems = load_problems(cfg.problems)
+    tokenizer_dir = run_dir / "demo_tokenizer"
+    actor_spec = with_demo_tokenizer(cfg.actor, problems, tokenizer_dir)
+    critic_spec = cfg.critic
+    if critic_spec is not None and critic_spec.model is not None:
+        critic_spec = dataclasses.replace(
+            critic_spec, model=with_demo_tokenizer(critic_spec.model, problems, tokenizer_dir))
+    actor_model, critic_model = load_models(actor_spec, critic_spec, mesh, cfg.seed)
+    actor = make_agent(actor_model, mesh)
+    critic = (make_critic(critic_spec, critic_model, problems, mesh)
+              if critic_spec is not None else None)
+    title = f"{cfg.problems.kind}: {len(problems)} questions"
+    return run_test_time(actor, critic, problems, cfg.tts, run_dir, title)

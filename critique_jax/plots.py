@@ -17,9 +17,13 @@ matplotlib.use("Agg")  # before pyplot: no display on servers
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+_MARKERS = "osD^vP"
+_DASHES = ("-", "--", "-.", ":")
 
-def plot_accuracy_vs_compute(curves: Mapping[str, Sequence[Mapping[str, Any]]],
-                             path: str | Path, title: str = "") -> Path:
+
+def plot_accuracy_vs_compute(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str = ""
+) -> Path:
     """Write a PNG with one line per curve (points sorted by compute); log-2 x axis, since
     compute grows geometrically with K. Points carry an optional `label` ("K=4", "R=2")."""
     if not any(curves.values()):
@@ -28,16 +32,29 @@ def plot_accuracy_vs_compute(curves: Mapping[str, Sequence[Mapping[str, Any]]],
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
-        for name, points in curves.items():
+        for n, (name, points) in enumerate(curves.items()):
             pts = sorted(points, key=lambda p: p["tokens_per_question"])
             if not pts:
                 continue
             xs = [max(p["tokens_per_question"], 1.0) for p in pts]  # log axis: no 0
-            ax.plot(xs, [p["accuracy"] for p in pts], marker="o", label=name)
+            # Marker and dash vary too, so curves that coincide stay distinguishable.
+            ax.plot(
+                xs,
+                [p["accuracy"] for p in pts],
+                marker=_MARKERS[n % len(_MARKERS)],
+                linestyle=_DASHES[n % len(_DASHES)],
+                label=name,
+                alpha=0.85,
+            )
             for x, p in zip(xs, pts, strict=True):
                 if p.get("label"):
-                    ax.annotate(p["label"], (x, p["accuracy"]), textcoords="offset points",
-                                xytext=(3, 4), fontsize=7)
+                    ax.annotate(
+                        p["label"],
+                        (x, p["accuracy"]),
+                        textcoords="offset points",
+                        xytext=(3, 4),
+                        fontsize=7,
+                    )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("generated tokens per question (actor + critic)")
         ax.set_ylabel("accuracy")

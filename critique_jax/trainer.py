@@ -382,7 +382,8 @@ class Trainer:
     """Owns one run: its sharded state, checkpoints and metric logs, over shared `Programs`.
 
     `params` (e.g. from an HF import) are placed onto the parameter shardings and owned by
-    the trainer from then on: the first step donates their buffers. Without `params` the
+    the trainer from then on: the first step donates their buffers. Pass a zero-argument
+    callable instead to load them only when no checkpoint is resumed. Without `params` the
     model starts from random weights made on their shards. With `run_dir`, metrics go to
     run_dir/metrics.jsonl and run_dir/tensorboard, checkpoints to run_dir/checkpoints.
     """
@@ -396,7 +397,7 @@ class Trainer:
         *,
         loss_fn: LossFn = sft_loss_fn,
         run_dir: str | Path | None = None,
-        params: Params | None = None,
+        params: Params | Callable[[], Params] | None = None,
         seed: int = 0,
         devices: list[jax.Device] | None = None,
         peak_flops: float | None = None,
@@ -441,7 +442,8 @@ class Trainer:
             self.state = prog.init(rng)
         else:
             rep = replicated(self.mesh)
-            params = place(_checked_params(self._params, self.model_cfg), prog.param_shardings)
+            given = self._params() if callable(self._params) else self._params
+            params = place(_checked_params(given, self.model_cfg), prog.param_shardings)
             self.state = TrainState(
                 step=jax.device_put(jnp.zeros((), jnp.int32), rep),
                 params=params,

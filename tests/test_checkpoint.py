@@ -50,7 +50,7 @@ def rows() -> dict[str, np.ndarray]:
     }
 
 
-def trainer(run_dir: Path) -> Trainer:
+def trainer(run_dir: Path | None) -> Trainer:
     return Trainer(
         CFG,
         TRAIN,
@@ -88,18 +88,40 @@ def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):
             raise Killed
 
     first = trainer(tmp_path)
+    first.init_state()
+    key1 = first.next_rng()  # advances the run's PRNG stream, which the checkpoint must keep
     with pytest.raises(Killed):
         first.fit(BatchIterator(rows(), B, seed=0), on_step=kill_at_3)
     first.close()
     assert first.checkpointer.steps() == [2]  # step 3 ran but was never saved
 
-    resumed = trainer(tmp_path)  # a new process would build a new Trainer and iterator
+    def load_pretrained():
+        raise AssertionError("initial params are loaded only when there is no checkpoint")
+
+    # A new process builds a new Trainer and iterator.
+    resumed = Trainer(
+        CFG,
+        TRAIN,
+        OPTIM,
+        MeshConfig(shape=(1, 1, 1)),
+        run_dir=tmp_path,
+        seed=3,
+        loss_fn=poisonable_sft_loss,
+        params=load_pretrained,
+    )
     history = resumed.fit(BatchIterator(rows(), B, seed=0))
     resumed.close()
     assert [r["step"] for r in history] == [3, 4, 5, 6]
     assert losses(history) == {s: full[s] for s in (3, 4, 5, 6)}  # exact float equality
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
     assert logged == [1, 2, 3, 4, 5, 6]  # the killed run's step-3 record was replaced
+
+    never_killed = trainer(None)  # the same stream, drawn twice without interruption
+    never_killed.init_state()
+    expected = [jax.random.key_data(never_killed.next_rng()) for _ in range(2)]
+    key2 = resumed.next_rng()  # continues the stream restored from the checkpoint
+    assert np.array_equal(jax.random.key_data(key1), expected[0])
+    assert np.array_equal(jax.random.key_data(key2), expected[1])
 
 
 # orbax's restore of the corrupt step leaves an async callback behind that fires on a closed

@@ -58,14 +58,20 @@ def test_confirmed_trajectory_and_fallbacks():
 
 
 def test_trajectory_from_record_follows_the_verdict():
-    wrong = {"question": PROBLEM.question, "solution": FLAWED,
-             "critique": templated_critique(PROBLEM, FLAWED)}
+    wrong = {
+        "question": PROBLEM.question,
+        "solution": FLAWED,
+        "critique": templated_critique(PROBLEM, FLAWED),
+    }
     assert trajectory_from_record(wrong) is None  # rejected, nothing to correct with
     fixed = trajectory_from_record({**wrong, "refinement": PROBLEM.solution})
     assert final_answer(fixed) == PROBLEM.answer
-    right = {"question": PROBLEM.question, "solution": PROBLEM.solution,
-             "critique": templated_critique(PROBLEM, PROBLEM.solution),
-             "refinement": "ignored"}
+    right = {
+        "question": PROBLEM.question,
+        "solution": PROBLEM.solution,
+        "critique": templated_critique(PROBLEM, PROBLEM.solution),
+        "refinement": "ignored",
+    }
     assert trajectory_from_record(right).endswith(CONFIRM)
 
 
@@ -88,13 +94,13 @@ def test_config_rejects_unusable_data_formats():
 def tiny_run(tmp_path_factory):
     cfg = Config(
         run_dir=str(tmp_path_factory.mktemp("self_talk")),
-        model=ModelSpec(preset="tiny", overrides={"vocab_size": 512,
-                                                  "max_position_embeddings": 1024}),
+        model=ModelSpec(
+            preset="tiny", overrides={"vocab_size": 512, "max_position_embeddings": 1024}
+        ),
         train_problems=ProblemSource(kind="demo", size=4, seed=1, levels=[1, 2]),
         test_problems=ProblemSource(kind="demo", size=2, seed=2, levels=[1, 2]),
         generate=SamplingParams(max_new_tokens=16, temperature=0.0),
-        train=TrainConfig(steps=2, batch_size=2, seq_len=512, log_every=1,
-                          async_checkpoint=False),
+        train=TrainConfig(steps=2, batch_size=2, seq_len=512, log_every=1, async_checkpoint=False),
         optim=OptimConfig(learning_rate=1e-3),
     )
     return cfg, run(cfg)

@@ -48,10 +48,12 @@ class ScriptedActor:
             else:
                 self.refine_calls += 1
                 c = self.refine_calls
-                texts = [f"The answer is {p.answer}.",
-                         f"Let me redo it (try {c}a).\n{p.solution}",
-                         f"Let me redo it (try {c}b).\n{p.solution}",
-                         inject_error(p, 1, seed=c)][: sp.n]
+                texts = [
+                    f"The answer is {p.answer}.",
+                    f"Let me redo it (try {c}a).\n{p.solution}",
+                    f"Let me redo it (try {c}b).\n{p.solution}",
+                    inject_error(p, 1, seed=c),
+                ][: sp.n]
             out.append([Completion((1,) * 5, (0.0,) * 5, "stop", t) for t in texts])
         return out
 
@@ -60,12 +62,17 @@ class ScriptedActor:
 def world():
     (easy,) = generate_problems(1, seed=7, levels=(1,))
     (hard,) = generate_problems(1, seed=8, levels=(3,))
-    plans = {easy.id: [easy.solution],
-             hard.id: [inject_error(hard, 1, 0), hard.solution, inject_error(hard, 2, 0),
-                       inject_error(hard, 1, 0)]}
+    plans = {
+        easy.id: [easy.solution],
+        hard.id: [
+            inject_error(hard, 1, 0),
+            hard.solution,
+            inject_error(hard, 2, 0),
+            inject_error(hard, 1, 0),
+        ],
+    }
     critic = OracleCritic({p.question: p for p in (easy, hard)}, templated_critique)
-    cfg = Config(samples=4, refinements=4, max_per_critique=1, min_step_ratio=0.5,
-                 hard_min_level=3)
+    cfg = Config(samples=4, refinements=4, max_per_critique=1, min_step_ratio=0.5, hard_min_level=3)
     return [easy, hard], plans, critic, cfg
 
 
@@ -123,11 +130,25 @@ def test_iteration0_examples_on_the_demo_world():
 
 
 def test_comparison_table_layout():
-    rows = [{"arm": "shared", "iteration": 0, "accuracy": 0.5, "by_level": {"1": 1.0, "2": 0.0},
-             "pass@4": 0.75, "tokens_per_question": 20.0},
-            {"arm": "critique", "iteration": 1, "accuracy": 0.75, "by_level": {"10": 0.5},
-             "pass@4": 1.0, "tokens_per_question": 21.0,
-             "collection": {"kept": 7, "from_refinements": 3, "hard_share_kept": 0.4}}]
+    rows = [
+        {
+            "arm": "shared",
+            "iteration": 0,
+            "accuracy": 0.5,
+            "by_level": {"1": 1.0, "2": 0.0},
+            "pass@4": 0.75,
+            "tokens_per_question": 20.0,
+        },
+        {
+            "arm": "critique",
+            "iteration": 1,
+            "accuracy": 0.75,
+            "by_level": {"10": 0.5},
+            "pass@4": 1.0,
+            "tokens_per_question": 21.0,
+            "collection": {"kept": 7, "from_refinements": 3, "hard_share_kept": 0.4},
+        },
+    ]
     lines = comparison_table(rows, 4).splitlines()
     assert lines[0].split(" | ")[3:6] == ["level 1", "level 2", "level 10"]
     assert lines[2].startswith("| shared | 0 | 0.500 | 1.000 | 0.000 | - | 0.750 |")
@@ -140,13 +161,23 @@ def tiny_run(tmp_path_factory):
     train = TrainConfig(steps=2, batch_size=2, seq_len=512, log_every=1, async_checkpoint=False)
     cfg = Config(
         run_dir=str(tmp_path_factory.mktemp("self_train")),
-        actor=ModelSpec(preset="tiny", overrides={"vocab_size": 512,
-                                                  "max_position_embeddings": 1024}),
+        actor=ModelSpec(
+            preset="tiny", overrides={"vocab_size": 512, "max_position_embeddings": 1024}
+        ),
         critic=CriticSpec(oracle="demo"),
         train_problems=ProblemSource(kind="demo", size=2, seed=11, levels=[1, 2]),
         test_problems=ProblemSource(kind="demo", size=2, seed=12, levels=[1, 2]),
-        iterations=1, samples=2, refinements=2, eval_samples=2, chunk_size=2,
-        sample=sp, critique=sp, refine=sp, eval=sp, sft0=train, train=train,
+        iterations=1,
+        samples=2,
+        refinements=2,
+        eval_samples=2,
+        chunk_size=2,
+        sample=sp,
+        critique=sp,
+        refine=sp,
+        eval=sp,
+        sft0=train,
+        train=train,
         optim=OptimConfig(learning_rate=1e-3),
     )
     return cfg, run(cfg)
@@ -158,7 +189,10 @@ def test_stage_runs_both_arms_and_writes_the_table(tiny_run):
     assert results["arms"] == ["vanilla", "critique"]
     rows = json.loads((run_dir / "comparison.json").read_text())
     assert [(r["arm"], r["iteration"]) for r in rows] == [
-        ("shared", 0), ("vanilla", 1), ("critique", 1)]
+        ("shared", 0),
+        ("vanilla", 1),
+        ("critique", 1),
+    ]
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and "pass@2" in r and set(r["by_level"]) == {"1", "2"}
     md = (run_dir / "comparison.md").read_text()

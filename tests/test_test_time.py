@@ -76,13 +76,17 @@ def test_parallel_modes_votes_and_tokens(world):
     # One fan-out solve call for every question, then one refine call for the rejected ones.
     assert actor.calls == [(2, 4), (3, 1)]
     summary = summarize_parallel(records, s.ks, s.weights)
-    assert set(summary) == {"majority", "oracle", "critic_filter", "critic_weighted",
-                            "refine_vote"}
+    assert set(summary) == {"majority", "oracle", "critic_filter", "critic_weighted", "refine_vote"}
     words = {pid: [len(t.split()) for t in plan * 4][:4] for pid, plan in plans.items()}
     # K=1: the hard question's first sample is wrong; only refining fixes it.
     k1 = {m: _by_k(pts)[1]["accuracy"] for m, pts in summary.items()}
-    assert k1 == {"majority": 0.5, "oracle": 0.5, "critic_filter": 0.5,
-                  "critic_weighted": 0.5, "refine_vote": 1.0}
+    assert k1 == {
+        "majority": 0.5,
+        "oracle": 0.5,
+        "critic_filter": 0.5,
+        "critic_weighted": 0.5,
+        "refine_vote": 1.0,
+    }
     # K=4: two equal wrong answers outvote the right one unless the critic intervenes.
     k4 = {m: _by_k(pts)[4] for m, pts in summary.items()}
     assert k4["majority"]["accuracy"] == 0.5
@@ -117,8 +121,9 @@ def tiny_run(tmp_path_factory):
     sp = SamplingParams(max_new_tokens=12, temperature=0.7)
     cfg = Config(
         run_dir=str(run_dir),
-        actor=ModelSpec(preset="tiny", overrides={"vocab_size": 512,
-                                                  "max_position_embeddings": 1024}),
+        actor=ModelSpec(
+            preset="tiny", overrides={"vocab_size": 512, "max_position_embeddings": 1024}
+        ),
         critic=CriticSpec(oracle="demo"),
         problems=ProblemSource(kind="demo", size=2, seed=5, levels=[1, 2]),
         tts=TTSSettings(ks=[1, 2], rounds=1, first=sp, sample=sp, refine=sp, chunk_size=2),
@@ -160,8 +165,9 @@ def test_stage_resumes_from_its_records(tiny_run):
     from critique_jax.pipelines.test_time import load_critic
 
     problems = load_problems(cfg.problems)
-    again = run_test_time(NoSampling(), load_critic(cfg.critic, problems), problems, cfg.tts,
-                          cfg.run_dir, "")
+    again = run_test_time(
+        NoSampling(), load_critic(cfg.critic, problems), problems, cfg.tts, cfg.run_dir, ""
+    )
     assert again["parallel"] == results["parallel"]
     assert again["sequential"] == results["sequential"]
 
@@ -176,8 +182,9 @@ def test_settings_validation():
         run_test_time(None, None, problems, TTSSettings(), "/nonexistent")
 
 
-@pytest.mark.parametrize("name", ["eval_tts_demo", "eval_tts_gsm8k_qwen2.5-0.5b",
-                                  "eval_tts_math_qwen2.5-0.5b"])
+@pytest.mark.parametrize(
+    "name", ["eval_tts_demo", "eval_tts_gsm8k_qwen2.5-0.5b", "eval_tts_math_qwen2.5-0.5b"]
+)
 def test_config_files_parse(name):
     _, cfg = build_config(str(CONFIGS / f"{name}.yaml"), [])
     assert isinstance(cfg, Config) and cfg.stage == "eval_tts"

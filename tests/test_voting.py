@@ -1,7 +1,5 @@
 """Majority vote and the critic as a verifier, on hand-made answers."""
 
-import math
-
 import pytest
 
 from critique_jax.pipelines.voting import (
@@ -9,7 +7,6 @@ from critique_jax.pipelines.voting import (
     equivalence_labels,
     filtered_vote,
     majority_vote,
-    pass_at_k,
     vote,
     weighted_vote,
 )
@@ -66,12 +63,3 @@ def test_weighted_vote_by_verdict():
         weighted_vote(answers, [True])
     with pytest.raises(ValueError, match=">= 0"):
         VerdictWeights(wrong=-1.0)
-
-
-def test_pass_at_k():
-    assert pass_at_k(4, 0, 2) == 0.0
-    assert pass_at_k(4, 4, 1) == 1.0
-    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
-    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
-    with pytest.raises(ValueError):
-        pass_at_k(2, 3, 1)

@@ -97,11 +97,15 @@ class Config(StageConfig):
         if self.refinements > 0 and self.actor is None:
             problems.append("the closed loop (refinements > 0) needs an `actor:` model")
         if builds and self.eval_set.problems.kind != "demo" and self.actor is None:
-            problems.append("building a non-demo eval set samples the actor: set `actor:` "
-                            "or give `eval_set.path`")
+            problems.append(
+                "building a non-demo eval set samples the actor: set `actor:` "
+                "or give `eval_set.path`"
+            )
         if self.critic.oracle is not None and self.eval_set.problems.kind != "demo":
-            problems.append(f"critic.oracle: {self.critic.oracle} needs eval_set.problems.kind: "
-                            "demo (it checks solutions against the demo world's problems)")
+            problems.append(
+                f"critic.oracle: {self.critic.oracle} needs eval_set.problems.kind: "
+                "demo (it checks solutions against the demo world's problems)"
+            )
         if problems:
             raise ConfigError("eval_critic: " + "; ".join(problems))
 
@@ -165,16 +169,18 @@ def critique_outputs(
     results = []
     for r, (c, *_) in zip(records, outs, strict=True):
         crit = parsed(c)
-        results.append({
-            "id": r["id"],
-            "critique": c.text or "",
-            "parseable": crit.parseable,
-            "verdict": crit.final_correct if crit.parseable else None,
-            "first_wrong_step": crit.first_wrong_step,
-            "tokens": c.num_tokens,
-            "refinements": [],
-            "refine_tokens": 0,
-        })
+        results.append(
+            {
+                "id": r["id"],
+                "critique": c.text or "",
+                "parseable": crit.parseable,
+                "verdict": crit.final_correct if crit.parseable else None,
+                "first_wrong_step": crit.first_wrong_step,
+                "tokens": c.num_tokens,
+                "refinements": [],
+                "refine_tokens": 0,
+            }
+        )
     return results
 
 
@@ -229,7 +235,8 @@ def critic_metrics(
         "base_rate_correct": _mean(labels),
         "verdict_accuracy": _mean(hits),
         "verdict_accuracy_parseable": _mean(
-            [h for h, (_, o) in zip(hits, pairs, strict=True) if o["parseable"]]),
+            [h for h, (_, o) in zip(hits, pairs, strict=True) if o["parseable"]]
+        ),
         "unparseable_rate": _mean([not o["parseable"] for _, o in pairs]),
         "wrong_precision": true_flags / sum(flagged) if any(flagged) else None,
         "wrong_recall": true_flags / labels.count(False) if False in labels else None,
@@ -237,8 +244,9 @@ def critic_metrics(
             "n": len(known),
             "accuracy": _mean([o["first_wrong_step"] == r["first_error_step"] for r, o in known]),
         },
-        "by_level": {lv: {"n": len(h), "verdict_accuracy": _mean(h)}
-                     for lv, h in sorted(levels.items())},
+        "by_level": {
+            lv: {"n": len(h), "verdict_accuracy": _mean(h)} for lv, h in sorted(levels.items())
+        },
         "tokens": {
             "critique_per_question": _mean([o["tokens"] for _, o in pairs]),
             "refine_per_question": _mean([o["refine_tokens"] for _, o in pairs]),
@@ -257,8 +265,10 @@ def _closed_loop_metrics(pairs: Sequence[tuple[dict, dict]]) -> dict[str, Any]:
         elif o["refinements"]:
             final.append(sum(o["refinements"]) / len(o["refinements"]))
         else:
-            raise ValueError(f"record {r['id']}: its critique does not say Correct but it has "
-                             "no refinements; run the closed loop (refinements > 0) first")
+            raise ValueError(
+                f"record {r['id']}: its critique does not say Correct but it has "
+                "no refinements; run the closed loop (refinements > 0) first"
+            )
     labels = [r["solution_is_correct"] for r, _ in pairs]
     initial, accuracy = _mean([float(x) for x in labels]), _mean(final)
     return {
@@ -362,7 +372,9 @@ def run(cfg: Config) -> dict[str, Any]:
         known = {p.question for p in problems}
         unknown = [r["id"] for r in records if r["question"] not in known]
         if unknown:
-            raise DataError(f"eval records {unknown[:5]} are not questions of eval_set.problems, "
-                            "which the oracle critic checks against. Fix: give the problems the "
-                            "eval set was built from (same demo size and seed)")
+            raise DataError(
+                f"eval records {unknown[:5]} are not questions of eval_set.problems, "
+                "which the oracle critic checks against. Fix: give the problems the "
+                "eval set was built from (same demo size and seed)"
+            )
     return evaluate(cfg, records, critic, actor)

@@ -82,8 +82,10 @@ def insert_error_messages(question: str, steps_before: Sequence[str], step: int)
     """
     parts = [f"Question: {question.strip()}"]
     if steps_before:
-        parts.append(f"The first {step - 1} steps of a correct solution:\n" + "\n".join(
-            s.strip() for s in steps_before))
+        parts.append(
+            f"The first {step - 1} steps of a correct solution:\n"
+            + "\n".join(s.strip() for s in steps_before)
+        )
     parts.append(
         f"Write step {step} with one plausible mistake in it (a wrong calculation, a misread "
         "number or a wrong formula), then finish the solution consistently with that mistake, "
@@ -476,29 +478,31 @@ def annotate(
                 continue
             seen.add(text)
             known = s["first_error_step"]
-            records.append({
-                "id": f"{s['id']}/critique{i}",
-                "solution_id": s["id"],
-                "problem_id": s["problem_id"],
-                "question": s["question"],
-                "solution": s["solution"],
-                "answer": s["answer"],
-                "level": s["level"],
-                "group": kind_group(s),
-                "solution_is_correct": s["solution_is_correct"],
-                "first_error_step": known,
-                "critique": text,
-                "parseable": crit.parseable,
-                "verdict": verdict,
-                "first_wrong_step": crit.first_wrong_step,
-                "verdict_agrees": verdict == s["solution_is_correct"],
-                "first_error_agrees": None if known is None else crit.first_wrong_step == known,
-                "tokens": c.num_tokens,
-                "refinements": [],
-                "refine_correct_frac": None,
-                "refine_tokens": 0,
-                "kept": False,
-            })
+            records.append(
+                {
+                    "id": f"{s['id']}/critique{i}",
+                    "solution_id": s["id"],
+                    "problem_id": s["problem_id"],
+                    "question": s["question"],
+                    "solution": s["solution"],
+                    "answer": s["answer"],
+                    "level": s["level"],
+                    "group": kind_group(s),
+                    "solution_is_correct": s["solution_is_correct"],
+                    "first_error_step": known,
+                    "critique": text,
+                    "parseable": crit.parseable,
+                    "verdict": verdict,
+                    "first_wrong_step": crit.first_wrong_step,
+                    "verdict_agrees": verdict == s["solution_is_correct"],
+                    "first_error_agrees": None if known is None else crit.first_wrong_step == known,
+                    "tokens": c.num_tokens,
+                    "refinements": [],
+                    "refine_correct_frac": None,
+                    "refine_tokens": 0,
+                    "kept": False,
+                }
+            )
     return records
 
 
@@ -527,8 +531,17 @@ def soft_filter(
 
 def sft_record(critique: dict[str, Any]) -> dict[str, Any]:
     """A kept critique in the `critique` SFT format (question, solution, critique)."""
-    keys = ("id", "question", "solution", "critique", "answer", "level", "group",
-            "solution_is_correct", "first_error_step")
+    keys = (
+        "id",
+        "question",
+        "solution",
+        "critique",
+        "answer",
+        "level",
+        "group",
+        "solution_is_correct",
+        "first_error_step",
+    )
     return {k: critique[k] for k in keys}
 
 
@@ -560,13 +573,18 @@ class Collector:
         elif ic.method == "model":
             assert isinstance(self.annotator, Agent)
             solutions += model_insertions(
-                self.annotator, problems, solutions, ic.per_question,
-                self.seed(ic.sampling, "insert", index), cfg.seed,
+                self.annotator,
+                problems,
+                solutions,
+                ic.per_question,
+                self.seed(ic.sampling, "insert", index),
+                cfg.seed,
             )
         if sc.include_reference:
             solutions += [reference_solution(p) for p in problems if p.solution.strip()]
-        select_solutions(solutions, sc.correct_share, sc.require_answer,
-                         stable_seed(cfg.seed, index))
+        select_solutions(
+            solutions, sc.correct_share, sc.require_answer, stable_seed(cfg.seed, index)
+        )
         n = 1 if cfg.annotator.oracle is not None else cfg.critiques.per_solution
         critiques = annotate(
             self.annotator,
@@ -575,8 +593,9 @@ class Collector:
             self.seed(cfg.critiques.sampling, "critique", index),
         )
         fc = cfg.filter
-        soft_filter(self.actor, critiques, fc.refinements, fc.tau,
-                    self.seed(fc.sampling, "refine", index))
+        soft_filter(
+            self.actor, critiques, fc.refinements, fc.tau, self.seed(fc.sampling, "refine", index)
+        )
         return solutions, critiques, [sft_record(c) for c in critiques if c["kept"]]
 
 
@@ -589,8 +608,11 @@ def _keep_table(critiques: Sequence[dict[str, Any]], key: str) -> dict[str, dict
     for c in critiques:
         groups[str(c[key])].append(c)
     return {
-        g: {"critiques": len(cs), "kept": sum(c["kept"] for c in cs),
-            "keep_rate": _rate(sum(c["kept"] for c in cs), len(cs))}
+        g: {
+            "critiques": len(cs),
+            "kept": sum(c["kept"] for c in cs),
+            "keep_rate": _rate(sum(c["kept"] for c in cs), len(cs)),
+        }
         for g, cs in sorted(groups.items())
     }
 
@@ -627,8 +649,9 @@ def summarize(
         "parseable_rate": _rate(sum(c["parseable"] for c in critiques), len(critiques)),
         "verdict_agree_rate": _rate(sum(c["verdict_agrees"] for c in critiques), len(critiques)),
         "first_error_agree_rate": _rate(sum(c["first_error_agrees"] for c in known), len(known)),
-        "mean_refine_correct_frac": _rate(sum(c["refine_correct_frac"] for c in refined),
-                                          len(refined)),
+        "mean_refine_correct_frac": _rate(
+            sum(c["refine_correct_frac"] for c in refined), len(refined)
+        ),
         "kept": kept,
         "keep_rate": _rate(kept, len(critiques)),
         "keep_by_kind": _keep_table(critiques, "group"),
@@ -670,8 +693,13 @@ def collect(
             logs["critiques"].write_all(critiques)
             logs["critic_sft"].write_all(sft)
             logs["solutions"].write_all(solutions)
-            log.info("chunk %d: %d solutions, %d critiques, %d kept", index, len(solutions),
-                     len(critiques), len(sft))
+            log.info(
+                "chunk %d: %d solutions, %d critiques, %d kept",
+                index,
+                len(solutions),
+                len(critiques),
+                len(sft),
+            )
     finally:
         for lg in logs.values():
             lg.close()

@@ -106,6 +106,9 @@ class CritiqueTable:
 
 def critique_table(records: list[dict[str, Any]], seq_len: int, pad_id: int,
                    drop_truncated: bool) -> CritiqueTable:
+    """Rows from the stored prompt and critique token ids (never re-tokenized). A critique
+    is valid when it has a reference log-prob, fits seq_len and (with drop_truncated)
+    ended on a stop token; groups with fewer critiques are padded with invalid rows."""
     n = max(len(r["critiques"]) for r in records)
     prompts, completions, ref, cu, usable = [], [], [], [], []
     for r in records:

@@ -64,7 +64,7 @@ from critique_jax.pipelines.critique_data import with_demo_tokenizer
 from critique_jax.pipelines.finetune import Example, finetune
 from critique_jax.pipelines.roles import Agent, make_agent, solve
 from critique_jax.pipelines.sft import SFTData, load_sft_records
-from critique_jax.pipelines.test_time import difficulty, resumable_records
+from critique_jax.pipelines.test_time import difficulty, mean_by_level, resumable_records
 from critique_jax.runio import atomic_write_json, atomic_write_text
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
@@ -116,8 +116,9 @@ def trajectory_from_record(record: dict[str, Any]) -> str | None:
     return None
 
 
-def demo_records(problems: Sequence[Problem], correct_share: float,
-                 seed: int = 0) -> list[dict[str, Any]]:
+def demo_records(
+    problems: Sequence[Problem], correct_share: float, seed: int = 0
+) -> list[dict[str, Any]]:
     """Demo-world (question, solution, critique, refinement) records from the oracle."""
     rng = random.Random(seed)
     records = []
@@ -126,8 +127,14 @@ def demo_records(problems: Sequence[Problem], correct_share: float,
             y0, refinement = p.solution, None
         else:
             y0, refinement = inject_error(p, rng.randint(1, p.level or 1), seed), p.solution
-        records.append({"question": p.question, "solution": y0,
-                        "critique": templated_critique(p, y0), "refinement": refinement})
+        records.append(
+            {
+                "question": p.question,
+                "solution": y0,
+                "critique": templated_critique(p, y0),
+                "refinement": refinement,
+            }
+        )
     return records
 
 
@@ -150,25 +157,30 @@ def predict(agent: Agent, problems: Sequence[Problem], sp: SamplingParams) -> li
         blocks = solutions(text)
         first = extract_answer(blocks[0]) if blocks else final_answer(text)
         answer = final_answer(text)
-        records.append({
-            "id": p.id, "level": difficulty(p), "gold": p.answer, "text": text,
-            "answer": answer, "correct": answer is not None and is_equiv(answer, p.answer),
-            "first_correct": first is not None and is_equiv(first, p.answer),
-            "tokens": cs[0].num_tokens, "checked": CHECK in text, "corrected": CORRECT_IT in text,
-        })
+        records.append(
+            {
+                "id": p.id,
+                "level": difficulty(p),
+                "gold": p.answer,
+                "text": text,
+                "answer": answer,
+                "correct": answer is not None and is_equiv(answer, p.answer),
+                "first_correct": first is not None and is_equiv(first, p.answer),
+                "tokens": cs[0].num_tokens,
+                "checked": CHECK in text,
+                "corrected": CORRECT_IT in text,
+            }
+        )
     return records
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     n = max(len(records), 1)
-    by_level: dict[str, list[bool]] = {}
-    for r in records:
-        by_level.setdefault(str(r["level"]), []).append(r["correct"])
     return {
         "questions": len(records),
         "accuracy": sum(r["correct"] for r in records) / n,
         "first_solution_accuracy": sum(r["first_correct"] for r in records) / n,
-        "by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
+        "by_level": mean_by_level([r["level"] for r in records], [r["correct"] for r in records]),
         "tokens_per_question": sum(r["tokens"] for r in records) / n,
         "checked": sum(r["checked"] for r in records) / n,
         "corrected": sum(r["corrected"] for r in records) / n,
@@ -182,11 +194,13 @@ class Config(StageConfig):
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
     data: SFTData | None = None  # None: demo trajectories from train_problems
     train_problems: ProblemSource = field(
-        default_factory=lambda: ProblemSource(split="train", seed=1, size=200))
+        default_factory=lambda: ProblemSource(split="train", seed=1, size=200)
+    )
     test_problems: ProblemSource = field(default_factory=lambda: ProblemSource(seed=2, size=100))
     correct_share: float = 0.25
     generate: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
+    )
     chunk_size: int = 64
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -194,9 +208,11 @@ class Config(StageConfig):
 
     def __post_init__(self) -> None:
         if self.data is not None and self.data.format not in ("refine", "mathcritique-refine"):
-            raise ConfigError(f"data.format {self.data.format!r}: use 'refine' (question, "
-                              "solution, critique, refinement records) or "
-                              "'mathcritique-refine' (a MathCritique release file)")
+            raise ConfigError(
+                f"data.format {self.data.format!r}: use 'refine' (question, "
+                "solution, critique, refinement records) or "
+                "'mathcritique-refine' (a MathCritique release file)"
+            )
         if not 0 <= self.correct_share <= 1:
             raise ConfigError(f"correct_share={self.correct_share} must be in [0, 1]")
 
@@ -215,11 +231,15 @@ def run(cfg: Config) -> dict[str, Any]:
         test = [p for p in test if p.question not in seen]  # held-out questions only
     pairs = trajectories(records)
     if not pairs:
-        raise ValueError("no self-talk trajectories: every record is a rejected solution "
-                         "without a refinement; give records with refinements")
+        raise ValueError(
+            "no self-talk trajectories: every record is a rejected solution "
+            "without a refinement; give records with refinements"
+        )
     if jax.process_index() == 0:
-        atomic_write_text(run_dir / "trajectories.jsonl", "".join(
-            json.dumps({"question": q, "trajectory": t}) + "\n" for q, t in pairs))
+        atomic_write_text(
+            run_dir / "trajectories.jsonl",
+            "".join(json.dumps({"question": q, "trajectory": t}) + "\n" for q, t in pairs),
+        )
     examples: list[Example] = [(solve_messages(q), t) for q, t in pairs]
     spec = with_demo_tokenizer(cfg.model, [*train, *test], run_dir / "demo_tokenizer")
     hf = run_dir / "hf"
@@ -227,13 +247,18 @@ def run(cfg: Config) -> dict[str, Any]:
         model = load_model(ModelSpec(path=str(hf), overrides=spec.overrides), mesh, cfg.seed)
     else:
         model = load_model(spec, mesh, cfg.seed)
-        params = finetune(model, examples, cfg.train, cfg.optim, cfg.mesh, run_dir / "train",
-                          cfg.seed)
+        params = finetune(
+            model, examples, cfg.train, cfg.optim, cfg.mesh, run_dir / "train", cfg.seed
+        )
         save_hf(model.cfg, params, hf, model.tokenizer)
         model = LoadedModel(model.cfg, params, model.tokenizer)
     agent = make_agent(model, mesh)
-    predictions = resumable_records(run_dir / "predictions.jsonl", test, cfg.chunk_size,
-                                    lambda chunk, _: predict(agent, chunk, cfg.generate))
+    predictions = resumable_records(
+        run_dir / "predictions.jsonl",
+        test,
+        cfg.chunk_size,
+        lambda chunk, _: predict(agent, chunk, cfg.generate),
+    )
     results = {"trajectories": len(examples), "hf_dir": str(hf), **summarize(predictions)}
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "results.json", results)

@@ -76,6 +76,7 @@ from critique_jax.pipelines.test_time import (
     check_oracle,
     difficulty,
     load_critic,
+    mean_by_level,
     resumable_records,
     salted,
 )
@@ -96,7 +97,8 @@ class Config(StageConfig):
     critic: CriticSpec | None = field(default_factory=lambda: CriticSpec(oracle="demo"))
     baseline: bool = True  # also run the vanilla arm, for the comparison table
     train_problems: ProblemSource = field(
-        default_factory=lambda: ProblemSource(split="train", seed=1, size=200))
+        default_factory=lambda: ProblemSource(split="train", seed=1, size=200)
+    )
     test_problems: ProblemSource = field(default_factory=lambda: ProblemSource(seed=2, size=100))
     refine_data: SFTData | None = None  # iteration-0 refinement examples (non-demo problems)
     iterations: int = 2
@@ -110,13 +112,17 @@ class Config(StageConfig):
     eval_samples: int = 4  # pass@K on the test set
     chunk_size: int = 64
     sample: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7))
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7)
+    )
     critique: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
+    )
     refine: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7))
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7)
+    )
     eval: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.0)
+    )
     sft0: TrainConfig = field(default_factory=TrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -131,17 +137,22 @@ class Config(StageConfig):
         if self.iterations < 0 or self.eval_samples < 0:
             raise ConfigError("iterations and eval_samples must be >= 0")
         if self.refine_data is not None and self.refine_data.format not in (
-                "refine", "mathcritique-refine"):
-            raise ConfigError(f"refine_data.format {self.refine_data.format!r}: use 'refine' "
-                              "(question, solution, critique, refinement records) or "
-                              "'mathcritique-refine' (a MathCritique release file)")
+            "refine",
+            "mathcritique-refine",
+        ):
+            raise ConfigError(
+                f"refine_data.format {self.refine_data.format!r}: use 'refine' "
+                "(question, solution, critique, refinement records) or "
+                "'mathcritique-refine' (a MathCritique release file)"
+            )
 
 
 # --------------------------------------------------------------------------- shortcut guard
 
 _ANSWER_ONLY = re.compile(
     r"^\W*(?:(?:so|therefore|thus|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer\s+is\b.*$|^\s*####",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def work_steps(solution: str) -> int:
@@ -165,13 +176,22 @@ def shows_work(solution: str, problem: Problem, min_steps: int, ratio: float) ->
 
 
 def _item(p: Problem, judged: Judged, item_id: str, origin: str, **extra: Any) -> dict:
-    return {"id": item_id, "problem_id": p.id, "question": p.question, "solution": judged.text,
-            "answer": judged.answer, "gold": p.answer, "level": difficulty(p),
-            "origin": origin, **extra}
+    return {
+        "id": item_id,
+        "problem_id": p.id,
+        "question": p.question,
+        "solution": judged.text,
+        "answer": judged.answer,
+        "gold": p.answer,
+        "level": difficulty(p),
+        "origin": origin,
+        **extra,
+    }
 
 
-def collect_records(actor: Agent, critic: Critic | None, problems: Sequence[Problem],
-                    cfg: Config, salt: Any = 0) -> list[dict[str, Any]]:
+def collect_records(
+    actor: Agent, critic: Critic | None, problems: Sequence[Problem], cfg: Config, salt: Any = 0
+) -> list[dict[str, Any]]:
     """Per question: the kept items (`kept`, each verified correct) and counts. Batched: one
     solve call with fan-out K, one critique call, one refine call with fan-out K'."""
     questions = [p.question for p in problems]
@@ -187,16 +207,33 @@ def collect_records(actor: Agent, critic: Critic | None, problems: Sequence[Prob
             elif not jd.correct:
                 wrong.append((i, j, jd.text))
         seen.append(texts)
-        records.append({"id": p.id, "level": difficulty(p), "samples": len(judged),
-                        "correct_samples": sum(jd.correct for jd in judged), "critiqued": 0,
-                        "correct_refinements": 0, "shortcuts": 0, "kept": kept})
+        records.append(
+            {
+                "id": p.id,
+                "level": difficulty(p),
+                "samples": len(judged),
+                "correct_samples": sum(jd.correct for jd in judged),
+                "critiqued": 0,
+                "correct_refinements": 0,
+                "shortcuts": 0,
+                "kept": kept,
+            }
+        )
     if critic is None or not wrong:
         return records
-    crits = critic.critique([questions[i] for i, _, _ in wrong], [t for _, _, t in wrong],
-                            salted(cfg.critique, "critique", salt).replace(n=1))
+    crits = critic.critique(
+        [questions[i] for i, _, _ in wrong],
+        [t for _, _, t in wrong],
+        salted(cfg.critique, "critique", salt).replace(n=1),
+    )
     critiques = [cs[0].text or "" for cs in crits]
-    refs = refine(actor, [questions[i] for i, _, _ in wrong], [t for _, _, t in wrong],
-                  critiques, salted(cfg.refine, "refine", salt).replace(n=cfg.refinements))
+    refs = refine(
+        actor,
+        [questions[i] for i, _, _ in wrong],
+        [t for _, _, t in wrong],
+        critiques,
+        salted(cfg.refine, "refine", salt).replace(n=cfg.refinements),
+    )
     for (i, j, text), critique, rs in zip(wrong, critiques, refs, strict=True):
         p, rec = problems[i], records[i]
         rec["critiqued"] += 1
@@ -211,8 +248,16 @@ def collect_records(actor: Agent, critic: Critic | None, problems: Sequence[Prob
                 continue
             if taken < cfg.max_per_critique and jd.text.strip() not in seen[i]:
                 seen[i].add(jd.text.strip())
-                rec["kept"].append(_item(p, jd, f"{p.id}/s{j}/r{m}", "refinement",
-                                         wrong_solution=text, critique=critique))
+                rec["kept"].append(
+                    _item(
+                        p,
+                        jd,
+                        f"{p.id}/s{j}/r{m}",
+                        "refinement",
+                        wrong_solution=text,
+                        critique=critique,
+                    )
+                )
                 taken += 1
     return records
 
@@ -226,15 +271,14 @@ def kept_stats(records: Sequence[dict[str, Any]], hard_min_level: int) -> dict[s
         known = [lv for lv in levels if lv is not None]
         return sum(lv >= hard_min_level for lv in known) / len(known) if known else None
 
-    coverage: dict[str, list[bool]] = {}
-    for r in records:
-        coverage.setdefault(str(r["level"]), []).append(bool(r["kept"]))
     return {
         "kept": len(items),
         "from_samples": sum(it["origin"] == "sample" for it in items),
         "from_refinements": sum(it["origin"] == "refinement" for it in items),
         "questions_covered": sum(bool(r["kept"]) for r in records) / max(len(records), 1),
-        "coverage_by_level": {lv: sum(v) / len(v) for lv, v in sorted(coverage.items())},
+        "coverage_by_level": mean_by_level(
+            [r["level"] for r in records], [bool(r["kept"]) for r in records]
+        ),
         "hard_share_kept": hard_share([it["level"] for it in items]),
         "hard_share_questions": hard_share([r["level"] for r in records]),
         "samples": sum(r["samples"] for r in records),
@@ -248,24 +292,29 @@ def kept_stats(records: Sequence[dict[str, Any]], hard_min_level: int) -> dict[s
 # --------------------------------------------------------------------------- iteration 0
 
 
-def iteration0_examples(problems: Sequence[Problem], refine_data: SFTData | None,
-                        seed: int = 0) -> list[Example]:
+def iteration0_examples(
+    problems: Sequence[Problem], refine_data: SFTData | None, seed: int = 0
+) -> list[Example]:
     """Reference solutions (x -> y) plus refinement examples (x, y0, c -> y'): demo ones
     from injected errors and the oracle critique, otherwise from `refine_data`."""
-    examples: list[Example] = [(solve_messages(p.question), p.solution)
-                               for p in problems if p.solution]
+    examples: list[Example] = [
+        (solve_messages(p.question), p.solution) for p in problems if p.solution
+    ]
     if problems and all(p.source == "demo" for p in problems):
         rng = random.Random(seed)
         for p in problems:
             flawed = inject_error(p, rng.randint(1, p.level or 1), seed)
-            examples.append((refine_messages(p.question, flawed, templated_critique(p, flawed)),
-                             p.solution))
+            examples.append(
+                (refine_messages(p.question, flawed, templated_critique(p, flawed)), p.solution)
+            )
     elif refine_data is not None:
         records, where = load_sft_records(refine_data)
         examples += examples_from_records(records, "refine", where)
     else:
-        log.warning("no refine_data: iteration 0 teaches reference solutions only, so the "
-                    "actor has not learned to follow critiques")
+        log.warning(
+            "no refine_data: iteration 0 teaches reference solutions only, so the "
+            "actor has not learned to follow critiques"
+        )
     return examples
 
 
@@ -280,19 +329,17 @@ def evaluate_actor(actor: Agent, problems: Sequence[Problem], cfg: Config) -> di
     questions = [p.question for p in problems]
     greedy = solve(actor, questions, cfg.eval.replace(n=1))
     judged = [Judged.of(cs[0], p.answer) for cs, p in zip(greedy, problems, strict=True)]
-    by_level: dict[str, list[bool]] = {}
-    for p, jd in zip(problems, judged, strict=True):
-        by_level.setdefault(str(difficulty(p)), []).append(jd.correct)
     out = {
         "accuracy": sum(jd.correct for jd in judged) / len(judged),
-        "by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
+        "by_level": mean_by_level([difficulty(p) for p in problems], [jd.correct for jd in judged]),
         "tokens_per_question": sum(jd.tokens for jd in judged) / len(judged),
     }
     if cfg.eval_samples:
-        sampled = solve(actor, questions,
-                        salted(cfg.sample, "eval").replace(n=cfg.eval_samples))
-        hits = [any(Judged.of(c, p.answer).correct for c in cs)
-                for cs, p in zip(sampled, problems, strict=True)]
+        sampled = solve(actor, questions, salted(cfg.sample, "eval").replace(n=cfg.eval_samples))
+        hits = [
+            any(Judged.of(c, p.answer).correct for c in cs)
+            for cs, p in zip(sampled, problems, strict=True)
+        ]
         out[f"pass@{cfg.eval_samples}"] = sum(hits) / len(hits)
     return out
 
@@ -309,8 +356,11 @@ class _Models:
         self.tokenizer: Any = None
 
     def load(self, hf_dir: Path | None = None) -> LoadedModel:
-        spec = self.spec if hf_dir is None else ModelSpec(path=str(hf_dir),
-                                                          overrides=self.spec.overrides)
+        spec = (
+            self.spec
+            if hf_dir is None
+            else ModelSpec(path=str(hf_dir), overrides=self.spec.overrides)
+        )
         model = load_model(spec, self.mesh, self.seed)
         if self.tokenizer is None:
             self.tokenizer = model.tokenizer
@@ -324,8 +374,14 @@ def _primary() -> bool:
     return jax.process_index() == 0
 
 
-def _train_and_export(models: _Models, init: Path | None, examples: Sequence[Example],
-                      train: TrainConfig, cfg: Config, out: Path) -> None:
+def _train_and_export(
+    models: _Models,
+    init: Path | None,
+    examples: Sequence[Example],
+    train: TrainConfig,
+    cfg: Config,
+    out: Path,
+) -> None:
     """Fine-tune from `init` (None: the configured actor) and export to out/hf; with no
     examples or no steps the starting weights are exported unchanged. Once exported, the
     fine-tune checkpoints are no longer needed to resume and are deleted (they hold the
@@ -344,38 +400,61 @@ def _finished(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def iteration_zero(cfg: Config, models: _Models, train: Sequence[Problem],
-                   test: Sequence[Problem], out: Path) -> dict[str, Any]:
+def iteration_zero(
+    cfg: Config, models: _Models, train: Sequence[Problem], test: Sequence[Problem], out: Path
+) -> dict[str, Any]:
     if (done := _finished(out)) is not None:
         return done
     examples = iteration0_examples(train, cfg.refine_data, cfg.seed)
     if not (out / "hf" / "config.json").exists():
         _train_and_export(models, None, examples, cfg.sft0, cfg, out)
-    results = {"arm": "shared", "iteration": 0, "examples": len(examples),
-               **evaluate_actor(models.agent(out / "hf"), test, cfg)}
+    results = {
+        "arm": "shared",
+        "iteration": 0,
+        "examples": len(examples),
+        **evaluate_actor(models.agent(out / "hf"), test, cfg),
+    }
     if _primary():
         atomic_write_json(out / "results.json", results)
     return results
 
 
-def iteration(cfg: Config, arm: str, t: int, critic: Critic | None, models: _Models,
-              train: Sequence[Problem], test: Sequence[Problem], run_dir: Path
-              ) -> dict[str, Any]:
+def _collect(
+    cfg: Config, actor: Agent, critic: Critic | None, train: Sequence[Problem], t: int, out: Path
+) -> None:
+    """Collect iteration t's kept set into out/kept.jsonl (stats first: kept.jsonl marks the
+    collection finished). A function of its own, so the sampling actor's weights are freed
+    before the fine-tune loads its starting weights."""
+    records = resumable_records(
+        out / "collect.jsonl",
+        train,
+        cfg.chunk_size,
+        lambda chunk, i: collect_records(actor, critic, chunk, cfg, salt=(t, i)),
+    )
+    if _primary():
+        atomic_write_json(out / "collect_stats.json", kept_stats(records, cfg.hard_min_level))
+        atomic_write_text(
+            out / "kept.jsonl", "".join(json.dumps(it) + "\n" for r in records for it in r["kept"])
+        )
+
+
+def iteration(
+    cfg: Config,
+    arm: str,
+    t: int,
+    critic: Critic | None,
+    models: _Models,
+    train: Sequence[Problem],
+    test: Sequence[Problem],
+    run_dir: Path,
+) -> dict[str, Any]:
     """One self-training iteration of one arm (critic None: vanilla), resumable."""
     out = run_dir / arm / f"iter_{t}"
     if (done := _finished(out)) is not None:
         return done
     prev = run_dir / "iter_0" / "hf" if t == 1 else run_dir / arm / f"iter_{t - 1}" / "hf"
     if not (out / "kept.jsonl").exists():
-        actor = models.agent(prev)
-        records = resumable_records(
-            out / "collect.jsonl", train, cfg.chunk_size,
-            lambda chunk, i: collect_records(actor, critic, chunk, cfg, salt=(t, i)))
-        if _primary():
-            atomic_write_json(out / "collect_stats.json",
-                              kept_stats(records, cfg.hard_min_level))
-            atomic_write_text(out / "kept.jsonl", "".join(
-                json.dumps(it) + "\n" for r in records for it in r["kept"]))
+        _collect(cfg, models.agent(prev), critic, train, t, out)
     items = list(read_jsonl(out / "kept.jsonl"))
     if not (out / "hf" / "config.json").exists():
         if not items:
@@ -383,9 +462,13 @@ def iteration(cfg: Config, arm: str, t: int, critic: Critic | None, models: _Mod
         init = run_dir / "iter_0" / "hf" if cfg.init == "iteration0" else prev
         examples = [(solve_messages(it["question"]), it["solution"]) for it in items]
         _train_and_export(models, init, examples, cfg.train, cfg, out)
-    results = {"arm": arm, "iteration": t, "trained_on": len(items),
-               "collection": json.loads((out / "collect_stats.json").read_text()),
-               **evaluate_actor(models.agent(out / "hf"), test, cfg)}
+    results = {
+        "arm": arm,
+        "iteration": t,
+        "trained_on": len(items),
+        "collection": json.loads((out / "collect_stats.json").read_text()),
+        **evaluate_actor(models.agent(out / "hf"), test, cfg),
+    }
     if _primary():
         atomic_write_json(out / "results.json", results)
     return results
@@ -393,11 +476,22 @@ def iteration(cfg: Config, arm: str, t: int, critic: Critic | None, models: _Mod
 
 def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
     """Markdown: one row per (arm, iteration), accuracy by difficulty and what was kept."""
-    levels = sorted({lv for r in rows for lv in r.get("by_level", {})},
-                    key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    levels = sorted(
+        {lv for r in rows for lv in r.get("by_level", {})},
+        key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s),
+    )
     pass_key = f"pass@{eval_samples}"
-    head = ["arm", "iter", "accuracy", *(f"level {lv}" for lv in levels), pass_key,
-            "tokens/q", "kept", "from refinements", "hard share kept"]
+    head = [
+        "arm",
+        "iter",
+        "accuracy",
+        *(f"level {lv}" for lv in levels),
+        pass_key,
+        "tokens/q",
+        "kept",
+        "from refinements",
+        "hard share kept",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(x: Any) -> str:
@@ -405,10 +499,17 @@ def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
 
     for r in rows:
         kept = r.get("collection", {})
-        cells = [r["arm"], r["iteration"], r.get("accuracy"),
-                 *(r.get("by_level", {}).get(lv) for lv in levels), r.get(pass_key),
-                 r.get("tokens_per_question"), kept.get("kept"), kept.get("from_refinements"),
-                 kept.get("hard_share_kept")]
+        cells = [
+            r["arm"],
+            r["iteration"],
+            r.get("accuracy"),
+            *(r.get("by_level", {}).get(lv) for lv in levels),
+            r.get(pass_key),
+            r.get("tokens_per_question"),
+            kept.get("kept"),
+            kept.get("from_refinements"),
+            kept.get("hard_share_kept"),
+        ]
         lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -418,8 +519,7 @@ def _write_comparison(run_dir: Path, rows: list[dict[str, Any]], cfg: Config) ->
         return
     atomic_write_json(run_dir / "comparison.json", rows)
     title = "# Self-training: vanilla (rejection sampling) vs critique-in-the-loop\n\n"
-    atomic_write_text(run_dir / "comparison.md",
-                      title + comparison_table(rows, cfg.eval_samples))
+    atomic_write_text(run_dir / "comparison.md", title + comparison_table(rows, cfg.eval_samples))
 
 
 def _split(cfg: Config) -> tuple[list[Problem], list[Problem]]:
@@ -429,8 +529,9 @@ def _split(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     test = load_problems(cfg.test_problems)
     kept = [p for p in test if p.question not in seen]
     if len(kept) < len(test):
-        log.info("dropped %d test questions that are also training questions",
-                 len(test) - len(kept))
+        log.info(
+            "dropped %d test questions that are also training questions", len(test) - len(kept)
+        )
     return train, kept
 
 
@@ -452,5 +553,9 @@ def run(cfg: Config) -> dict[str, Any]:
         for arm, critic in arms.items():
             rows.append(iteration(cfg, arm, t, critic, models, train, test, run_dir))
             _write_comparison(run_dir, rows, cfg)
-    return {"arms": list(arms), "iterations": cfg.iterations, "rows": rows,
-            "table": str(run_dir / "comparison.md")}
+    return {
+        "arms": list(arms),
+        "iterations": cfg.iterations,
+        "rows": rows,
+        "table": str(run_dir / "comparison.md"),
+    }

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from critique_jax.pipelines.critique_data import (
     CriticSpec,
     load_models,
     make_critic,
+    stable_seed,
     with_demo_tokenizer,
 )
 from critique_jax.pipelines.roles import Agent, Critic, Judged, make_agent, parsed, refine, solve
@@ -80,14 +80,22 @@ CURVES = {
 # --------------------------------------------------------------------------- shared pieces
 
 
-def load_critic(spec: CriticSpec, problems: Sequence[Problem], mesh: Any = None,
-                seed: int = 0, tokenizer_dir: str | Path | None = None) -> Critic:
+def load_critic(
+    spec: CriticSpec,
+    problems: Sequence[Problem],
+    mesh: Any = None,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+) -> Critic:
     """The critic of `spec` for `problems` (an oracle must know every problem it judges);
     with `tokenizer_dir`, a preset critic model on demo problems gets the demo tokenizer."""
     model = None
     if spec.model is not None:
-        model_spec = (spec.model if tokenizer_dir is None
-                      else with_demo_tokenizer(spec.model, problems, Path(tokenizer_dir)))
+        model_spec = (
+            spec.model
+            if tokenizer_dir is None
+            else with_demo_tokenizer(spec.model, problems, Path(tokenizer_dir))
+        )
         model = load_model(model_spec, mesh, seed)
     return make_critic(spec, model, problems, mesh)
 
@@ -95,9 +103,11 @@ def load_critic(spec: CriticSpec, problems: Sequence[Problem], mesh: Any = None,
 def check_oracle(spec: CriticSpec | None, problems: ProblemSource, where: str) -> None:
     """An oracle critic knows the demo world's computations only."""
     if spec is not None and spec.oracle is not None and problems.kind != "demo":
-        raise ConfigError(f"critic.oracle: {spec.oracle} checks demo-world problems, but "
-                          f"{where}.kind is {problems.kind!r}; use `critic: {{model: "
-                          "{path: <critic HF dir>}}` for real data")
+        raise ConfigError(
+            f"critic.oracle: {spec.oracle} checks demo-world problems, but "
+            f"{where}.kind is {problems.kind!r}; use `critic: {{model: "
+            "{path: <critic HF dir>}}` for real data"
+        )
 
 
 def difficulty(problem: Problem) -> int | None:
@@ -108,23 +118,36 @@ def difficulty(problem: Problem) -> int | None:
     return len(split_steps(problem.solution)) if problem.solution else None
 
 
+def mean_by_level(levels: Iterable[int | None], values: Iterable[float]) -> dict[str, float]:
+    """Mean of `values` per difficulty level, keyed by str(level) in numeric order."""
+    groups: dict[int | None, list[float]] = {}
+    for level, value in zip(levels, values, strict=True):
+        groups.setdefault(level, []).append(value)
+    order = sorted(groups, key=lambda lv: (lv is None, lv or 0))
+    return {str(lv): sum(groups[lv]) / len(groups[lv]) for lv in order}
+
+
 def salted(sp: SamplingParams, *salt: Any) -> SamplingParams:
     """`sp` with a seed derived from its own and `salt`: distinct sampler calls (chunks,
     rounds, roles) draw independent randomness, reproducibly."""
-    key = ":".join(str(s) for s in (sp.seed, *salt))
-    return sp.replace(seed=zlib.crc32(key.encode()) & 0x7FFFFFFF)
+    return sp.replace(seed=stable_seed(sp.seed, *salt))
 
 
-def resumable_records(path: str | Path, problems: Sequence[Problem], chunk_size: int,
-                      compute: Callable[[list[Problem], int], list[dict[str, Any]]]
-                      ) -> list[dict[str, Any]]:
+def resumable_records(
+    path: str | Path,
+    problems: Sequence[Problem],
+    chunk_size: int,
+    compute: Callable[[list[Problem], int], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
     """One record per problem (key `id`), in problem order, computed chunk by chunk with
     `compute(chunk, chunk_index)` and appended to the JSONL at `path`; problems that already
     have a record there are skipped. Process 0 writes; the others read (shared run_dir)."""
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"problem ids must be unique to resume by id; {path} would mix "
-                         "records of different problems")
+        raise ValueError(
+            f"problem ids must be unique to resume by id; {path} would mix "
+            "records of different problems"
+        )
     writer = JsonlWriter(path) if jax.process_index() == 0 else None
     done = {r["id"]: r for r in (writer.records if writer else read_jsonl(path))}
     try:
@@ -136,8 +159,12 @@ def resumable_records(path: str | Path, problems: Sequence[Problem], chunk_size:
                 done[record["id"]] = record
                 if writer is not None:
                     writer.write(record)
-            log.info("%s: %d/%d questions", Path(path).name,
-                     min(start + chunk_size, len(problems)), len(problems))
+            log.info(
+                "%s: %d/%d questions",
+                Path(path).name,
+                min(start + chunk_size, len(problems)),
+                len(problems),
+            )
     finally:
         if writer is not None:
             writer.close()
@@ -149,8 +176,11 @@ def judged_dict(completion: Completion, gold: str) -> dict[str, Any]:
 
 
 def critique_fields(completion: Completion) -> dict[str, Any]:
-    return {"critique": completion.text or "", "verdict": parsed(completion).final_correct,
-            "critic_tokens": completion.num_tokens}
+    return {
+        "critique": completion.text or "",
+        "verdict": parsed(completion).final_correct,
+        "critic_tokens": completion.num_tokens,
+    }
 
 
 # --------------------------------------------------------------------------- settings
@@ -164,13 +194,17 @@ class TTSSettings:
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     rounds: int = 3
     first: SamplingParams = field(  # sequential y0
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
+    )
     sample: SamplingParams = field(  # parallel samples
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
+    )
     critique: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.0)
+    )
     refine: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
+    )
     weights: VerdictWeights = field(default_factory=VerdictWeights)
     chunk_size: int = 64
 
@@ -187,8 +221,9 @@ class TTSSettings:
 # --------------------------------------------------------------------------- sampling
 
 
-def sequential_records(actor: Agent, critic: Critic, problems: Sequence[Problem],
-                       s: TTSSettings, salt: Any = 0) -> list[dict[str, Any]]:
+def sequential_records(
+    actor: Agent, critic: Critic, problems: Sequence[Problem], s: TTSSettings, salt: Any = 0
+) -> list[dict[str, Any]]:
     """Critique-refine rounds per question; record `rounds[i]` is y_i with the critique of
     y_i (absent on the last one). One batched call per round and role."""
     questions = [p.question for p in problems]
@@ -196,62 +231,76 @@ def sequential_records(actor: Agent, critic: Critic, problems: Sequence[Problem]
     rounds = [[judged_dict(c[0], p.answer)] for c, p in zip(first, problems, strict=True)]
     active = list(range(len(problems)))
     for r in range(s.rounds):
-        crits = critic.critique([questions[i] for i in active],
-                                [rounds[i][-1]["text"] for i in active],
-                                salted(s.critique, "critique", r, salt).replace(n=1))
+        crits = critic.critique(
+            [questions[i] for i in active],
+            [rounds[i][-1]["text"] for i in active],
+            salted(s.critique, "critique", r, salt).replace(n=1),
+        )
         for i, cs in zip(active, crits, strict=True):
             rounds[i][-1].update(critique_fields(cs[0]))
         active = [i for i in active if rounds[i][-1]["verdict"] is not True]
         if not active:
             break
-        refs = refine(actor, [questions[i] for i in active],
-                      [rounds[i][-1]["text"] for i in active],
-                      [rounds[i][-1]["critique"] for i in active],
-                      salted(s.refine, "refine", r, salt).replace(n=1))
+        refs = refine(
+            actor,
+            [questions[i] for i in active],
+            [rounds[i][-1]["text"] for i in active],
+            [rounds[i][-1]["critique"] for i in active],
+            salted(s.refine, "refine", r, salt).replace(n=1),
+        )
         for i, cs in zip(active, refs, strict=True):
             rounds[i].append(judged_dict(cs[0], problems[i].answer))
-    return [{"id": p.id, "level": difficulty(p), "gold": p.answer, "rounds": rounds[i]}
-            for i, p in enumerate(problems)]
+    return [
+        {"id": p.id, "level": difficulty(p), "gold": p.answer, "rounds": rounds[i]}
+        for i, p in enumerate(problems)
+    ]
 
 
-def parallel_records(actor: Agent, critic: Critic | None, problems: Sequence[Problem],
-                     s: TTSSettings, salt: Any = 0) -> list[dict[str, Any]]:
+def parallel_records(
+    actor: Agent, critic: Critic | None, problems: Sequence[Problem], s: TTSSettings, salt: Any = 0
+) -> list[dict[str, Any]]:
     """max(ks) samples per question, each critiqued; those the critic does not accept are
     refined once (`refined`). Three batched calls: solve (fan-out), critique, refine."""
     k = max(s.ks)
     questions = [p.question for p in problems]
     samples = solve(actor, questions, salted(s.sample, "sample", salt).replace(n=k))
-    per_q = [[judged_dict(c, p.answer) for c in cs]
-             for cs, p in zip(samples, problems, strict=True)]
+    per_q = [
+        [judged_dict(c, p.answer) for c in cs] for cs, p in zip(samples, problems, strict=True)
+    ]
     if critic is not None:
         flat = [(i, j) for i in range(len(problems)) for j in range(k)]
-        crits = critic.critique([questions[i] for i, _ in flat],
-                                [per_q[i][j]["text"] for i, j in flat],
-                                salted(s.critique, "critique", salt).replace(n=1))
+        crits = critic.critique(
+            [questions[i] for i, _ in flat],
+            [per_q[i][j]["text"] for i, j in flat],
+            salted(s.critique, "critique", salt).replace(n=1),
+        )
         for (i, j), cs in zip(flat, crits, strict=True):
             per_q[i][j].update(critique_fields(cs[0]), refined=None)
         todo = [(i, j) for i, j in flat if per_q[i][j]["verdict"] is not True]
         if todo:
-            refs = refine(actor, [questions[i] for i, _ in todo],
-                          [per_q[i][j]["text"] for i, j in todo],
-                          [per_q[i][j]["critique"] for i, j in todo],
-                          salted(s.refine, "refine", salt).replace(n=1))
+            refs = refine(
+                actor,
+                [questions[i] for i, _ in todo],
+                [per_q[i][j]["text"] for i, j in todo],
+                [per_q[i][j]["critique"] for i, j in todo],
+                salted(s.refine, "refine", salt).replace(n=1),
+            )
             for (i, j), cs in zip(todo, refs, strict=True):
                 per_q[i][j]["refined"] = judged_dict(cs[0], problems[i].answer)
-    return [{"id": p.id, "level": difficulty(p), "gold": p.answer, "samples": per_q[i]}
-            for i, p in enumerate(problems)]
+    return [
+        {"id": p.id, "level": difficulty(p), "gold": p.answer, "samples": per_q[i]}
+        for i, p in enumerate(problems)
+    ]
 
 
 # --------------------------------------------------------------------------- metrics
 
 
-def _point(records: Sequence[dict[str, Any]], outcomes: Sequence[tuple[bool, float, float]],
-           **extra: Any) -> dict[str, Any]:
+def _point(
+    records: Sequence[dict[str, Any]], outcomes: Sequence[tuple[bool, float, float]], **extra: Any
+) -> dict[str, Any]:
     """Accuracy and mean tokens of per-question (correct, actor tokens, critic tokens)."""
     n = max(len(records), 1)
-    by_level: dict[str, list[bool]] = {}
-    for r, (ok, _, _) in zip(records, outcomes, strict=True):
-        by_level.setdefault(str(r["level"]), []).append(ok)
     actor = sum(a for _, a, _ in outcomes) / n
     critic = sum(c for _, _, c in outcomes) / n
     return {
@@ -260,7 +309,7 @@ def _point(records: Sequence[dict[str, Any]], outcomes: Sequence[tuple[bool, flo
         "tokens_per_question": actor + critic,
         "actor_tokens_per_question": actor,
         "critic_tokens_per_question": critic,
-        "by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
+        "by_level": mean_by_level([r["level"] for r in records], [ok for ok, _, _ in outcomes]),
     }
 
 
@@ -290,18 +339,24 @@ def _final(sample: dict[str, Any]) -> dict[str, Any]:
     return sample.get("refined") or sample
 
 
-def summarize_parallel(records: Sequence[dict[str, Any]], ks: Sequence[int],
-                       weights: VerdictWeights = DEFAULT_WEIGHTS) -> dict[str, list[dict]]:
+def summarize_parallel(
+    records: Sequence[dict[str, Any]], ks: Sequence[int], weights: VerdictWeights = DEFAULT_WEIGHTS
+) -> dict[str, list[dict]]:
     """Points per mode and K (see the module docstring for the modes)."""
     k_max = max(ks)
     short = [r["id"] for r in records if len(r["samples"]) < k_max]
     if short:
-        raise ValueError(f"record {short[0]!r} has fewer than K={k_max} samples: the run "
-                         "directory holds records of another run; use a new run_dir")
+        raise ValueError(
+            f"record {short[0]!r} has fewer than K={k_max} samples: the run "
+            "directory holds records of another run; use a new run_dir"
+        )
     with_critic = bool(records) and "verdict" in records[0]["samples"][0]
     labels = [equivalence_labels([s["answer"] for s in r["samples"]]) for r in records]
-    final_labels = ([equivalence_labels([_final(s)["answer"] for s in r["samples"]])
-                     for r in records] if with_critic else [])
+    final_labels = (
+        [equivalence_labels([_final(s)["answer"] for s in r["samples"]]) for r in records]
+        if with_critic
+        else []
+    )
     out: dict[str, list[dict]] = {m: [] for m in CURVES if m != "sequential"}
     for k in sorted(ks):
         rows = {m: [] for m in out}
@@ -316,9 +371,11 @@ def summarize_parallel(records: Sequence[dict[str, Any]], ks: Sequence[int],
             critic = sum(s["critic_tokens"] for s in ss)
             verdicts = [s["verdict"] for s in ss]
             rows["critic_filter"].append(
-                (_pick(ss, filtered_vote(answers, verdicts, labels[n])), actor, critic))
+                (_pick(ss, filtered_vote(answers, verdicts, labels[n])), actor, critic)
+            )
             rows["critic_weighted"].append(
-                (_pick(ss, weighted_vote(answers, verdicts, weights, labels[n])), actor, critic))
+                (_pick(ss, weighted_vote(answers, verdicts, weights, labels[n])), actor, critic)
+            )
             finals = [_final(s) for s in ss]
             refine_tokens = sum(s["refined"]["tokens"] for s in ss if s.get("refined"))
             winner = majority_vote([f["answer"] for f in finals], final_labels[n])
@@ -343,8 +400,9 @@ def critic_diagnostics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "samples": len(samples),
         "unparseable_verdicts": 1 - len(judged) / len(samples),
-        "verdict_accuracy": (sum(s["verdict"] == s["correct"] for s in judged) / len(judged)
-                             if judged else None),
+        "verdict_accuracy": (
+            sum(s["verdict"] == s["correct"] for s in judged) / len(judged) if judged else None
+        ),
         "refined": len(refined),
         "wrong_to_correct": sum(not s["correct"] and s["refined"]["correct"] for s in refined),
         "correct_to_wrong": sum(s["correct"] and not s["refined"]["correct"] for s in refined),
@@ -354,25 +412,42 @@ def critic_diagnostics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver
 
 
-def run_test_time(actor: Agent, critic: Critic | None, problems: Sequence[Problem],
-                  s: TTSSettings, out_dir: str | Path, title: str = "") -> dict[str, Any]:
+def run_test_time(
+    actor: Agent,
+    critic: Critic | None,
+    problems: Sequence[Problem],
+    s: TTSSettings,
+    out_dir: str | Path,
+    title: str = "",
+) -> dict[str, Any]:
     """Run the configured modes on `problems`, resuming from the records in `out_dir`;
     writes results.json and accuracy_vs_compute.png there and returns the results."""
     out = Path(out_dir)
     if "sequential" in s.modes and critic is None:
-        raise ConfigError("the sequential mode needs a critic: set `critic` or drop "
-                          "'sequential' from tts.modes")
-    results: dict[str, Any] = {"questions": len(problems), "ks": sorted(s.ks),
-                               "rounds": s.rounds, "critic": critic is not None}
+        raise ConfigError(
+            "the sequential mode needs a critic: set `critic` or drop 'sequential' from tts.modes"
+        )
+    results: dict[str, Any] = {
+        "questions": len(problems),
+        "ks": sorted(s.ks),
+        "rounds": s.rounds,
+        "critic": critic is not None,
+    }
     if "sequential" in s.modes:
         records = resumable_records(
-            out / "sequential.jsonl", problems, s.chunk_size,
-            lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i))
+            out / "sequential.jsonl",
+            problems,
+            s.chunk_size,
+            lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i),
+        )
         results["sequential"] = summarize_sequential(records, s.rounds)
     if "parallel" in s.modes:
         records = resumable_records(
-            out / "parallel.jsonl", problems, s.chunk_size,
-            lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i))
+            out / "parallel.jsonl",
+            problems,
+            s.chunk_size,
+            lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i),
+        )
         results["parallel"] = summarize_parallel(records, s.ks, s.weights)
         results["critic_diagnostics"] = critic_diagnostics(records)
     curves = {CURVES[m]: pts for m, pts in results.get("parallel", {}).items()}
@@ -380,8 +455,9 @@ def run_test_time(actor: Agent, critic: Critic | None, problems: Sequence[Proble
         curves[CURVES["sequential"]] = results["sequential"]
     if jax.process_index() == 0:
         if problems:
-            results["plot"] = str(plot_accuracy_vs_compute(
-                curves, out / "accuracy_vs_compute.png", title))
+            results["plot"] = str(
+                plot_accuracy_vs_compute(curves, out / "accuracy_vs_compute.png", title)
+            )
         atomic_write_json(out / "results.json", results)
     return results
 
@@ -409,10 +485,12 @@ def run(cfg: Config) -> dict[str, Any]:
     critic_spec = cfg.critic
     if critic_spec is not None and critic_spec.model is not None:
         critic_spec = dataclasses.replace(
-            critic_spec, model=with_demo_tokenizer(critic_spec.model, problems, tokenizer_dir))
+            critic_spec, model=with_demo_tokenizer(critic_spec.model, problems, tokenizer_dir)
+        )
     actor_model, critic_model = load_models(actor_spec, critic_spec, mesh, cfg.seed)
     actor = make_agent(actor_model, mesh)
-    critic = (make_critic(critic_spec, critic_model, problems, mesh)
-              if critic_spec is not None else None)
+    critic = (
+        make_critic(critic_spec, critic_model, problems, mesh) if critic_spec is not None else None
+    )
     title = f"{cfg.problems.kind}: {len(problems)} questions"
     return run_test_time(actor, critic, problems, cfg.tts, run_dir, title)

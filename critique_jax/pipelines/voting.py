@@ -6,7 +6,7 @@ one vote. A vote returns the *index* of the winning sample (the first sample of 
 group that votes), so callers read its stored correctness instead of re-checking the gold.
 
 Tie rule, everywhere: the group with the larger total weight wins; on equal weight the group
-with more samples; then the group whose first sample comes first. Deterministic, and with K=1
+with more samples; then the group whose first voting sample comes first. Deterministic, and with K=1
 the vote is the sample itself.
 
 The critic as verifier, from its final verdict per sample (True Correct, False Wrong, None when
@@ -39,8 +39,9 @@ def equivalence_labels(answers: Sequence[str | None]) -> list[int | None]:
         if answer is None or not answer.strip():
             labels.append(None)
             continue
-        head = next((h for h in heads if answer == answers[h] or is_equiv(answer, answers[h])),
-                    None)
+        head = next(
+            (h for h in heads if answer == answers[h] or is_equiv(answer, answers[h])), None
+        )
         if head is None:
             heads.append(i)
             head = i
@@ -48,8 +49,11 @@ def equivalence_labels(answers: Sequence[str | None]) -> list[int | None]:
     return labels
 
 
-def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None,
-         labels: Sequence[int | None] | None = None) -> int | None:
+def vote(
+    answers: Sequence[str | None],
+    weights: Sequence[float] | None = None,
+    labels: Sequence[int | None] | None = None,
+) -> int | None:
     """Index of the winning answer (the first voting sample of the winning group) under the
     module's tie rule; samples of weight 0 do not vote. None when nothing votes. `labels`
     (from `equivalence_labels`) saves regrouping."""
@@ -69,14 +73,18 @@ def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None,
     return int(max(groups.values(), key=lambda g: (g[0], g[1], -g[2]))[2])
 
 
-def majority_vote(answers: Sequence[str | None],
-                  labels: Sequence[int | None] | None = None) -> int | None:
+def majority_vote(
+    answers: Sequence[str | None], labels: Sequence[int | None] | None = None
+) -> int | None:
     """The most frequent answer (up to equivalence)."""
     return vote(answers, None, labels)
 
 
-def filtered_vote(answers: Sequence[str | None], verdicts: Sequence[bool | None],
-                  labels: Sequence[int | None] | None = None) -> int | None:
+def filtered_vote(
+    answers: Sequence[str | None],
+    verdicts: Sequence[bool | None],
+    labels: Sequence[int | None] | None = None,
+) -> int | None:
     """Majority over the answers the critic does not call Wrong; all of them when it calls
     every answer Wrong."""
     _check_verdicts(answers, verdicts)
@@ -104,9 +112,12 @@ class VerdictWeights:
 DEFAULT_WEIGHTS = VerdictWeights()
 
 
-def weighted_vote(answers: Sequence[str | None], verdicts: Sequence[bool | None],
-                  weights: VerdictWeights = DEFAULT_WEIGHTS,
-                  labels: Sequence[int | None] | None = None) -> int | None:
+def weighted_vote(
+    answers: Sequence[str | None],
+    verdicts: Sequence[bool | None],
+    weights: VerdictWeights = DEFAULT_WEIGHTS,
+    labels: Sequence[int | None] | None = None,
+) -> int | None:
     """Vote with each sample weighted by its verdict; the plain vote when all weights are 0."""
     _check_verdicts(answers, verdicts)
     winner = vote(answers, [weights.of(v) for v in verdicts], labels)
@@ -116,16 +127,3 @@ def weighted_vote(answers: Sequence[str | None], verdicts: Sequence[bool | None]
 def _check_verdicts(answers: Sequence[str | None], verdicts: Sequence[bool | None]) -> None:
     if len(verdicts) != len(answers):
         raise ValueError(f"{len(verdicts)} verdicts for {len(answers)} answers")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021):
-    1 - C(n-c, k) / C(n, k), the chance that k of the n samples hold a correct one."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    miss = 1.0
-    for i in range(n - c + 1, n + 1):
-        miss *= 1.0 - k / i
-    return 1.0 - miss

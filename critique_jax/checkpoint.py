@@ -10,7 +10,6 @@ trouble) is moved aside with a warning on resume and the previous step is used i
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
-
-logger = logging.getLogger(__name__)
 
 
 class CheckpointWarning(UserWarning):

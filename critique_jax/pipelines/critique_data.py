@@ -317,8 +317,13 @@ def solution_record(
     tokens: int,
     first_error_step: int | None = None,
 ) -> dict[str, Any]:
-    """One solution, verified; the fields of an `eval_critic` eval record plus provenance."""
+    """One solution, verified; the fields of an `eval_critic` eval record plus provenance.
+
+    An inserted error whose final answer still verifies did not take: such a record keeps
+    no first-error step (and is never selected).
+    """
     pred = extract_answer(text)
+    correct = pred is not None and is_equiv(pred, problem.answer)
     return {
         "id": sid,
         "problem_id": problem.id,
@@ -328,8 +333,8 @@ def solution_record(
         "kind": kind,
         "solution": text,
         "pred": pred,
-        "solution_is_correct": pred is not None and is_equiv(pred, problem.answer),
-        "first_error_step": first_error_step,
+        "solution_is_correct": correct,
+        "first_error_step": None if correct else first_error_step,
         "tokens": tokens,
         "selected": False,
     }
@@ -427,10 +432,10 @@ def select_solutions(
         if key in seen or not r["solution"].strip():
             continue
         seen.add(key)
-        if r["solution_is_correct"]:
+        if r["solution_is_correct"] and r["kind"] != "insert":
             pool.append((rank[r["problem_id"]], stable_seed(seed, r["id"]), r))
             rank[r["problem_id"]] += 1
-        elif r["pred"] is not None or not require_answer:
+        elif not r["solution_is_correct"] and (r["pred"] is not None or not require_answer):
             wrong.append(r)
     if correct_share >= 1:
         n_correct = len(pool)

@@ -44,12 +44,12 @@ from critique_jax import scoring
 from critique_jax.config import MeshConfig, ModelSpec, StageConfig, from_dict, load_yaml
 from critique_jax.data.batching import Example, pad_batch
 from critique_jax.data.loaders import read_records
-from critique_jax.data.prompts import critique_messages, refine_messages
+from critique_jax.data.prompts import critique_messages, refine_messages, solve_messages
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models import ModelConfig
 from critique_jax.models.loading import LoadedModel, load_model
-from critique_jax.pipelines.judges import Judge, JudgeConfig, is_correct, make_judge
-from critique_jax.pipelines.roles import Agent, make_agent, solve
+from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, is_correct, make_judge
+from critique_jax.pipelines.roles import Agent, make_agent
 from critique_jax.runio import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import DEFAULT_RULES, Rules, mesh_from_config, rules_from_config
@@ -157,7 +157,7 @@ def groups_from_file(path: str) -> list[Group]:
     return groups
 
 
-def initial_groups(init: InitialResponses, problems: ProblemSource, actor: Agent,
+def initial_groups(init: InitialResponses, problems: ProblemSource, actor: ChatModel,
                    path: Path, seed: int) -> list[Group]:
     """The (x, y0) groups. Sampled y0 are drawn once and kept in `path` (initial.jsonl),
     so a resumed run, or every critic of an evaluation, sees the same ones."""
@@ -173,7 +173,7 @@ def initial_groups(init: InitialResponses, problems: ProblemSource, actor: Agent
                                  "delete it to redraw them, or use a new run_dir")
             return cached
         sp = init.sampling.replace(n=init.per_question, seed=chunk_seed(seed, 0, 0))
-        outs = solve(actor, [p.question for p in todo], sp)
+        outs = actor.chat([solve_messages(p.question) for p in todo], sp)
         groups = [Group(f"{p.id}/{k}", p.question, c.text or "", p.answer)
                   for p, samples in zip(todo, outs, strict=True)
                   for k, c in enumerate(samples)]
@@ -199,7 +199,7 @@ def chunk_seed(seed: int, chunk: int, role: int) -> int:
     return int(np.random.SeedSequence([seed, chunk, role]).generate_state(1)[0] % 2**31)
 
 
-def critique_and_refine(critic: Agent, actor: Agent, judge: Judge, groups: Sequence[Group],
+def critique_and_refine(critic: Agent, actor: ChatModel, judge: Judge, groups: Sequence[Group],
                         num_critiques: int, num_refinements: int, critique_sp: SamplingParams,
                         refine_sp: SamplingParams) -> list[dict[str, Any]]:
     """Group records (without reference log-probs): N critiques per group, M refinements per
@@ -346,14 +346,17 @@ def run_chunks(groups: Sequence[Group], chunk_groups: int, path: Path,
     return [done[g.id] for g in groups]
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
+    """The stage; `actor`, when given (Python API), is used instead of `cfg.actor`: any
+    object with `chat(conversations, sp)`, e.g. a scripted refiner in a synthetic world."""
     run_dir = Path(cfg.run_dir)
     mesh = mesh_from_config(cfg.mesh)
     rules = rules_from_config(cfg.mesh.rules)
     critic_model, critic = load_agent(cfg.model, mesh, cfg.seed, "critic")
-    actor = critic
-    if cfg.actor is not None:
-        _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor", like=critic_model)
+    if actor is None:
+        actor = critic
+        if cfg.actor is not None:
+            _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor", like=critic_model)
     judge = make_judge(cfg.judge, mesh, cfg.seed)
     groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
     if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):

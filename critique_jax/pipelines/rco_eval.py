@@ -20,6 +20,7 @@ resumable), comparison.json and comparison.md.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ import numpy as np
 from critique_jax.config import MeshConfig, ModelSpec, StageConfig, to_dict
 from critique_jax.data.critique_format import parse_critique
 from critique_jax.data.sources import ProblemSource
-from critique_jax.pipelines.judges import Judge, JudgeConfig, is_correct, make_judge
+from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, is_correct, make_judge
 from critique_jax.pipelines.rco_collect import (
     INITIAL,
     Group,
@@ -82,8 +83,6 @@ class Config(StageConfig):
         names = [c.name for c in self.critics]
         if len(set(names)) != len(names) or not all(n and "/" not in n for n in names):
             raise ValueError(f"critic names {names} must be unique, non-empty, without '/'")
-        if self.actor is None:
-            raise ValueError("actor is not set: give the model that refines (actor: {path: ...})")
 
 
 def score_refinements(judge: Judge, records: list[dict[str, Any]]) -> None:
@@ -152,18 +151,25 @@ def comparison_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
+    """The stage; `actor`, when given (Python API), is used instead of `cfg.actor`: any
+    object with `chat(conversations, sp)`, e.g. a scripted refiner in a synthetic world."""
     run_dir = Path(cfg.run_dir)
     mesh = mesh_from_config(cfg.mesh)
-    actor_model, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
+    like = None  # critics share the actor's (or the first critic's) compiled sampler
+    if actor is None:
+        if cfg.actor is None:
+            raise ValueError("actor is not set: give the model that refines (actor: {path: ...})")
+        like, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
     judge = make_judge(cfg.judge, mesh, cfg.seed)
     groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
     if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
         raise ValueError("judge.kind: verifier needs gold answers for every (x, y0)")
     results = []
     for entry in cfg.critics:
-        _, critic = load_agent(entry.model, mesh, cfg.seed, f"critic {entry.name!r}",
-                               like=actor_model)
+        critic_model, critic = load_agent(entry.model, mesh, cfg.seed,
+                                          f"critic {entry.name!r}", like=like)
+        like = like or dataclasses.replace(critic_model, params=None)  # tokenizer only
 
         def compute(chunk: list[Group], index: int, critic=critic) -> list[dict[str, Any]]:
             records = critique_and_refine(
@@ -182,7 +188,7 @@ def run(cfg: Config) -> dict[str, Any]:
         metrics = critic_metrics(records, judge.scale)
         log.info("eval_rco %s: %s", entry.name, metrics)
         results.append({"name": entry.name, "model": to_dict(entry.model), **metrics})
-        del critic
+        del critic, critic_model
         gc.collect()
     table = {
         "judge": cfg.judge.kind, "groups": len(groups), "critiques_per_group": cfg.num_critiques,

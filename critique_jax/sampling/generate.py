@@ -14,8 +14,9 @@ from critique_jax.sampling.params import Completion, SamplingParams
 
 
 def stop_array(stop_ids: Sequence[int]) -> np.ndarray:
-    """Stop ids padded with -1 (never a token) to a power of two: few distinct shapes."""
-    size = 1 << max(0, len(stop_ids) - 1).bit_length()
+    """Stop ids padded with -1 (never a token) to 8 or the next power of two: one compiled
+    shape for every usual request."""
+    size = max(8, 1 << max(0, len(stop_ids) - 1).bit_length())
     out = np.full((size,), -1, np.int32)
     out[: len(stop_ids)] = stop_ids
     return out

@@ -49,16 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax"):  # their INFO logs drown the run's own progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from critique_jax.distributed import initialize_distributed
+
+    initialize_distributed()  # before any stage import touches a JAX backend
     try:
         module, cfg = build_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
-    from critique_jax.distributed import initialize_distributed
+    import jax
 
-    initialize_distributed()
-    save_yaml(cfg, f"{cfg.run_dir}/config.yaml")
+    if jax.process_index() == 0:
+        save_yaml(cfg, f"{cfg.run_dir}/config.yaml")
     results = module.run(cfg)
     print(json.dumps(results, default=str))
     return 0

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Unit tests compile many small programs: XLA's backend optimisations cost ~3x the compile
+# time and buy nothing at these sizes. Set before anything imports jax.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
 
 def real_model_dir(name: str) -> Path:
     """The HF directory of a real model (e.g. 'smollm2-135m'), or skip the test."""

@@ -138,6 +138,7 @@ def test_model_annotator_inserts_and_critiques(actor, tmp_path):
         problems={"limit": 2},
         insertion={"method": "model", "sampling": {"max_new_tokens": 24}},
         critiques={"per_solution": 2, "sampling": {"max_new_tokens": 24, "temperature": 1.0}},
+        filter={"refinements": 0},  # the Monte Carlo filter is covered above
     )
     summary = run_collect(cfg, actor, annotator=actor)
     solutions, critiques = records(tmp_path, "solutions"), records(tmp_path, "critiques")

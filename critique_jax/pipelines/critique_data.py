@@ -112,6 +112,11 @@ class CriticSpec:
             raise ConfigError(f"oracle {self.oracle!r} unknown; oracles: {sorted(ORACLES)}")
 
 
+# Every phase has its own SamplingParams; its `n` is set by the phase's count field
+# (samples_per_question, per_solution, refinements) and its seed is combined with the stage
+# seed, the phase and the chunk index, so every chunk samples reproducibly.
+
+
 @dataclass
 class SolutionsConfig:
     samples_per_question: int = 4  # K actor samples per question (one fan-out call)

@@ -28,15 +28,15 @@ OUTPUTS = ("solutions.jsonl", "critiques.jsonl", "critic_sft.jsonl", "summary.js
 BASE: dict[str, Any] = {
     "problems": {"kind": "demo", "size": 6, "levels": [1, 2, 3]},
     "solutions": {
-        "samples_per_question": 2,
-        "correct_share": 0.25,
+        "samples_per_question": 1,
+        "correct_share": 0.5,
         "require_answer": False,
         "include_reference": True,
-        "sampling": {"max_new_tokens": 24, "temperature": 1.0},
+        "sampling": {"max_new_tokens": 16, "temperature": 1.0},
     },
     "insertion": {"method": "demo", "per_question": 1},
     "critiques": {"per_solution": 1},
-    "filter": {"refinements": 2, "tau": 0.0, "sampling": {"max_new_tokens": 24}},
+    "filter": {"refinements": 2, "tau": 0.0, "sampling": {"max_new_tokens": 16}},
     "chunk_size": 2,
 }
 
@@ -87,13 +87,13 @@ def test_oracle_run_writes_well_formed_records(full_run):
     run_dir, summary = full_run
     solutions, critiques = records(run_dir, "solutions"), records(run_dir, "critiques")
     sft = records(run_dir, "critic_sft")
-    # 6 problems x (2 samples + 1 insertion + 1 reference), every id once.
-    assert len(solutions) == 24 and len({s["id"] for s in solutions}) == 24
+    # 6 problems x (1 sample + 1 insertion + 1 reference), every id once.
+    assert len(solutions) == 18 and len({s["id"] for s in solutions}) == 18
     selected = [s for s in solutions if s["selected"]]
     assert sorted(c["solution_id"] for c in critiques) == sorted(s["id"] for s in selected)
     # The untrained actor states no answer: all samples are wrong and (require_answer off)
-    # critiqued; the 6 insertions too; correct_share 0.25 admits 18 / 3 = 6 references.
-    assert summary["selected"] == {"insert": 6, "reference": 6, "sample-wrong": 12}
+    # critiqued; the 6 insertions too; correct_share 0.5 admits all 6 references.
+    assert summary["selected"] == {"insert": 6, "reference": 6, "sample-wrong": 6}
 
     for s in solutions:
         if s["kind"] != "insert":
@@ -113,14 +113,15 @@ def test_oracle_run_writes_well_formed_records(full_run):
             assert c["refine_tokens"] > 0
     assert [r["id"] for r in sft] == [c["id"] for c in critiques if c["kept"]]
     examples = examples_from_records(sft, "critique")
-    assert len(examples) == len(sft) == summary["sft_records"] == summary["kept"] == 24
+    assert len(examples) == len(sft) == summary["sft_records"] == summary["kept"] == 18
     assert json.loads((run_dir / "summary.json").read_text()) == summary
-    assert summary["keep_by_level"]["3"]["critiques"] == 8 and summary["tokens"]["solve"] > 0
+    assert summary["keep_by_level"]["3"]["critiques"] == 6 and summary["tokens"]["solve"] > 0
 
 
 def test_soft_filter_drops_critiques_whose_refinements_fail(actor, tmp_path):
     """With tau 0.5 an actor that never refines correctly keeps only the Correct critiques."""
-    summary = run_collect(make_config(tmp_path, filter={"tau": 0.5}), actor)
+    cfg = make_config(tmp_path, filter={"tau": 0.5}, problems={"limit": 2})
+    summary = run_collect(cfg, actor)
     critiques = records(tmp_path, "critiques")
     check_kept(critiques)
     for c in critiques:
@@ -162,7 +163,7 @@ def test_resume_after_a_limited_run_and_after_a_kill(actor, full_run, tmp_path):
     # A run cut short (4 of 6 problems), then the full run: the same files as one full run.
     limited = tmp_path / "limited"
     run_collect(make_config(limited, problems={"limit": 4}), actor)
-    assert len(records(limited, "solutions")) == 16
+    assert len(records(limited, "solutions")) == 12
     run_collect(make_config(limited), actor)
     for name in OUTPUTS:
         assert (limited / name).read_text() == (full_dir / name).read_text(), name

@@ -78,8 +78,9 @@ def test_prefill_logits_equal_full_forward_for_left_padded_rows(model, sampler):
     for r, ids in enumerate(PROMPTS):
         tokens[r, width - len(ids) :], mask[r, width - len(ids) :] = ids, True
     # The shapes generate_ids uses for PROMPTS under GREEDY, so nothing extra compiles.
-    _, last, lengths = sampler.engine.prefill(
-        params, tokens, mask, 1, width + GREEDY.max_new_tokens
+    engine = sampler.engine
+    _, last, lengths = engine.prefill(
+        engine.prepare(params), tokens, mask, 1, width + GREEDY.max_new_tokens
     )
     assert list(np.asarray(lengths)) == [len(p) for p in PROMPTS]
     ref = full_forward_logprobs(cfg, params, PROMPTS)
@@ -146,6 +147,17 @@ def test_samples_do_not_depend_on_batch_composition_or_bucketing(model, sampled)
     assert sampled[1][0].token_ids != sampled[1][1].token_ids
     reseeded = split.generate_ids(params, PROMPTS[:1], SAMPLED.replace(seed=4))
     assert reseeded[0][0].token_ids != sampled[0][0].token_ids
+
+
+def test_scanned_and_unrolled_layer_loops_sample_the_same(model, sampler, sampled):
+    """CPU samplers unroll the layer loop on per-layer weight copies; accelerators scan."""
+    assert sampler.engine.unstack  # this module's sampler runs unrolled (on CPU)
+    scanned = Sampler(model[0], buckets=sampler.buckets, unroll_layers=False)
+    out = scanned.generate_ids(model[1], PROMPTS, SAMPLED)
+    for a, b in zip(out, sampled, strict=True):
+        for ca, cb in zip(a, b, strict=True):
+            assert ca.token_ids == cb.token_ids
+            np.testing.assert_allclose(ca.logprobs, cb.logprobs, atol=1e-5)
 
 
 def test_requests_larger_than_the_batch_bucket_are_split():

@@ -82,7 +82,7 @@ class Config(StageConfig):
     critique_sampling: SamplingParams = field(
         default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.0)
     )
-    refinements: int = 4  # M refinements per critique in the closed loop (0: no closed loop)
+    refinements: int = 0  # M refinements per critique in the closed loop (it needs `actor`)
     refine_sampling: SamplingParams = field(
         default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
     )

@@ -72,7 +72,8 @@ def prepare_calls(
 def run_call(
     engine: Engine, params: Params, call: CallInputs, sp: SamplingParams, stop_ids: Sequence[int]
 ) -> DecodeOut:
-    """Dispatch one prefill + decode; returns device arrays without waiting for them."""
+    """Dispatch one prefill + decode; returns device arrays without waiting for them.
+    `params` must have gone through `engine.prepare`."""
     width = call.tokens.shape[1]
     prefilled = engine.prefill(
         params, call.tokens, call.token_mask, call.fanout, width + sp.max_new_tokens
@@ -107,6 +108,7 @@ def generate_tokens(
     the device and there is one device-to-host transfer per call.
     """
     calls = prepare_calls(engine, prompt_ids, sp, buckets)
+    params = engine.prepare(params)
     pending = [(call, run_call(engine, params, call, sp, stop_ids)) for call in calls]
     results: list[list[Completion | None]] = [[None] * sp.n for _ in prompt_ids]
     for call, out in pending:

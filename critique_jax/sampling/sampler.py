@@ -29,7 +29,8 @@ class Sampler:
     Params are an argument of `generate`, not state: the actor and the critic share one
     Sampler when their architecture is the same, and updated params do not recompile.
     On a mesh, batch rows are split over (data, fsdp) and heads over tensor, exactly as in
-    training; batch buckets are rounded up to the data-parallel size.
+    training; batch buckets are rounded up to the data-parallel size. unroll_layers: see
+    `Engine` (None: unroll the layer loop on CPU, where it decodes about 2x faster).
     """
 
     def __init__(
@@ -38,10 +39,11 @@ class Sampler:
         tokenizer: Any = None,
         mesh: Mesh | None = None,
         buckets: Buckets | None = None,
+        unroll_layers: bool | None = None,
     ):
         self.cfg = model_cfg
         self.tokenizer = tokenizer
-        self.engine = Engine(model_cfg, mesh)
+        self.engine = Engine(model_cfg, mesh, unroll_layers)
         buckets = buckets or Buckets()
         multiple = math.lcm(buckets.multiple, _data_parallel_size(mesh))
         self.buckets = dataclasses.replace(buckets, multiple=multiple)

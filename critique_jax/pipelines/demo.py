@@ -1,0 +1,660 @@
+"""The `demo` stage: the whole MathCritique + RCO loop on the embedded arithmetic world.
+
+    python -m critique_jax.train                                  # this stage, its defaults
+    python -m critique_jax.train --config configs/demo.yaml       # the same values, written out
+
+No download and no accelerator: the demo world (`data.demo_world`) supplies problems, gold
+answers, controlled errors and an oracle step checker; a SentencePiece tokenizer and a small
+transformer (`preset: demo`) are trained from scratch. Every phase is one of the library's
+stages, called through its Python API with a config built here, so the demo runs exactly the
+code the real-data configs run:
+
+1. world: train and test problems (different seeds; test questions seen in training are
+   dropped), written to run_dir/world/, and the demo tokenizer (run_dir/demo_tokenizer).
+2. actor SFT (`self_train.iteration_zero`): reference solutions plus refinement examples
+   (x, y0, c -> y'); greedy test accuracy -> actor_accuracy.
+3. critic (`critique_data.collect`, `sft`, `critic_eval.evaluate`): AutoMathCritique with the
+   oracle annotator on actor samples, injected errors and reference solutions, Monte Carlo
+   soft filtering by the actor's refinements; critic SFT warm-started from the actor-SFT
+   weights; verdict accuracy on a held-out eval set (actor samples, injected errors and
+   reference solutions of the test questions, labelled by the verifier) against chance (the
+   majority label's share).
+4. test-time supervision (`test_time.run_test_time`) with the trained critic: one critique ->
+   refine round, majority vote vs critique-refine + vote vs critic-weighted vote at K, and
+   the accuracy-vs-compute plot.
+5. RCO (`rco_collect`, `rco_train`, `rco_eval`): N critiques x M refinements from the SFT
+   critic on training (x, y0), the least-squares critic training, then the mean critique
+   utility (CU) of the SFT and the RCO critic on held-out (x, y0).
+6. self-training (`self_train.iteration`): one iteration of vanilla (rejection sampling) and
+   critique-in-the-loop self-training from the same iteration-0 actor; the critic is the
+   trained one, or the oracle when the trained critic does not beat chance
+   (`self_train.critic: auto`), and the results say which.
+7. one results table (printed, run_dir/results.md) and run_dir/results.json.
+
+Resume: every phase writes into its own subdirectory and is skipped, or resumes record by
+record, when the stage is run again with the same run_dir (e.g. after a kill).
+
+Sizes: the defaults fit in about ten minutes on a 2-core CPU. `Config.reduced()` is the same
+loop at CI size (well under a minute of compute), used by tests/test_demo.py. Few distinct
+generation lengths and fan-outs (`generation`, K = N = `tts.k`-style choices below) keep the
+number of compiled sampler programs small: each costs seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from critique_jax.config import (
+    ConfigError,
+    MeshConfig,
+    ModelSpec,
+    OptimConfig,
+    StageConfig,
+    TrainConfig,
+)
+from critique_jax.data.records import Problem
+from critique_jax.data.sources import ProblemSource
+from critique_jax.models.config import preset
+from critique_jax.pipelines import critic_eval, critique_data, rco_collect, rco_eval, rco_train, sft
+from critique_jax.pipelines import self_train as st
+from critique_jax.pipelines.critique_data import CriticSpec, make_critic, with_demo_tokenizer
+from critique_jax.pipelines.judges import JudgeConfig
+from critique_jax.pipelines.roles import Agent, Critic
+from critique_jax.pipelines.test_time import TTSSettings, run_test_time
+from critique_jax.runio import atomic_write_json, atomic_write_text
+from critique_jax.sampling import SamplingParams
+from critique_jax.sharding import mesh_from_config
+
+log = logging.getLogger(__name__)
+
+SELF_TRAIN_CRITICS = ("auto", "trained", "oracle")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class WorldConfig:
+    train_size: int = 640
+    test_size: int = 128
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    train_seed: int = 1
+    test_seed: int = 2
+
+
+@dataclass
+class GenerationConfig:
+    """Lengths and temperatures shared by every phase: one length per kind of output keeps
+    the compiled sampler programs few."""
+
+    solution_tokens: int = 64  # solutions and refinements (a 3-step solution is ~50 tokens)
+    critique_tokens: int = 128  # critiques (a 3-step critique of a right solution is ~110)
+    temperature: float = 0.7  # sampled solutions and refinements
+    critique_temperature: float = 1.0  # RCO's sampled critiques: the critic's own distribution
+    chunk_size: int = 128  # questions per sampling chunk: the unit of batching and resume
+
+
+def _train(steps: int, batch: int, seq_len: int, pack: bool = True) -> TrainConfig:
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        seq_len=seq_len,
+        pack=pack,
+        log_every=max(1, steps // 5),
+        checkpoint_every=max(1, steps // 2),
+    )
+
+
+@dataclass
+class ActorPhase:
+    """Iteration 0 of self-training: the actor learns to solve and to follow critiques."""
+
+    train: TrainConfig = field(default_factory=lambda: _train(160, 8, 512))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(learning_rate=2e-3, warmup_steps=15, weight_decay=0.01)
+    )
+
+
+@dataclass
+class CriticPhase:
+    problems: int = 256  # training questions whose solutions are critiqued
+    samples: int = 4  # actor samples per question (temperature > 0)
+    correct_share: float = 0.4  # share of correct solutions among the critiqued ones
+    refinements: int = 2  # M refinements of the soft filter
+    tau: float = 0.5  # keep a critique of a wrong solution when >= tau refinements verify
+    eval_samples: int = 1  # eval set: actor samples per test question (+ reference, insertion)
+    train: TrainConfig = field(default_factory=lambda: _train(80, 8, 512))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=8, weight_decay=0.01)
+    )
+
+
+@dataclass
+class TTSPhase:
+    k: int = 4  # parallel samples per question (votes at every power of 2 up to K)
+    rounds: int = 1  # sequential critique -> refine rounds
+
+
+@dataclass
+class RCOPhase:
+    problems: int = 64  # training (x, y0) groups
+    eval_problems: int = 64  # held-out (x, y0) groups (test questions)
+    critiques: int = 4  # N per group
+    refinements: int = 2  # M per critique
+    eval_critiques: int = 2
+    eval_refinements: int = 2
+    beta: float = 0.1
+    train: TrainConfig = field(default_factory=lambda: _train(24, 16, 384, pack=False))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=3)
+    )
+
+
+@dataclass
+class SelfTrainPhase:
+    problems: int = 256  # training questions sampled per iteration
+    samples: int = 4  # K per question
+    refinements: int = 2  # K' per critique of a wrong sample
+    critic: str = "auto"  # auto (trained if it beats chance, else oracle) | trained | oracle
+    train: TrainConfig = field(default_factory=lambda: _train(40, 8, 512))
+
+
+@dataclass
+class Config(StageConfig):
+    stage: str = "demo"
+    run_dir: str = "runs/demo"
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
+    world: WorldConfig = field(default_factory=WorldConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    actor: ActorPhase = field(default_factory=ActorPhase)
+    critic: CriticPhase = field(default_factory=CriticPhase)
+    tts: TTSPhase = field(default_factory=TTSPhase)
+    rco: RCOPhase = field(default_factory=RCOPhase)
+    self_train: SelfTrainPhase = field(default_factory=SelfTrainPhase)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.preset is None:
+            raise ConfigError("demo: model must be a preset (trained from scratch on the world)")
+        if self.tts.k < 1 or self.tts.rounds < 1:
+            raise ConfigError("demo: tts.k and tts.rounds must be >= 1")
+        if self.self_train.critic not in SELF_TRAIN_CRITICS:
+            raise ConfigError(
+                f"self_train.critic {self.self_train.critic!r}: choose one of "
+                f"{list(SELF_TRAIN_CRITICS)}"
+            )
+        w = self.world
+        needs = {
+            "critic.problems": self.critic.problems,
+            "rco.problems": self.rco.problems,
+            "self_train.problems": self.self_train.problems,
+        }
+        too_many = [k for k, v in needs.items() if not 1 <= v <= w.train_size]
+        if too_many or not 1 <= self.rco.eval_problems <= w.test_size:
+            raise ConfigError(
+                f"demo: {too_many or ['rco.eval_problems']} must be between 1 and the "
+                "world's train_size (test_size for rco.eval_problems)"
+            )
+
+    @classmethod
+    def reduced(cls, **changes: Any) -> Config:
+        """The same loop at CI size: seconds of training per phase, a few dozen questions."""
+        cfg = cls(
+            world=WorldConfig(train_size=96, test_size=32, levels=[1, 2]),
+            generation=GenerationConfig(solution_tokens=48, critique_tokens=96, chunk_size=64),
+            actor=ActorPhase(train=_train(40, 8, 512), optim=ActorPhase().optim),
+            critic=CriticPhase(problems=32, samples=2, refinements=2, train=_train(20, 8, 512)),
+            tts=TTSPhase(k=2),
+            rco=RCOPhase(
+                problems=16,
+                eval_problems=16,
+                critiques=2,
+                eval_critiques=2,
+                refinements=2,
+                train=_train(4, 8, 384, pack=False),
+            ),
+            self_train=SelfTrainPhase(problems=32, samples=2, train=_train(8, 8, 512)),
+        )
+        return dataclasses.replace(cfg, **changes)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Clock:
+    """Wall and CPU seconds per phase; on a shared machine the CPU time shows how much of a
+    slow phase was spent waiting for the cores."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("demo: %s", name)
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        spent = {
+            "wall_s": round(time.perf_counter() - wall, 1),
+            "cpu_s": round(time.process_time() - cpu, 1),
+        }
+        self.phases[name] = spent
+        log.info("demo: %s took %.1f s (%.1f s CPU)", name, spent["wall_s"], spent["cpu_s"])
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _done(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _sp(tokens: int, temperature: float) -> SamplingParams:
+    return SamplingParams(max_new_tokens=tokens, temperature=temperature)
+
+
+def _source(cfg: Config, split: str, size: int | None = None) -> ProblemSource:
+    """The world's training or test problems (a prefix of them when `size` is smaller: the
+    demo world generates problems one by one from its seed)."""
+    w = cfg.world
+    seed = w.train_seed if split == "train" else w.test_seed
+    size = size or (w.train_size if split == "train" else w.test_size)
+    return ProblemSource(kind="demo", split=split, seed=seed, size=size, levels=list(w.levels))
+
+
+def self_train_config(cfg: Config, run_dir: Path) -> st.Config:
+    """The self_train stage config the demo's actor phases share (iteration 0 and the
+    iterations of both arms); the critic is passed to `iteration` directly."""
+    g, s = cfg.generation, cfg.self_train
+    return st.Config(
+        run_dir=str(run_dir),
+        seed=cfg.seed,
+        actor=cfg.model,
+        critic=None,
+        train_problems=_source(cfg, "train"),
+        test_problems=_source(cfg, "test"),
+        iterations=1,
+        samples=s.samples,
+        refinements=s.refinements,
+        eval_samples=0,
+        chunk_size=g.chunk_size,
+        sample=_sp(g.solution_tokens, g.temperature),
+        critique=_sp(g.critique_tokens, 0.0),
+        refine=_sp(g.solution_tokens, g.temperature),
+        eval=_sp(g.solution_tokens, 0.0),
+        sft0=cfg.actor.train,
+        train=s.train,
+        optim=cfg.actor.optim,
+        mesh=cfg.mesh,
+    )
+
+
+def _write_problems(path: Path, problems: list[Problem]) -> None:
+    if _primary():
+        atomic_write_text(path, "".join(json.dumps(p.to_dict()) + "\n" for p in problems))
+
+
+def _at(points: list[dict[str, Any]], key: str, value: int) -> dict[str, Any]:
+    return next(p for p in points if p[key] == value)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def collect_critiques(
+    cfg: Config, run_dir: Path, train: list[Problem], actor: Agent, actor_hf: Path, mesh: Any
+) -> dict[str, Any]:
+    """AutoMathCritique with the oracle annotator on the actor's samples, injected errors and
+    reference solutions; returns the collection summary (critic_sft.jsonl holds the data)."""
+    c, g = cfg.critic, cfg.generation
+    problems = train[: c.problems]
+    collect_cfg = critique_data.Config(
+        run_dir=str(run_dir / "critic_data"),
+        seed=cfg.seed,
+        problems=_source(cfg, "train", c.problems),
+        actor=ModelSpec(path=str(actor_hf)),
+        annotator=CriticSpec(oracle="demo"),
+        solutions=critique_data.SolutionsConfig(
+            samples_per_question=c.samples,
+            sampling=_sp(g.solution_tokens, g.temperature),
+            correct_share=c.correct_share,
+            include_reference=True,
+        ),
+        insertion=critique_data.InsertionConfig(method="demo", per_question=1),
+        critiques=critique_data.CritiqueConfig(per_solution=1),
+        filter=critique_data.FilterConfig(
+            refinements=c.refinements, tau=c.tau, sampling=_sp(g.solution_tokens, g.temperature)
+        ),
+        chunk_size=g.chunk_size,
+        mesh=cfg.mesh,
+    )
+    annotator = make_critic(CriticSpec(oracle="demo"), None, problems, mesh)
+    done = _done(run_dir / "critic_data" / "summary.json")
+    return done or critique_data.collect(collect_cfg, problems, actor, annotator)
+
+
+def train_critic(cfg: Config, run_dir: Path, actor_hf: Path) -> Path:
+    """Critic SFT on the kept critiques, warm-started from the actor-SFT weights."""
+    out = run_dir / "critic_sft"
+    if _done(out / "results.json") is None:
+        sft.run(
+            sft.Config(
+                run_dir=str(out),
+                seed=cfg.seed,
+                model=ModelSpec(path=str(actor_hf)),
+                data=sft.SFTData(path=str(run_dir / "critic_data" / "critic_sft.jsonl")),
+                train=cfg.critic.train,
+                optim=cfg.critic.optim,
+                mesh=cfg.mesh,
+            )
+        )
+    return out / "hf"
+
+
+def evaluate_critic(
+    cfg: Config,
+    run_dir: Path,
+    test: list[Problem],
+    actor: Agent,
+    critic: Agent,
+    critic_hf: Path,
+) -> dict[str, Any]:
+    """Verdict accuracy on held-out solutions: per test question its reference solution, an
+    injected error and actor samples, labelled by the verifier."""
+    g = cfg.generation
+    out = run_dir / "critic_eval"
+    eval_set = out / "eval_set.jsonl"
+    if eval_set.exists():
+        records = critic_eval.read_eval_set(eval_set)
+    else:
+        sp = _sp(g.solution_tokens, g.temperature).replace(
+            seed=critique_data.stable_seed(cfg.seed, "demo-eval-set")
+        )
+        records = critic_eval.build_demo_eval_set(test, 1, cfg.seed)
+        records += critic_eval.build_sampled_eval_set(actor, test, cfg.critic.eval_samples, sp)
+        if _primary():
+            atomic_write_text(eval_set, "".join(json.dumps(r) + "\n" for r in records))
+    eval_cfg = critic_eval.Config(
+        run_dir=str(out),
+        seed=cfg.seed,
+        critic=CriticSpec(model=ModelSpec(path=str(critic_hf))),
+        eval_set=critic_eval.EvalSetConfig(path=str(eval_set)),
+        critique_sampling=_sp(g.critique_tokens, 0.0),
+        refinements=0,
+        chunk_size=g.chunk_size,
+        mesh=cfg.mesh,
+    )
+    metrics = critic_eval.evaluate(eval_cfg, records, critic, None)
+    base = metrics["base_rate_correct"]
+    metrics["chance"] = max(base, 1 - base)  # always answering the majority label
+    return metrics
+
+
+def rco_phase(
+    cfg: Config, run_dir: Path, actor: Agent, critic_hf: Path, test_path: Path
+) -> dict[str, Any]:
+    """Critique utility of the SFT critic's critiques, RCO training, and the mean CU of both
+    critics on held-out (x, y0)."""
+    r, g = cfg.rco, cfg.generation
+    collect_dir, train_dir = run_dir / "rco_collect", run_dir / "rco"
+    initial = rco_collect.InitialResponses(
+        source="actor", per_question=1, sampling=_sp(g.solution_tokens, g.temperature)
+    )
+    critique_sp = _sp(g.critique_tokens, g.critique_temperature)
+    refine_sp = _sp(g.solution_tokens, g.temperature)
+    summary = _done(collect_dir / "summary.json") or rco_collect.run(
+        rco_collect.Config(
+            run_dir=str(collect_dir),
+            seed=cfg.seed,
+            model=ModelSpec(path=str(critic_hf)),
+            problems=_source(cfg, "train", r.problems),
+            initial=initial,
+            judge=JudgeConfig(kind="verifier"),
+            num_critiques=r.critiques,
+            num_refinements=r.refinements,
+            critique_sampling=critique_sp,
+            refine_sampling=refine_sp,
+            seq_len=r.train.seq_len,
+            score_batch_size=rco_train.REFERENCE_ROWS,  # one scoring program for both
+            chunk_groups=g.chunk_size,
+            mesh=cfg.mesh,
+        ),
+        actor=actor,
+    )
+    trained = _done(train_dir / "results.json") or rco_train.run(
+        rco_train.Config(
+            run_dir=str(train_dir),
+            seed=cfg.seed,
+            collect_dir=str(collect_dir),
+            model=ModelSpec(path=str(critic_hf)),
+            beta=r.beta,
+            train=r.train,
+            optim=r.optim,
+            mesh=cfg.mesh,
+        )
+    )
+    table = rco_eval.run(
+        rco_eval.Config(
+            run_dir=str(run_dir / "rco_eval"),
+            seed=cfg.seed,
+            critics=[
+                rco_eval.CriticEntry("sft", ModelSpec(path=str(critic_hf))),
+                rco_eval.CriticEntry("rco", ModelSpec(path=str(train_dir / "hf"))),
+            ],
+            problems=ProblemSource(kind="jsonl", path=str(test_path), limit=r.eval_problems),
+            initial=initial,
+            judge=JudgeConfig(kind="verifier"),
+            num_critiques=r.eval_critiques,
+            num_refinements=r.eval_refinements,
+            critique_sampling=critique_sp,
+            refine_sampling=refine_sp,
+            chunk_groups=g.chunk_size,
+            mesh=cfg.mesh,
+        ),
+        actor=actor,
+    )
+    by_name = {c["name"]: c for c in table["critics"]}
+    return {"collect": summary, "train": trained, "eval": by_name}
+
+
+def choose_self_train_critic(
+    cfg: Config, critic_metrics: dict[str, Any], critic: Agent, train: list[Problem], mesh: Any
+) -> tuple[str, Critic]:
+    """The trained critic, or the oracle when asked for or when the trained critic's verdicts
+    do not beat chance (`self_train.critic: auto`)."""
+    choice = cfg.self_train.critic
+    if choice == "auto":
+        beats = critic_metrics["verdict_accuracy"] > critic_metrics["chance"]
+        choice = "trained" if beats else "oracle"
+    if choice == "trained":
+        return "trained", critic
+    return "oracle", make_critic(CriticSpec(oracle="demo"), None, train, mesh)
+
+
+# --------------------------------------------------------------------------- results
+
+ROWS = (
+    ("actor_accuracy", "actor (SFT), greedy"),
+    ("refine_accuracy", "actor + 1 critique -> refine round"),
+    ("critic_verdict_accuracy", "critic verdict accuracy (held-out)"),
+    ("critic_verdict_chance", "  chance (majority label)"),
+    ("critic_first_error_accuracy", "critic first-error-step accuracy"),
+    ("majority_vote_accuracy", "majority vote @K"),
+    ("critique_majority_vote_accuracy", "critique -> refine, then majority vote @K"),
+    ("critic_weighted_vote_accuracy", "critic-weighted vote @K (critic as verifier)"),
+    ("pass_at_k", "pass@K (oracle verifier)"),
+    ("cu_sft_critic", "mean CU, SFT critic (held-out)"),
+    ("cu_rco_critic", "mean CU, RCO critic (held-out)"),
+    ("self_train_vanilla_accuracy", "self-training, vanilla (rejection sampling)"),
+    ("self_train_critique_accuracy", "self-training, critique-in-the-loop"),
+)
+BY_LEVEL = (
+    ("actor_accuracy_by_difficulty", "actor"),
+    ("refine_accuracy_by_difficulty", "actor + critique -> refine"),
+    ("self_train_vanilla_accuracy_by_difficulty", "self-train vanilla"),
+    ("self_train_critique_accuracy_by_difficulty", "self-train critique-in-the-loop"),
+)
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown: the headline metrics, then accuracy by difficulty (number of steps)."""
+    k = results["sizes"]["k"]
+    lines = [
+        f"# critique_jax demo (seed {results['seed']}, K={k}, "
+        f"self-training critic: {results['self_train_critic']})",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+    ]
+    lines += [f"| {title} | {_fmt(results.get(key))} |" for key, title in ROWS]
+    levels = sorted({lv for key, _ in BY_LEVEL for lv in results[key]}, key=int)
+    lines += [
+        "",
+        "| accuracy by difficulty | " + " | ".join(f"level {lv}" for lv in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for key, title in BY_LEVEL:
+        lines.append(
+            f"| {title} | " + " | ".join(_fmt(results[key].get(lv)) for lv in levels) + " |"
+        )
+    times = results["timings"]
+    lines += ["", "| phase | wall s | CPU s |", "|---|---:|---:|"]
+    lines += [f"| {name} | {t['wall_s']} | {t['cpu_s']} |" for name, t in times.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    clock = Clock()
+    start = time.perf_counter()
+    mesh = mesh_from_config(cfg.mesh)
+    st_dir = run_dir / "self_train"
+    st_cfg = self_train_config(cfg, st_dir)
+
+    with clock("world"):
+        train, test = st._split(st_cfg)
+        world_dir = run_dir / "world"
+        _write_problems(world_dir / "train.jsonl", train)
+        _write_problems(world_dir / "test.jsonl", test)
+        spec = with_demo_tokenizer(cfg.model, [*train, *test], run_dir / "demo_tokenizer")
+        models = st._Models(spec, mesh, cfg.seed)
+
+    with clock("actor_sft"):
+        actor_res = st.iteration_zero(st_cfg, models, train, test, st_dir / "iter_0")
+    actor_hf = st_dir / "iter_0" / "hf"
+    actor = models.agent(actor_hf)
+
+    with clock("critic_data"):
+        collection = collect_critiques(cfg, run_dir, train, actor, actor_hf, mesh)
+    with clock("critic_sft"):
+        critic_hf = train_critic(cfg, run_dir, actor_hf)
+    critic = models.agent(critic_hf)  # shares the actor's tokenizer object and sampler
+    with clock("critic_eval"):
+        verdicts = evaluate_critic(cfg, run_dir, test, actor, critic, critic_hf)
+
+    with clock("test_time"):
+        k = cfg.tts.k
+        settings = TTSSettings(
+            modes=["sequential", "parallel"],
+            ks=sorted({1, *(2**i for i in range(k.bit_length()) if 2**i <= k), k}),
+            rounds=cfg.tts.rounds,
+            first=_sp(cfg.generation.solution_tokens, 0.0),
+            sample=_sp(cfg.generation.solution_tokens, cfg.generation.temperature),
+            critique=_sp(cfg.generation.critique_tokens, 0.0),
+            refine=_sp(cfg.generation.solution_tokens, 0.0),
+            chunk_size=cfg.generation.chunk_size,
+        )
+        title = f"demo world: {len(test)} test questions, trained critic"
+        tts = run_test_time(actor, critic, test, settings, run_dir / "test_time", title)
+
+    with clock("rco"):
+        rco = rco_phase(cfg, run_dir, actor, critic_hf, world_dir / "test.jsonl")
+
+    with clock("self_train"):
+        which, st_critic = choose_self_train_critic(cfg, verdicts, critic, train, mesh)
+        subset = train[: cfg.self_train.problems]
+        rows = [actor_res]
+        for arm, arm_critic in (("vanilla", None), ("critique", st_critic)):
+            rows.append(st.iteration(st_cfg, arm, 1, arm_critic, models, subset, test, st_dir))
+        if _primary():
+            atomic_write_text(st_dir / "comparison.md", st.comparison_table(rows, 0))
+    vanilla, critique = rows[1], rows[2]
+
+    seq, par = tts["sequential"], tts["parallel"]
+    refined = _at(seq, "rounds", 1)
+    results = {
+        "seed": cfg.seed,
+        "actor_accuracy": actor_res["accuracy"],
+        "actor_accuracy_by_difficulty": actor_res["by_level"],
+        "critic_verdict_accuracy": verdicts["verdict_accuracy"],
+        "critic_verdict_chance": verdicts["chance"],
+        "critic_first_error_accuracy": verdicts["first_error"]["accuracy"],
+        "critic_unparseable_rate": verdicts["unparseable_rate"],
+        "refine_accuracy": refined["accuracy"],
+        "refine_accuracy_by_difficulty": refined["by_level"],
+        "tts_initial_accuracy": _at(seq, "rounds", 0)["accuracy"],
+        "majority_vote_accuracy": _at(par["majority"], "k", k)["accuracy"],
+        "critique_majority_vote_accuracy": _at(par["refine_vote"], "k", k)["accuracy"],
+        "critic_weighted_vote_accuracy": _at(par["critic_weighted"], "k", k)["accuracy"],
+        "pass_at_k": _at(par["oracle"], "k", k)["accuracy"],
+        "cu_sft_critic": rco["eval"]["sft"]["mean_cu"],
+        "cu_rco_critic": rco["eval"]["rco"]["mean_cu"],
+        "rco_eval": rco["eval"],
+        "self_train_critic": which,
+        "self_train_vanilla_accuracy": vanilla["accuracy"],
+        "self_train_critique_accuracy": critique["accuracy"],
+        "self_train_vanilla_accuracy_by_difficulty": vanilla["by_level"],
+        "self_train_critique_accuracy_by_difficulty": critique["by_level"],
+        "self_train_kept": {"vanilla": vanilla["collection"], "critique": critique["collection"]},
+        "critique_collection": collection,
+        "sizes": {
+            "train_questions": len(train),
+            "test_questions": len(test),
+            "levels": list(cfg.world.levels),
+            "k": k,
+            "rco_n": cfg.rco.critiques,
+            "rco_m": cfg.rco.refinements,
+            "critic_sft_records": collection["sft_records"],
+            "model_params": preset(cfg.model.preset, **cfg.model.overrides).num_params(),
+        },
+        "timings": clock.phases,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "paths": {
+            "results": str(run_dir / "results.json"),
+            "table": str(run_dir / "results.md"),
+            "plot": tts.get("plot"),
+            "actor_hf": str(actor_hf),
+            "critic_hf": str(critic_hf),
+            "rco_critic_hf": str(run_dir / "rco" / "hf"),
+            "self_train_vanilla_hf": str(st_dir / "vanilla" / "iter_1" / "hf"),
+            "self_train_critique_hf": str(st_dir / "critique" / "iter_1" / "hf"),
+            "self_train_table": str(st_dir / "comparison.md"),
+            "rco_table": str(run_dir / "rco_eval" / "comparison.md"),
+        },
+    }
+    table = results_table(results)
+    if _primary():
+        atomic_write_json(run_dir / "results.json", results)
+        atomic_write_text(run_dir / "results.md", table)
+        print(table)
+        for name, path in results["paths"].items():
+            print(f"{name}: {path}")
+    details = ("rco_eval", "self_train_kept", "critique_collection")
+    return {k: v for k, v in results.items() if k not in details}

@@ -27,8 +27,9 @@ Q = "Ava has 3 pens. She buys 4 more. How many pens does Ava have?"
 
 
 def critique(final_correct: bool) -> str:
-    return format_critique([StepVerdict(1, "3 + 4 = 8", final_correct, "why")], final_correct,
-                           "because")
+    return format_critique(
+        [StepVerdict(1, "3 + 4 = 8", final_correct, "why")], final_correct, "because"
+    )
 
 
 class FakeChat:
@@ -63,9 +64,13 @@ def test_verifier_ps_table():
 def test_verifier_ranks_critiques_by_verdict_agreement():
     judge = VerifierJudge()
     # WRONG is wrong: a critique saying "Wrong" agrees with the verifier.
-    prefs = judge.compare_critiques([Q] * 3, [WRONG, WRONG, RIGHT],
-                                    [critique(False), critique(True), critique(True)],
-                                    [critique(True), critique(False), "garbage"], ["7"] * 3)
+    prefs = judge.compare_critiques(
+        [Q] * 3,
+        [WRONG, WRONG, RIGHT],
+        [critique(False), critique(True), critique(True)],
+        [critique(True), critique(False), "garbage"],
+        ["7"] * 3,
+    )
     assert prefs == [1.0, 0.0, 1.0]
     assert judge.compare_critiques([Q], [WRONG], ["junk"], ["more junk"], ["7"]) == [0.5]
 
@@ -78,8 +83,9 @@ def test_verifier_needs_gold_answers():
 def test_position_biased_judge_gives_ties_in_both_orders():
     fake = FakeChat(lambda prompt: "[[A]] A is clearly better.")
     judge = ModelJudge(fake)
-    assert judge.compare_responses([Q] * 3, ["GOOD x", "y", "z"], ["w", "GOOD v", "u"],
-                                   [None] * 3) == [0.5, 0.5, 0.5]
+    assert judge.compare_responses(
+        [Q] * 3, ["GOOD x", "y", "z"], ["w", "GOOD v", "u"], [None] * 3
+    ) == [0.5, 0.5, 0.5]
     assert judge.compare_critiques([Q], [WRONG], ["c1"], ["c2"], [None]) == [0.5]
     assert fake.calls == [6, 2]  # both orders of every item in one sampler call
 
@@ -90,8 +96,9 @@ def test_consistent_judge_decides_and_ties_stay_ties():
     cands = ["GOOD refinement", "bad refinement", "GOOD one", "plain"]
     bases = ["bad original", "GOOD original", "GOOD two", "plain too"]
     assert judge.compare_responses([Q] * 4, cands, bases, [None] * 4) == [1.0, 0.0, 0.5, 0.5]
-    prefs = judge.compare_critiques([Q] * 2, [WRONG] * 2, ["GOOD critique", "meh"],
-                                    ["meh", "GOOD critique"], [None] * 2)
+    prefs = judge.compare_critiques(
+        [Q] * 2, [WRONG] * 2, ["GOOD critique", "meh"], ["meh", "GOOD critique"], [None] * 2
+    )
     assert prefs == [1.0, 0.0]
     assert judge.unreadable == 0
 
@@ -129,8 +136,9 @@ def test_model_judge_runs_a_local_checkpoint(tmp_path):
     """The whole path through make_judge: a (random) checkpoint answers in {0, 0.5, 1}."""
     problems = generate_problems(20, 0)
     tok_dir = tmp_path / "tok"
-    build_demo_tokenizer([p.question + "\n" + p.solution for p in problems] + [CRITIQUE_FORMAT],
-                         str(tok_dir))
+    build_demo_tokenizer(
+        [p.question + "\n" + p.solution for p in problems] + [CRITIQUE_FORMAT], str(tok_dir)
+    )
     spec = ModelSpec(preset="tiny", tokenizer=str(tok_dir), overrides={"vocab_size": 512})
     judge = make_judge(JudgeConfig(kind="model", model=spec, max_new_tokens=4))
     assert isinstance(judge, ModelJudge) and judge.scale == 10.0

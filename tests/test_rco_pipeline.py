@@ -25,8 +25,13 @@ from critique_jax.runio import read_jsonl
 N, M, GROUPS = 3, 2, 4
 SAMPLING = {"max_new_tokens": 24}
 SEQ_LEN = 256
-TRAIN = {"batch_size": GROUPS * N, "seq_len": SEQ_LEN, "pack": False, "log_every": 1,
-         "async_checkpoint": False}
+TRAIN = {
+    "batch_size": GROUPS * N,
+    "seq_len": SEQ_LEN,
+    "pack": False,
+    "log_every": 1,
+    "async_checkpoint": False,
+}
 CU = [1.0, 0.5, 0.0]  # hand-set utilities of critiques 0, 1, 2 of every group
 
 
@@ -43,18 +48,31 @@ def world(tmp_path_factory):
     with open(root / "initial.jsonl", "w") as f:  # half wrong (injected slip), half right
         for i, p in enumerate(problems):
             sol = p.solution if i % 2 else inject_error(p, 1, 0)
-            f.write(json.dumps({"id": p.id, "question": p.question, "solution": sol,
-                                "answer": p.answer}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": p.id, "question": p.question, "solution": sol, "answer": p.answer}
+                )
+                + "\n"
+            )
     return {"root": root, "cfg": cfg, "params": params, "critic": str(root / "critic")}
 
 
 def collect_config(world, run_dir) -> rco_collect.Config:
-    return from_dict(rco_collect.Config, {
-        "run_dir": str(run_dir), "model": {"path": world["critic"]},
-        "initial": {"source": "file", "path": str(world["root"] / "initial.jsonl")},
-        "num_critiques": N, "num_refinements": M, "critique_sampling": SAMPLING,
-        "refine_sampling": SAMPLING, "seq_len": SEQ_LEN, "score_batch_size": 8,
-        "chunk_groups": 2})
+    return from_dict(
+        rco_collect.Config,
+        {
+            "run_dir": str(run_dir),
+            "model": {"path": world["critic"]},
+            "initial": {"source": "file", "path": str(world["root"] / "initial.jsonl")},
+            "num_critiques": N,
+            "num_refinements": M,
+            "critique_sampling": SAMPLING,
+            "refine_sampling": SAMPLING,
+            "seq_len": SEQ_LEN,
+            "score_batch_size": 8,
+            "chunk_groups": 2,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +118,7 @@ def test_reference_logps_equal_direct_scoring_and_sampler(world, collected):
     entries = [(r["prompt_ids"], c) for r in collected[1][:2] for c in r["critiques"]]
     tokens = np.zeros((len(entries), SEQ_LEN + 1), np.int32)  # right padding: causal, harmless
     for i, (prompt, c) in enumerate(entries):
-        tokens[i, :len(prompt) + len(c["token_ids"])] = prompt + c["token_ids"]
+        tokens[i, : len(prompt) + len(c["token_ids"])] = prompt + c["token_ids"]
     model = Transformer(world["cfg"])
     positions = jnp.broadcast_to(jnp.arange(SEQ_LEN), (len(entries), SEQ_LEN))
     logits = jax.jit(model.apply)({"params": world["params"]}, tokens[:, :-1], positions)
@@ -121,25 +139,38 @@ def test_collection_resumes_after_a_kill(world, collected, monkeypatch):
     (run_dir / rco_collect.RECORDS).write_text("\n".join(lines[:3]) + "\n" + lines[3][:50])
     chunks = []
     real = rco_collect.critique_and_refine
-    monkeypatch.setattr(rco_collect, "critique_and_refine",
-                        lambda critic, actor, judge, groups, *a: chunks.append(
-                            [g.id for g in groups]) or real(critic, actor, judge, groups, *a))
+    monkeypatch.setattr(
+        rco_collect,
+        "critique_and_refine",
+        lambda critic, actor, judge, groups, *a: (
+            chunks.append([g.id for g in groups]) or real(critic, actor, judge, groups, *a)
+        ),
+    )
     rco_collect.run(collect_config(world, run_dir))
     assert chunks == [["demo-0-2", "demo-0-3"]]
     resumed = list(read_jsonl(run_dir / rco_collect.RECORDS))
     assert [r["id"] for r in resumed] == [r["id"] for r in collected[1]]
     for got, want in zip(resumed, collected[1], strict=True):
-        assert [c["token_ids"] for c in got["critiques"]] == \
-            [c["token_ids"] for c in want["critiques"]]
+        assert [c["token_ids"] for c in got["critiques"]] == [
+            c["token_ids"] for c in want["critiques"]
+        ]
         assert [c["cu"] for c in got["critiques"]] == [c["cu"] for c in want["critiques"]]
 
 
 def test_rco_stage_loss_decreases_and_exports(world, with_cu):
     run_dir = world["root"] / "rco"
-    cfg = from_dict(rco_train.Config, {
-        "run_dir": str(run_dir), "collect_dir": str(with_cu), "model": {"path": world["critic"]},
-        "beta": 0.5, "drop_truncated": False, "train": {**TRAIN, "steps": 4},
-        "optim": {"learning_rate": 2e-4, "schedule": "constant"}})
+    cfg = from_dict(
+        rco_train.Config,
+        {
+            "run_dir": str(run_dir),
+            "collect_dir": str(with_cu),
+            "model": {"path": world["critic"]},
+            "beta": 0.5,
+            "drop_truncated": False,
+            "train": {**TRAIN, "steps": 4},
+            "optim": {"learning_rate": 2e-4, "schedule": "constant"},
+        },
+    )
     result = rco_train.run(cfg)
     assert result["groups"] == GROUPS and result["group_size"] == N
     assert result["reference_gap"] < 1e-3
@@ -163,8 +194,10 @@ def test_rco_masks_unusable_critiques_and_checks_layout(with_cu):
     assert valid.sum() == GROUPS * N - 3
     assert not valid[0, 1] and not valid[1, 2] and not valid[2, 0]
     assert table.rows["loss_mask"][1 * N + 2].sum() == 0  # the padding row has no targets
-    assert rco_train.critique_table(records, SEQ_LEN, 0, drop_truncated=False).valid.sum() == \
-        GROUPS * N - 2
+    assert (
+        rco_train.critique_table(records, SEQ_LEN, 0, drop_truncated=False).valid.sum()
+        == GROUPS * N - 2
+    )
     short = rco_train.critique_table(records, 100, 0, drop_truncated=False)
     assert short.valid.sum() == 0  # prompts (~175 tokens) do not fit 100 positions
     with pytest.raises(ValueError, match="multiple of the group size 3"):
@@ -175,10 +208,18 @@ def test_rco_masks_unusable_critiques_and_checks_layout(with_cu):
 
 def test_dpco_stage_runs(world, with_cu):
     run_dir = world["root"] / "dpco"
-    cfg = from_dict(dpco.Config, {
-        "run_dir": str(run_dir), "collect_dir": str(with_cu), "model": {"path": world["critic"]},
-        "beta": 0.5, "drop_truncated": False, "train": {**TRAIN, "steps": 2, "batch_size": 24},
-        "optim": {"learning_rate": 2e-4, "schedule": "constant"}})
+    cfg = from_dict(
+        dpco.Config,
+        {
+            "run_dir": str(run_dir),
+            "collect_dir": str(with_cu),
+            "model": {"path": world["critic"]},
+            "beta": 0.5,
+            "drop_truncated": False,
+            "train": {**TRAIN, "steps": 2, "batch_size": 24},
+            "optim": {"learning_rate": 2e-4, "schedule": "constant"},
+        },
+    )
     result = dpco.run(cfg)
     assert result["pairs"] == GROUPS * 3  # CU 1 > 0.5 > 0: three ordered pairs per group
     pairs = list(read_jsonl(run_dir / dpco.PAIRS))
@@ -192,13 +233,23 @@ def test_eval_table_compares_critics(world, with_cu):
     if "rco_hf" not in world:
         pytest.skip("needs the rco stage's export")
     run_dir = world["root"] / "eval"
-    cfg = from_dict(rco_eval.Config, {
-        "run_dir": str(run_dir), "actor": {"path": world["critic"]},
-        "critics": [{"name": "initial", "model": {"path": world["critic"]}},
-                    {"name": "rco", "model": {"path": world["rco_hf"]}}],
-        "initial": {"source": "file", "path": str(world["root"] / "initial.jsonl")},
-        "num_critiques": N, "num_refinements": M, "critique_sampling": SAMPLING,
-        "refine_sampling": SAMPLING, "chunk_groups": 2})
+    cfg = from_dict(
+        rco_eval.Config,
+        {
+            "run_dir": str(run_dir),
+            "actor": {"path": world["critic"]},
+            "critics": [
+                {"name": "initial", "model": {"path": world["critic"]}},
+                {"name": "rco", "model": {"path": world["rco_hf"]}},
+            ],
+            "initial": {"source": "file", "path": str(world["root"] / "initial.jsonl")},
+            "num_critiques": N,
+            "num_refinements": M,
+            "critique_sampling": SAMPLING,
+            "refine_sampling": SAMPLING,
+            "chunk_groups": 2,
+        },
+    )
     table = rco_eval.run(cfg)
     saved = json.loads((run_dir / "comparison.json").read_text())
     assert saved == json.loads(json.dumps(table))

@@ -125,11 +125,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=512,
     ),
     # The embedded demo: trained from scratch on the arithmetic world in minutes on 2 cores.
+    # Two layers (the fewest that can copy numbers from the question: an induction circuit)
+    # learn the world as fast per step as four did, at half the CPU time per step.
     "demo": dict(
         vocab_size=512,
         hidden_size=128,
         intermediate_size=384,
-        num_layers=4,
+        num_layers=2,
         num_heads=4,
         num_kv_heads=2,
         head_dim=32,

@@ -82,20 +82,26 @@ class Config(StageConfig):
 def cu_pairs(cu: np.ndarray, valid: np.ndarray, min_gap: float) -> list[tuple[int, int]]:
     """(chosen, rejected) indices within one group: every valid pair with a CU gap."""
     idx = np.flatnonzero(valid)
-    return [(int(i), int(j)) for i, j in itertools.permutations(idx, 2)
-            if cu[i] - cu[j] > min_gap]
+    return [(int(i), int(j)) for i, j in itertools.permutations(idx, 2) if cu[i] - cu[j] > min_gap]
 
 
-def judge_pairs(judge: Judge, records: list[dict[str, Any]],
-                valid: list[np.ndarray]) -> list[list[tuple[int, int]]]:
+def judge_pairs(
+    judge: Judge, records: list[dict[str, Any]], valid: list[np.ndarray]
+) -> list[list[tuple[int, int]]]:
     """Per group, the (chosen, rejected) pairs a judge prefers; all pairs in one call."""
-    asks = [(g, int(i), int(j)) for g, (r, ok) in enumerate(zip(records, valid, strict=True))
-            for i, j in itertools.combinations(np.flatnonzero(ok), 2)]
+    asks = [
+        (g, int(i), int(j))
+        for g, (r, ok) in enumerate(zip(records, valid, strict=True))
+        for i, j in itertools.combinations(np.flatnonzero(ok), 2)
+    ]
     crit = [[c["text"] for c in r["critiques"]] for r in records]
     prefs = judge.compare_critiques(
-        [records[g]["question"] for g, _, _ in asks], [records[g]["solution"] for g, _, _ in asks],
-        [crit[g][i] for g, i, _ in asks], [crit[g][j] for g, _, j in asks],
-        [records[g]["answer"] for g, _, _ in asks])
+        [records[g]["question"] for g, _, _ in asks],
+        [records[g]["solution"] for g, _, _ in asks],
+        [crit[g][i] for g, i, _ in asks],
+        [crit[g][j] for g, _, j in asks],
+        [records[g]["answer"] for g, _, _ in asks],
+    )
     out: list[list[tuple[int, int]]] = [[] for _ in records]
     for (g, i, j), p in zip(asks, prefs, strict=True):
         if p != 0.5:
@@ -103,8 +109,9 @@ def judge_pairs(judge: Judge, records: list[dict[str, Any]],
     return out
 
 
-def rank_pairs(cfg: Config, records: list[dict[str, Any]], table: CritiqueTable,
-               run_dir: Path, mesh: Any) -> dict[str, list[tuple[int, int]]]:
+def rank_pairs(
+    cfg: Config, records: list[dict[str, Any]], table: CritiqueTable, run_dir: Path, mesh: Any
+) -> dict[str, list[tuple[int, int]]]:
     """Group id -> its (chosen, rejected) pairs, written to / resumed from pairs.jsonl."""
     n = table.group_size
     valid = list(table.valid.reshape(-1, n))
@@ -117,7 +124,7 @@ def rank_pairs(cfg: Config, records: list[dict[str, Any]], table: CritiqueTable,
     writer = JsonlWriter(run_dir / PAIRS) if main else None
     try:
         for k in range(0, len(todo), cfg.chunk_groups):
-            chunk = todo[k:k + cfg.chunk_groups]
+            chunk = todo[k : k + cfg.chunk_groups]
             if judge is None:
                 cu = table.cu.reshape(-1, n)
                 found = [cu_pairs(cu[g], valid[g], cfg.min_cu_gap) for g in chunk]
@@ -133,12 +140,19 @@ def rank_pairs(cfg: Config, records: list[dict[str, Any]], table: CritiqueTable,
     return done
 
 
-def pair_arrays(table: CritiqueTable, records: list[dict[str, Any]],
-                pairs: dict[str, list[tuple[int, int]]]) -> dict[str, np.ndarray]:
+def pair_arrays(
+    table: CritiqueTable, records: list[dict[str, Any]], pairs: dict[str, list[tuple[int, int]]]
+) -> dict[str, np.ndarray]:
     """[P, 2, ...] arrays: row 0 the chosen critique, row 1 the rejected one."""
     n = table.group_size
-    index = np.array([[g * n + c, g * n + r] for g, rec in enumerate(records)
-                      for c, r in pairs.get(rec["id"], [])], np.int64).reshape(-1, 2)
+    index = np.array(
+        [
+            [g * n + c, g * n + r]
+            for g, rec in enumerate(records)
+            for c, r in pairs.get(rec["id"], [])
+        ],
+        np.int64,
+    ).reshape(-1, 2)
     per_row = dict(table.rows, ref_logp=table.ref_logp)
     return {k: v[index] for k, v in per_row.items()}
 
@@ -163,20 +177,38 @@ def run(cfg: Config) -> dict[str, Any]:
     rules = rules_from_config(cfg.mesh.rules)
     records = read_groups(cfg.collect_dir)
     model = load_policy(cfg.model, cfg.collect_dir, mesh, cfg.seed)
-    table = critique_table(records, cfg.train.seq_len, pad_id_of(model.tokenizer),
-                           cfg.drop_truncated)
+    table = critique_table(
+        records, cfg.train.seq_len, pad_id_of(model.tokenizer), cfg.drop_truncated
+    )
     pairs = rank_pairs(cfg, records, table, run_dir, mesh)
     arrays = pair_arrays(table, records, pairs)
-    log.info("dpco: %d pairs from %d groups (ranking: %s)", len(arrays["ref_logp"]),
-             len(records), cfg.ranking)
+    log.info(
+        "dpco: %d pairs from %d groups (ranking: %s)",
+        len(arrays["ref_logp"]),
+        len(records),
+        cfg.ranking,
+    )
     gap = None
     if cfg.check_reference:
         gap = check_reference(model, table, mesh, rules)
-    history, out = train_groups(model, arrays, 2, DPOLoss(cfg.beta), cfg.train, cfg.optim,
-                                cfg.mesh, run_dir, cfg.seed, what="pair")
+    history, out = train_groups(
+        model,
+        arrays,
+        2,
+        DPOLoss(cfg.beta),
+        cfg.train,
+        cfg.optim,
+        cfg.mesh,
+        run_dir,
+        cfg.seed,
+        what="pair",
+    )
     result = {
-        "pairs": len(arrays["ref_logp"]), "groups": len(records), "ranking": cfg.ranking,
-        "beta": cfg.beta, "reference_gap": gap,
+        "pairs": len(arrays["ref_logp"]),
+        "groups": len(records),
+        "ranking": cfg.ranking,
+        "beta": cfg.beta,
+        "reference_gap": gap,
         **history_summary(history, ("loss", "reward_accuracy", "reward_margin")),
         "hf_dir": str(out),
     }

@@ -44,20 +44,31 @@ class Judge(Protocol):
 
     scale: float  # the best possible `score`
 
-    def compare_responses(self, questions: Sequence[str], candidates: Sequence[str],
-                          baselines: Sequence[str], golds: Sequence[Gold]) -> list[float]:
+    def compare_responses(
+        self,
+        questions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
         """PS(candidate, baseline) in {0, 0.5, 1} for each item."""
         ...
 
-    def compare_critiques(self, questions: Sequence[str], solutions: Sequence[str],
-                          candidates: Sequence[str], baselines: Sequence[str],
-                          golds: Sequence[Gold]) -> list[float]:
+    def compare_critiques(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
         """1 when critique `candidate` of `solution` is the better one, 0 when `baseline` is,
         0.5 for a tie."""
         ...
 
-    def score(self, questions: Sequence[str], responses: Sequence[str],
-              golds: Sequence[Gold]) -> list[float | None]:
+    def score(
+        self, questions: Sequence[str], responses: Sequence[str], golds: Sequence[Gold]
+    ) -> list[float | None]:
         """Absolute quality of each response on [0, scale]; None when unreadable."""
         ...
 
@@ -67,8 +78,10 @@ class Judge(Protocol):
 
 def _need_golds(golds: Sequence[Gold]) -> None:
     if any(g is None for g in golds):
-        raise ValueError("the verifier judge needs the gold answer of every question; give "
-                         "records an `answer` or use judge.kind: model")
+        raise ValueError(
+            "the verifier judge needs the gold answer of every question; give "
+            "records an `answer` or use judge.kind: model"
+        )
 
 
 def is_correct(text: str, gold: str) -> bool:
@@ -86,8 +99,13 @@ class VerifierJudge:
 
     scale: float = 1.0
 
-    def compare_responses(self, questions: Sequence[str], candidates: Sequence[str],
-                          baselines: Sequence[str], golds: Sequence[Gold]) -> list[float]:
+    def compare_responses(
+        self,
+        questions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
         _need_golds(golds)
         out = []
         for cand, base, gold in zip(candidates, baselines, golds, strict=True):
@@ -95,9 +113,14 @@ class VerifierJudge:
             out.append(preference(c and not b, b and not c))
         return out
 
-    def compare_critiques(self, questions: Sequence[str], solutions: Sequence[str],
-                          candidates: Sequence[str], baselines: Sequence[str],
-                          golds: Sequence[Gold]) -> list[float]:
+    def compare_critiques(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
         """The critique whose final verdict agrees with the verifier on `solution` wins."""
         _need_golds(golds)
         out = []
@@ -108,17 +131,20 @@ class VerifierJudge:
             out.append(preference(c and not b, b and not c))
         return out
 
-    def score(self, questions: Sequence[str], responses: Sequence[str],
-              golds: Sequence[Gold]) -> list[float | None]:
+    def score(
+        self, questions: Sequence[str], responses: Sequence[str], golds: Sequence[Gold]
+    ) -> list[float | None]:
         _need_golds(golds)
         return [float(is_correct(r, g)) for r, g in zip(responses, golds, strict=True)]
 
 
 # --------------------------------------------------------------------------- model judge
 
-_VERDICT_RULE = ('Reply with "[[A]]" if A is better, "[[B]]" if B is better, or "[[C]]" for '
-                 "a tie, then stop.")
-COMPARE_RESPONSES = """Compare two responses to the same question.
+_VERDICT_RULE = (
+    'Reply with "[[A]]" if A is better, "[[B]]" if B is better, or "[[C]]" for a tie, then stop.'
+)
+COMPARE_RESPONSES = (
+    """Compare two responses to the same question.
 
 Question: {question}
 
@@ -128,9 +154,12 @@ Question: {question}
 [Response B]
 {b}
 
-Which response is better: more correct, complete and helpful? """ + _VERDICT_RULE
+Which response is better: more correct, complete and helpful? """
+    + _VERDICT_RULE
+)
 
-COMPARE_CRITIQUES = """Compare two critiques of the same solution.
+COMPARE_CRITIQUES = (
+    """Compare two critiques of the same solution.
 
 Question: {question}
 
@@ -144,7 +173,9 @@ Question: {question}
 {b}
 
 Which critique would better help the author correct the solution: accurate about which steps
-are wrong, and specific about how to fix them? """ + _VERDICT_RULE
+are wrong, and specific about how to fix them? """
+    + _VERDICT_RULE
+)
 
 SCORE_RESPONSE = """Rate the response to the question below on a scale of 1 to 10 (10: fully
 correct, complete and helpful; 1: useless).
@@ -158,8 +189,7 @@ Reply with "Rating: [[X]]" where X is a whole number from 1 to 10."""
 
 _BRACKETED = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 _LEADING = re.compile(r"^\W*(A|B|C|tie)\b", re.IGNORECASE)
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]|rating\s*:?\s*(\d+(?:\.\d+)?)",
-                     re.IGNORECASE)
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]|rating\s*:?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _NUMBER = re.compile(r"^\D*?(\d+(?:\.\d+)?)")
 
 
@@ -190,8 +220,9 @@ def parse_rating(text: str, scale: float = 10.0) -> float | None:
 
 
 class ChatModel(Protocol):
-    def chat(self, conversations: Sequence[Messages],
-             sp: SamplingParams) -> list[list[Completion]]: ...
+    def chat(
+        self, conversations: Sequence[Messages], sp: SamplingParams
+    ) -> list[list[Completion]]: ...
 
 
 @dataclass
@@ -204,7 +235,8 @@ class ModelJudge:
 
     model: ChatModel
     sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=32, temperature=0.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=32, temperature=0.0)
+    )
     scale: float = 10.0
     unreadable: int = 0
 
@@ -219,31 +251,53 @@ class ModelJudge:
         missing = sum(v is None for v in verdicts)
         if missing:
             self.unreadable += missing
-            log.warning("judge: %d of %d replies had no [[A]]/[[B]]/[[C]] verdict (ties)",
-                        missing, len(verdicts))
+            log.warning(
+                "judge: %d of %d replies had no [[A]]/[[B]]/[[C]] verdict (ties)",
+                missing,
+                len(verdicts),
+            )
         n = len(first_prompts)
-        return [preference(v1 == "A" and v2 == "B", v1 == "B" and v2 == "A")
-                for v1, v2 in zip(verdicts[:n], verdicts[n:], strict=True)]
+        return [
+            preference(v1 == "A" and v2 == "B", v1 == "B" and v2 == "A")
+            for v1, v2 in zip(verdicts[:n], verdicts[n:], strict=True)
+        ]
 
-    def compare_responses(self, questions: Sequence[str], candidates: Sequence[str],
-                          baselines: Sequence[str], golds: Sequence[Gold]) -> list[float]:
+    def compare_responses(
+        self,
+        questions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
         items = list(zip(questions, candidates, baselines, strict=True))
         fmt = COMPARE_RESPONSES.format
-        return self._both_orders([fmt(question=q, a=c, b=b) for q, c, b in items],
-                                 [fmt(question=q, a=b, b=c) for q, c, b in items])
+        return self._both_orders(
+            [fmt(question=q, a=c, b=b) for q, c, b in items],
+            [fmt(question=q, a=b, b=c) for q, c, b in items],
+        )
 
-    def compare_critiques(self, questions: Sequence[str], solutions: Sequence[str],
-                          candidates: Sequence[str], baselines: Sequence[str],
-                          golds: Sequence[Gold]) -> list[float]:
+    def compare_critiques(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
         items = list(zip(questions, solutions, candidates, baselines, strict=True))
         fmt = COMPARE_CRITIQUES.format
-        return self._both_orders([fmt(question=q, solution=s, a=c, b=b) for q, s, c, b in items],
-                                 [fmt(question=q, solution=s, a=b, b=c) for q, s, c, b in items])
+        return self._both_orders(
+            [fmt(question=q, solution=s, a=c, b=b) for q, s, c, b in items],
+            [fmt(question=q, solution=s, a=b, b=c) for q, s, c, b in items],
+        )
 
-    def score(self, questions: Sequence[str], responses: Sequence[str],
-              golds: Sequence[Gold]) -> list[float | None]:
-        prompts = [SCORE_RESPONSE.format(question=q, response=r)
-                   for q, r in zip(questions, responses, strict=True)]
+    def score(
+        self, questions: Sequence[str], responses: Sequence[str], golds: Sequence[Gold]
+    ) -> list[float | None]:
+        prompts = [
+            SCORE_RESPONSE.format(question=q, response=r)
+            for q, r in zip(questions, responses, strict=True)
+        ]
         ratings = [parse_rating(r, self.scale) for r in self._ask(prompts)]
         self.unreadable += sum(r is None for r in ratings)
         return ratings

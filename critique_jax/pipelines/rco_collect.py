@@ -70,7 +70,8 @@ class InitialResponses:
     path: str = ""
     per_question: int = 1  # actor: samples per question
     sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=1.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=1.0)
+    )
 
     def __post_init__(self) -> None:
         if self.source not in ("actor", "file"):
@@ -85,7 +86,7 @@ class Config(StageConfig):
     run_dir: str = "runs/rco_collect"
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="tiny"))  # reference critic
     actor: ModelSpec | None = None  # refines (and, for initial.source: actor, solves); None: model
-    problems: ProblemSource = field(default_factory=ProblemSource)
+    problems: ProblemSource = field(default_factory=ProblemSource)  # for initial.source: actor
     initial: InitialResponses = field(default_factory=InitialResponses)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     num_critiques: int = 4  # N per group
@@ -93,17 +94,24 @@ class Config(StageConfig):
     # Temperature ~1 samples the critic's own distribution: the RCO target is defined
     # relative to it, and diverse critiques give CU differences to learn from.
     critique_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=1.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=1.0)
+    )
     refine_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
+    )
     seq_len: int = 1024  # prompt + critique positions for scoring (and training)
     score_batch_size: int = 8  # rows per scoring call (a multiple of the data-parallel size)
     chunk_groups: int = 64  # groups per sampling round (the unit of resume)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self) -> None:
-        for name in ("num_critiques", "num_refinements", "seq_len", "score_batch_size",
-                     "chunk_groups"):
+        for name in (
+            "num_critiques",
+            "num_refinements",
+            "seq_len",
+            "score_batch_size",
+            "chunk_groups",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -125,14 +133,20 @@ def share_tokenizer(model: LoadedModel, like: LoadedModel) -> LoadedModel:
     """`model` holding `like`'s tokenizer object when both are the same tokenizer, so that
     `make_agent` gives two checkpoints of one architecture a single compiled sampler."""
     a, b = model.tokenizer, like.tokenizer
-    same = (a is not None and b is not None and type(a) is type(b)
-            and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
-            and a.all_special_ids == b.all_special_ids and a.get_vocab() == b.get_vocab())
+    same = (
+        a is not None
+        and b is not None
+        and type(a) is type(b)
+        and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
+        and a.all_special_ids == b.all_special_ids
+        and a.get_vocab() == b.get_vocab()
+    )
     return dataclasses.replace(model, tokenizer=b) if same else model
 
 
-def load_agent(spec: ModelSpec, mesh: Mesh | None, seed: int, role: str,
-               like: LoadedModel | None = None) -> tuple[LoadedModel, Agent]:
+def load_agent(
+    spec: ModelSpec, mesh: Mesh | None, seed: int, role: str, like: LoadedModel | None = None
+) -> tuple[LoadedModel, Agent]:
     model = load_model(spec, mesh=mesh, seed=seed)
     if model.tokenizer is None:
         raise ValueError(f"the {role} model needs a tokenizer: set its `tokenizer` (or `path`)")
@@ -149,16 +163,25 @@ def groups_from_file(path: str) -> list[Group]:
     for i, (where, r) in enumerate(read_records(path)):
         missing = [k for k in ("question", "solution") if not isinstance(r.get(k), str)]
         if missing:
-            raise ValueError(f"{where}: initial responses need string fields question and "
-                             f"solution; {missing} missing (keys: {sorted(r)})")
+            raise ValueError(
+                f"{where}: initial responses need string fields question and "
+                f"solution; {missing} missing (keys: {sorted(r)})"
+            )
         answer = r.get("answer")
-        groups.append(Group(str(r.get("id", f"file-{i}")), r["question"], r["solution"],
-                            None if answer is None else str(answer)))
+        groups.append(
+            Group(
+                str(r.get("id", f"file-{i}")),
+                r["question"],
+                r["solution"],
+                None if answer is None else str(answer),
+            )
+        )
     return groups
 
 
-def initial_groups(init: InitialResponses, problems: ProblemSource, actor: ChatModel,
-                   path: Path, seed: int) -> list[Group]:
+def initial_groups(
+    init: InitialResponses, problems: ProblemSource, actor: ChatModel, path: Path, seed: int
+) -> list[Group]:
     """The (x, y0) groups. Sampled y0 are drawn once and kept in `path` (initial.jsonl),
     so a resumed run, or every critic of an evaluation, sees the same ones."""
     if init.source == "file":
@@ -169,26 +192,28 @@ def initial_groups(init: InitialResponses, problems: ProblemSource, actor: ChatM
         cached = [Group(**r) for r in read_jsonl(path)]
         if cached:
             if [g.id for g in cached] != ids:
-                raise ValueError(f"{path} holds initial responses of another problem set; "
-                                 "delete it to redraw them, or use a new run_dir")
+                raise ValueError(
+                    f"{path} holds initial responses of another problem set; "
+                    "delete it to redraw them, or use a new run_dir"
+                )
             return cached
         sp = init.sampling.replace(n=init.per_question, seed=chunk_seed(seed, 0, 0))
         outs = actor.chat([solve_messages(p.question) for p in todo], sp)
-        groups = [Group(f"{p.id}/{k}", p.question, c.text or "", p.answer)
-                  for p, samples in zip(todo, outs, strict=True)
-                  for k, c in enumerate(samples)]
+        groups = [
+            Group(f"{p.id}/{k}", p.question, c.text or "", p.answer)
+            for p, samples in zip(todo, outs, strict=True)
+            for k, c in enumerate(samples)
+        ]
         if jax.process_index() == 0:
-            atomic_write_text(path, "".join(_json_line(dataclasses.asdict(g)) for g in groups))
+            atomic_write_text(
+                path, "".join(json.dumps(dataclasses.asdict(g)) + "\n" for g in groups)
+            )
     seen: set[str] = set()
     for g in groups:
         if g.id in seen:
             raise ValueError(f"initial responses: id {g.id!r} appears twice; ids must be unique")
         seen.add(g.id)
     return groups
-
-
-def _json_line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj) + "\n"
 
 
 # --------------------------------------------------------------------------- collection
@@ -199,53 +224,83 @@ def chunk_seed(seed: int, chunk: int, role: int) -> int:
     return int(np.random.SeedSequence([seed, chunk, role]).generate_state(1)[0] % 2**31)
 
 
-def critique_and_refine(critic: Agent, actor: ChatModel, judge: Judge, groups: Sequence[Group],
-                        num_critiques: int, num_refinements: int, critique_sp: SamplingParams,
-                        refine_sp: SamplingParams) -> list[dict[str, Any]]:
+def critique_and_refine(
+    critic: Agent,
+    actor: ChatModel,
+    judge: Judge,
+    groups: Sequence[Group],
+    num_critiques: int,
+    num_refinements: int,
+    critique_sp: SamplingParams,
+    refine_sp: SamplingParams,
+) -> list[dict[str, Any]]:
     """Group records (without reference log-probs): N critiques per group, M refinements per
     critique, PS of each refinement against y0 and CU of each critique. Two sampler calls
     for all groups: critiques with fan-out N, then refinements with fan-out M."""
-    prompt_ids = [critic.sampler.encode(critique_messages(g.question, g.solution))
-                  for g in groups]
-    critiques = critic.sampler.generate_ids(critic.params, prompt_ids,
-                                            critique_sp.replace(n=num_critiques))
+    prompt_ids = [critic.sampler.encode(critique_messages(g.question, g.solution)) for g in groups]
+    critiques = critic.sampler.generate_ids(
+        critic.params, prompt_ids, critique_sp.replace(n=num_critiques)
+    )
     flat = [(g, c) for g, cs in zip(groups, critiques, strict=True) for c in cs]
-    refined = actor.chat([refine_messages(g.question, g.solution, c.text or "")
-                          for g, c in flat], refine_sp.replace(n=num_refinements))
+    refined = actor.chat(
+        [refine_messages(g.question, g.solution, c.text or "") for g, c in flat],
+        refine_sp.replace(n=num_refinements),
+    )
     texts = [r.text or "" for rs in refined for r in rs]
     per = [g for g, _ in flat for _ in range(num_refinements)]
-    ps = judge.compare_responses([g.question for g in per], texts, [g.solution for g in per],
-                                 [g.answer for g in per])
+    ps = judge.compare_responses(
+        [g.question for g in per], texts, [g.solution for g in per], [g.answer for g in per]
+    )
     records = []
     k = 0
     for g, ids, cs in zip(groups, prompt_ids, critiques, strict=True):
         entries = []
         for c in cs:
             rs = refined[k]
-            scores = ps[k * num_refinements:(k + 1) * num_refinements]
-            entries.append({
-                "text": c.text or "", "token_ids": list(c.token_ids),
-                "finish_reason": c.finish_reason, "sample_logp": float(sum(c.logprobs)),
-                "refinements": [r.text or "" for r in rs], "ps": scores,
-                "cu": float(np.mean(scores)),
-            })
+            scores = ps[k * num_refinements : (k + 1) * num_refinements]
+            entries.append(
+                {
+                    "text": c.text or "",
+                    "token_ids": list(c.token_ids),
+                    "finish_reason": c.finish_reason,
+                    "sample_logp": float(sum(c.logprobs)),
+                    "refinements": [r.text or "" for r in rs],
+                    "ps": scores,
+                    "cu": float(np.mean(scores)),
+                }
+            )
             k += 1
-        records.append({
-            "id": g.id, "question": g.question, "solution": g.solution, "answer": g.answer,
-            "solution_correct": None if g.answer is None else is_correct(g.solution, g.answer),
-            "prompt_ids": list(ids), "critiques": entries,
-        })
+        records.append(
+            {
+                "id": g.id,
+                "question": g.question,
+                "solution": g.solution,
+                "answer": g.answer,
+                "solution_correct": None if g.answer is None else is_correct(g.solution, g.answer),
+                "prompt_ids": list(ids),
+                "critiques": entries,
+            }
+        )
     return records
 
 
-def critique_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                  seq_len: int, pad_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def critique_rows(
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    seq_len: int,
+    pad_id: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Rows [n, seq_len] of prompt + completion (one per row, the loss mask on the completion
     tokens) and a bool [n] of the ones that fit; a row that does not fit is left empty
     (mask 0) rather than truncated, since a truncated prompt changes the log-prob."""
     n = len(prompts)
-    fits = np.array([len(p) + len(c) <= seq_len + 1 and len(c) > 0
-                     for p, c in zip(prompts, completions, strict=True)], bool)
+    fits = np.array(
+        [
+            len(p) + len(c) <= seq_len + 1 and len(c) > 0
+            for p, c in zip(prompts, completions, strict=True)
+        ],
+        bool,
+    )
     rows = {
         "inputs": np.full((n, seq_len), pad_id, np.int32),
         "targets": np.full((n, seq_len), pad_id, np.int32),
@@ -254,8 +309,11 @@ def critique_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequen
         "positions": np.zeros((n, seq_len), np.int32),
     }
     if fits.any():
-        examples = [Example(list(p) + list(c), [0] * len(p) + [1] * len(c))
-                    for p, c, ok in zip(prompts, completions, fits, strict=True) if ok]
+        examples = [
+            Example(list(p) + list(c), [0] * len(p) + [1] * len(c))
+            for p, c, ok in zip(prompts, completions, fits, strict=True)
+            if ok
+        ]
         packed = pad_batch(examples, seq_len, pad_id)
         for key, value in packed.items():
             rows[key][fits] = value
@@ -266,16 +324,25 @@ def pad_id_of(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def add_reference_logps(records: list[dict[str, Any]], model_cfg: ModelConfig, params: Any,
-                        pad_id: int, seq_len: int, batch_size: int, mesh: Mesh | None = None,
-                        rules: Rules = DEFAULT_RULES) -> None:
+def add_reference_logps(
+    records: list[dict[str, Any]],
+    model_cfg: ModelConfig,
+    params: Any,
+    pad_id: int,
+    seq_len: int,
+    batch_size: int,
+    mesh: Mesh | None = None,
+    rules: Rules = DEFAULT_RULES,
+) -> None:
     """Set `ref_logp` of every critique in place: its sequence log-prob under `params`
     (None when prompt + critique exceed seq_len)."""
     entries = [(r["prompt_ids"], c) for r in records for c in r["critiques"]]
-    rows, fits = critique_rows([p for p, _ in entries], [c["token_ids"] for _, c in entries],
-                               seq_len, pad_id)
-    logps = scoring.score_rows(model_cfg, params, {k: v[fits] for k, v in rows.items()},
-                               batch_size, mesh, rules)
+    rows, fits = critique_rows(
+        [p for p, _ in entries], [c["token_ids"] for _, c in entries], seq_len, pad_id
+    )
+    logps = scoring.score_rows(
+        model_cfg, params, {k: v[fits] for k, v in rows.items()}, batch_size, mesh, rules
+    )
     scored = iter(logps.tolist())
     for (_, c), ok in zip(entries, fits, strict=True):
         c["ref_logp"] = next(scored) if ok else None
@@ -305,8 +372,10 @@ def read_groups(collect_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(collect_dir) / RECORDS
     records = list(read_jsonl(path))
     if not records:
-        raise FileNotFoundError(f"no critique records in {path}; run the rco_collect stage "
-                                "first (or point collect_dir at its run_dir)")
+        raise FileNotFoundError(
+            f"no critique records in {path}; run the rco_collect stage "
+            "first (or point collect_dir at its run_dir)"
+        )
     return records
 
 
@@ -314,14 +383,18 @@ def collect_model_spec(collect_dir: str | Path) -> ModelSpec:
     """The reference critic `rco_collect` sampled from (its saved config.yaml)."""
     path = Path(collect_dir) / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: set `model:` to the reference critic that "
-                                "rco_collect sampled from")
+        raise FileNotFoundError(
+            f"{path} not found: set `model:` to the reference critic that rco_collect sampled from"
+        )
     return from_dict(ModelSpec, load_yaml(path)["model"], "model")
 
 
-def run_chunks(groups: Sequence[Group], chunk_groups: int, path: Path,
-               compute: Callable[[list[Group], int], list[dict[str, Any]]]
-               ) -> list[dict[str, Any]]:
+def run_chunks(
+    groups: Sequence[Group],
+    chunk_groups: int,
+    path: Path,
+    compute: Callable[[list[Group], int], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
     """Records of all `groups` (in order), computed chunk by chunk as `compute(chunk,
     chunk_index)` and appended to `path`. Chunks are fixed slices of `groups`; one whose
     records are all in `path` already is skipped, any other is recomputed whole (its
@@ -330,7 +403,7 @@ def run_chunks(groups: Sequence[Group], chunk_groups: int, path: Path,
     writer = JsonlWriter(path) if jax.process_index() == 0 else None
     try:
         for k in range(0, len(groups), chunk_groups):
-            chunk = list(groups[k:k + chunk_groups])
+            chunk = list(groups[k : k + chunk_groups])
             if all(g.id in done for g in chunk):
                 continue
             for r in compute(chunk, k // chunk_groups):
@@ -338,8 +411,9 @@ def run_chunks(groups: Sequence[Group], chunk_groups: int, path: Path,
                     done[r["id"]] = r
                     if writer is not None:
                         writer.write(r)
-            log.info("%s: %d / %d groups", path.name, min(k + chunk_groups, len(groups)),
-                     len(groups))
+            log.info(
+                "%s: %d / %d groups", path.name, min(k + chunk_groups, len(groups)), len(groups)
+            )
     finally:
         if writer is not None:
             writer.close()
@@ -360,17 +434,32 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
     judge = make_judge(cfg.judge, mesh, cfg.seed)
     groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
     if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
-        raise ValueError("judge.kind: verifier needs gold answers; the initial responses have "
-                         "none (add `answer` to the file records or use judge.kind: model)")
+        raise ValueError(
+            "judge.kind: verifier needs gold answers; the initial responses have "
+            "none (add `answer` to the file records or use judge.kind: model)"
+        )
 
     def compute(chunk: list[Group], index: int) -> list[dict[str, Any]]:
         records = critique_and_refine(
-            critic, actor, judge, chunk, cfg.num_critiques, cfg.num_refinements,
+            critic,
+            actor,
+            judge,
+            chunk,
+            cfg.num_critiques,
+            cfg.num_refinements,
             cfg.critique_sampling.replace(seed=chunk_seed(cfg.seed, index, 1)),
-            cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)))
-        add_reference_logps(records, critic_model.cfg, critic.params,
-                            pad_id_of(critic.tokenizer), cfg.seq_len, cfg.score_batch_size,
-                            mesh, rules)
+            cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)),
+        )
+        add_reference_logps(
+            records,
+            critic_model.cfg,
+            critic.params,
+            pad_id_of(critic.tokenizer),
+            cfg.seq_len,
+            cfg.score_batch_size,
+            mesh,
+            rules,
+        )
         return records
 
     records = run_chunks(groups, cfg.chunk_groups, run_dir / RECORDS, compute)

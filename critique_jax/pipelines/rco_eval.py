@@ -64,22 +64,26 @@ class Config(StageConfig):
     run_dir: str = "runs/eval_rco"
     critics: list[CriticEntry] = field(default_factory=list)  # the first is the baseline
     actor: ModelSpec | None = None  # refines (and, for initial.source: actor, solves)
-    problems: ProblemSource = field(default_factory=ProblemSource)
+    problems: ProblemSource = field(default_factory=ProblemSource)  # for initial.source: actor
     initial: InitialResponses = field(default_factory=InitialResponses)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     num_critiques: int = 2  # per (x, y0) and critic
     num_refinements: int = 4  # per critique
     critique_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=1.0))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=1.0)
+    )
     refine_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7))
+        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
+    )
     chunk_groups: int = 64
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self) -> None:
         if not self.critics:
-            raise ValueError("critics is empty: list the critic checkpoints to compare, each "
-                             "as {name: ..., model: {path: ...}}")
+            raise ValueError(
+                "critics is empty: list the critic checkpoints to compare, each "
+                "as {name: ..., model: {path: ...}}"
+            )
         names = [c.name for c in self.critics]
         if len(set(names)) != len(names) or not all(n and "/" not in n for n in names):
             raise ValueError(f"critic names {names} must be unique, non-empty, without '/'")
@@ -90,8 +94,7 @@ def score_refinements(judge: Judge, records: list[dict[str, Any]]) -> None:
     `refinements`) in place, in one judge call."""
     items = [(r, c) for r in records for c in r["critiques"] for _ in c["refinements"]]
     texts = [t for r in records for c in r["critiques"] for t in c["refinements"]]
-    scores = judge.score([r["question"] for r, _ in items], texts,
-                         [r["answer"] for r, _ in items])
+    scores = judge.score([r["question"] for r, _ in items], texts, [r["answer"] for r, _ in items])
     it = iter(scores)
     for r in records:
         for c in r["critiques"]:
@@ -116,19 +119,28 @@ def critic_metrics(records: list[dict[str, Any]], scale: float) -> dict[str, Any
     if golds:
         right = {0: [], 1: []}
         for r, c in golds:
-            right[int(r["solution_correct"])] += [is_correct(t, r["answer"])
-                                                  for t in c["refinements"]]
+            right[int(r["solution_correct"])] += [
+                is_correct(t, r["answer"]) for t in c["refinements"]
+            ]
         out["refinement_accuracy"] = _mean(right[0] + right[1])
         out["fixed"] = _mean(right[0])  # y0 wrong -> refinement right
         out["broken"] = _mean([not ok for ok in right[1]])  # y0 right -> refinement wrong
         out["verdict_accuracy"] = _mean(
-            [parse_critique(c["text"]).final_correct == r["solution_correct"] for r, c in golds])
+            [parse_critique(c["text"]).final_correct == r["solution_correct"] for r, c in golds]
+        )
     return out
 
 
-COLUMNS = (("mean_cu", "mean CU"), ("rqs", "RQS"), ("refinement_accuracy", "refine acc"),
-           ("fixed", "fixed"), ("broken", "broken"), ("verdict_accuracy", "verdict acc"),
-           ("parseable", "parseable"), ("critique_tokens", "tokens/critique"))
+COLUMNS = (
+    ("mean_cu", "mean CU"),
+    ("rqs", "RQS"),
+    ("refinement_accuracy", "refine acc"),
+    ("fixed", "fixed"),
+    ("broken", "broken"),
+    ("verdict_accuracy", "verdict acc"),
+    ("parseable", "parseable"),
+    ("critique_tokens", "tokens/critique"),
+)
 
 
 def comparison_markdown(table: dict[str, Any]) -> str:
@@ -144,8 +156,10 @@ def comparison_markdown(table: dict[str, Any]) -> str:
         "|---|" + "---:|" * (len(cols) + 1),
     ]
     for r in rows:
-        cells = ["-" if r.get(k) is None else f"{r[k]:.3f}" if k != "critique_tokens"
-                 else f"{r[k]:.1f}" for k, _ in cols]
+        cells = [
+            "-" if r.get(k) is None else f"{r[k]:.3f}" if k != "critique_tokens" else f"{r[k]:.1f}"
+            for k, _ in cols
+        ]
         delta = r["mean_cu"] - base
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {delta:+.3f} |")
     return "\n".join(lines) + "\n"
@@ -167,15 +181,22 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         raise ValueError("judge.kind: verifier needs gold answers for every (x, y0)")
     results = []
     for entry in cfg.critics:
-        critic_model, critic = load_agent(entry.model, mesh, cfg.seed,
-                                          f"critic {entry.name!r}", like=like)
+        critic_model, critic = load_agent(
+            entry.model, mesh, cfg.seed, f"critic {entry.name!r}", like=like
+        )
         like = like or dataclasses.replace(critic_model, params=None)  # tokenizer only
 
         def compute(chunk: list[Group], index: int, critic=critic) -> list[dict[str, Any]]:
             records = critique_and_refine(
-                critic, actor, judge, chunk, cfg.num_critiques, cfg.num_refinements,
+                critic,
+                actor,
+                judge,
+                chunk,
+                cfg.num_critiques,
+                cfg.num_refinements,
                 cfg.critique_sampling.replace(seed=chunk_seed(cfg.seed, index, 1)),
-                cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)))
+                cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)),
+            )
             for r in records:  # evaluation keeps token counts, not tokens
                 r.pop("prompt_ids")
                 for c in r["critiques"]:
@@ -191,8 +212,11 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         del critic, critic_model
         gc.collect()
     table = {
-        "judge": cfg.judge.kind, "groups": len(groups), "critiques_per_group": cfg.num_critiques,
-        "refinements_per_critique": cfg.num_refinements, "critics": results,
+        "judge": cfg.judge.kind,
+        "groups": len(groups),
+        "critiques_per_group": cfg.num_critiques,
+        "refinements_per_critique": cfg.num_refinements,
+        "critics": results,
     }
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "comparison.json", table)

@@ -81,8 +81,10 @@ def check_train(train: TrainConfig, beta: float) -> None:
     if beta <= 0:
         raise ValueError(f"beta={beta} must be > 0")
     if train.pack:
-        raise ValueError("train.pack must be false: one critique per row, so that sequence "
-                         "log-probs and groups line up")
+        raise ValueError(
+            "train.pack must be false: one critique per row, so that sequence "
+            "log-probs and groups line up"
+        )
 
 
 # --------------------------------------------------------------------------- data
@@ -104,8 +106,9 @@ class CritiqueTable:
         return len(self.cu) // self.group_size
 
 
-def critique_table(records: list[dict[str, Any]], seq_len: int, pad_id: int,
-                   drop_truncated: bool) -> CritiqueTable:
+def critique_table(
+    records: list[dict[str, Any]], seq_len: int, pad_id: int, drop_truncated: bool
+) -> CritiqueTable:
     """Rows from the stored prompt and critique token ids (never re-tokenized). A critique
     is valid when it has a reference log-prob, fits seq_len and (with drop_truncated)
     ended on a stop token; groups with fewer critiques are padded with invalid rows."""
@@ -116,8 +119,11 @@ def critique_table(records: list[dict[str, Any]], seq_len: int, pad_id: int,
         for c in crits:
             prompts.append(r["prompt_ids"])
             completions.append([] if c is None else c["token_ids"])
-            ok = (c is not None and c.get("ref_logp") is not None
-                  and (c["finish_reason"] == "stop" or not drop_truncated))
+            ok = (
+                c is not None
+                and c.get("ref_logp") is not None
+                and (c["finish_reason"] == "stop" or not drop_truncated)
+            )
             usable.append(ok)
             ref.append(c["ref_logp"] if ok else 0.0)
             cu.append(c["cu"] if c is not None else 0.0)
@@ -129,8 +135,9 @@ def critique_table(records: list[dict[str, Any]], seq_len: int, pad_id: int,
 def group_arrays(table: CritiqueTable) -> dict[str, np.ndarray]:
     """[G, N, ...] arrays of the groups that have at least one valid critique."""
     n = table.group_size
-    per_row = dict(table.rows, ref_logp=table.ref_logp, cu=table.cu,
-                   valid=table.valid.astype(np.float32))
+    per_row = dict(
+        table.rows, ref_logp=table.ref_logp, cu=table.cu, valid=table.valid.astype(np.float32)
+    )
     keep = table.valid.reshape(-1, n).any(axis=1)
     return {k: v.reshape(-1, n, *v.shape[1:])[keep] for k, v in per_row.items()}
 
@@ -139,8 +146,14 @@ class GroupBatches:
     """Deterministic, resumable batches of whole groups: a `BatchIterator` over groups
     ([num_groups, size, ...] arrays) whose batches are flattened to rows [G*size, ...]."""
 
-    def __init__(self, groups: dict[str, np.ndarray], groups_per_batch: int, seed: int,
-                 process_index: int = 0, process_count: int = 1) -> None:
+    def __init__(
+        self,
+        groups: dict[str, np.ndarray],
+        groups_per_batch: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> None:
         self.inner = BatchIterator(groups, groups_per_batch, seed, process_index, process_count)
 
     def __iter__(self) -> GroupBatches:
@@ -164,12 +177,15 @@ def check_group_layout(train: TrainConfig, group_size: int, num_groups: int, wha
             f"train.batch_size={train.batch_size} / train.microbatches={train.microbatches} "
             f"must be a multiple of the {what} size {group_size}, so that no {what} is split "
             f"across microbatches; use a batch size that is a multiple of "
-            f"{group_size * train.microbatches}")
+            f"{group_size * train.microbatches}"
+        )
     per_batch = train.batch_size // group_size
     if num_groups < per_batch:
-        raise ValueError(f"only {num_groups} usable {what}s for {per_batch} per batch "
-                         f"(train.batch_size={train.batch_size}); collect more data or "
-                         "lower train.batch_size")
+        raise ValueError(
+            f"only {num_groups} usable {what}s for {per_batch} per batch "
+            f"(train.batch_size={train.batch_size}); collect more data or "
+            "lower train.batch_size"
+        )
     return per_batch
 
 
@@ -204,7 +220,8 @@ def check_reference(model: LoadedModel, table: CritiqueTable, mesh: Any, rules: 
             f"the critic being trained is not the reference critic the collection scored: "
             f"its log-probs differ from the stored ones by {gap:.3f} per token on average. "
             "Set `model:` to the checkpoint rco_collect sampled from (or leave it unset), "
-            "or set check_reference: false to train from another starting point on purpose.")
+            "or set check_reference: false to train from another starting point on purpose."
+        )
     return gap
 
 
@@ -223,24 +240,45 @@ class RCOLoss:
         logps = losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
         shape = (-1, self.group_size)
         valid = batch["valid"].reshape(shape)
-        loss = losses.rco_loss(logps.reshape(shape), batch["ref_logp"].reshape(shape),
-                               batch["cu"].reshape(shape), self.beta, valid)
+        loss = losses.rco_loss(
+            logps.reshape(shape),
+            batch["ref_logp"].reshape(shape),
+            batch["cu"].reshape(shape),
+            self.beta,
+            valid,
+        )
         groups = (valid.sum(axis=1) > 0).sum().astype(jnp.float32)
         count = jnp.maximum(batch["valid"].sum(), 1.0)
         logratio = ((logps - batch["ref_logp"]) * batch["valid"]).sum() / count
         return loss, {"weight": groups, "logratio": logratio}
 
 
-def train_groups(model: LoadedModel, groups: dict[str, np.ndarray], group_size: int,
-                 loss_fn: Any, train: TrainConfig, optim: OptimConfig, mesh_cfg: MeshConfig,
-                 run_dir: Path, seed: int, what: str = "group"
-                 ) -> tuple[list[dict[str, Any]], Path]:
+def train_groups(
+    model: LoadedModel,
+    groups: dict[str, np.ndarray],
+    group_size: int,
+    loss_fn: Any,
+    train: TrainConfig,
+    optim: OptimConfig,
+    mesh_cfg: MeshConfig,
+    run_dir: Path,
+    seed: int,
+    what: str = "group",
+) -> tuple[list[dict[str, Any]], Path]:
     """Train `model` on batches of whole groups ([num, group_size, ...] arrays) and export
     it to run_dir/hf; (history, dir). Checkpoints and resumes in run_dir like every
     training stage."""
     per_batch = check_group_layout(train, group_size, len(groups["ref_logp"]), what)
-    trainer = Trainer(model.cfg, train, optim, mesh_cfg, loss_fn=loss_fn, run_dir=run_dir,
-                      params=model.params, seed=seed)
+    trainer = Trainer(
+        model.cfg,
+        train,
+        optim,
+        mesh_cfg,
+        loss_fn=loss_fn,
+        run_dir=run_dir,
+        params=model.params,
+        seed=seed,
+    )
     batches = GroupBatches(groups, per_batch, seed, jax.process_index(), jax.process_count())
     try:
         history = trainer.fit(batches)
@@ -254,8 +292,11 @@ def history_summary(history: list[dict[str, Any]], keys: tuple[str, ...]) -> dic
     if not history:
         return {}
     first, last = history[0], history[-1]
-    return {"steps_run": len(history), **{f"first_{k}": first[k] for k in keys},
-            **{f"last_{k}": last[k] for k in keys}}
+    return {
+        "steps_run": len(history),
+        **{f"first_{k}": first[k] for k in keys},
+        **{f"last_{k}": last[k] for k in keys},
+    }
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -264,21 +305,39 @@ def run(cfg: Config) -> dict[str, Any]:
     rules = rules_from_config(cfg.mesh.rules)
     records = read_groups(cfg.collect_dir)
     model = load_policy(cfg.model, cfg.collect_dir, mesh, cfg.seed)
-    table = critique_table(records, cfg.train.seq_len, pad_id_of(model.tokenizer),
-                           cfg.drop_truncated)
+    table = critique_table(
+        records, cfg.train.seq_len, pad_id_of(model.tokenizer), cfg.drop_truncated
+    )
     groups = group_arrays(table)
-    log.info("rco: %d of %d groups have valid critiques (%d of %d critiques)",
-             len(groups["cu"]), table.num_groups, int(table.valid.sum()), len(table.valid))
+    log.info(
+        "rco: %d of %d groups have valid critiques (%d of %d critiques)",
+        len(groups["cu"]),
+        table.num_groups,
+        int(table.valid.sum()),
+        len(table.valid),
+    )
     gap = None
     if cfg.check_reference:
         gap = check_reference(model, table, mesh, rules)
-    history, out = train_groups(model, groups, table.group_size,
-                                RCOLoss(cfg.beta, table.group_size), cfg.train, cfg.optim,
-                                cfg.mesh, run_dir, cfg.seed)
+    history, out = train_groups(
+        model,
+        groups,
+        table.group_size,
+        RCOLoss(cfg.beta, table.group_size),
+        cfg.train,
+        cfg.optim,
+        cfg.mesh,
+        run_dir,
+        cfg.seed,
+    )
     result = {
-        "groups": len(groups["cu"]), "critiques": int(table.valid.sum()),
-        "group_size": table.group_size, "beta": cfg.beta, "reference_gap": gap,
-        **history_summary(history, ("loss", "logratio")), "hf_dir": str(out),
+        "groups": len(groups["cu"]),
+        "critiques": int(table.valid.sum()),
+        "group_size": table.group_size,
+        "beta": cfg.beta,
+        "reference_gap": gap,
+        **history_summary(history, ("loss", "logratio")),
+        "hf_dir": str(out),
     }
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "results.json", result)

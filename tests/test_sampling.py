@@ -168,9 +168,25 @@ def test_requests_larger_than_the_batch_bucket_are_split():
     ]
     assert all(len(c.prompts) * c.fanout <= 8 for c in calls)
     many = plan_calls([1, 1], n=20, buckets=Buckets(max_batch=8))
-    assert [(c.prompts[0], c.sample_start) for c in many] == [
-        (p, s) for p in (0, 1) for s in (0, 8, 16)
+    assert [(c.prompts, c.sample_starts) for c in many] == [
+        ((p,), (s,)) for p in (0, 1) for s in (0, 8, 16)
     ]
+    # Four data-parallel slots per call: the chunks of one prompt's samples share a call.
+    wide = plan_calls([1, 1], n=20, buckets=Buckets(max_batch=8, multiple=4))
+    assert [(c.prompts, c.sample_starts, c.fanout) for c in wide] == [
+        ((0, 0, 0, 0), (0, 2, 4, 6), 2),
+        ((0, 0, 0, 0), (8, 10, 12, 14), 2),
+        ((0, 0, 1, 1), (16, 18, 0, 2), 2),
+        ((1, 1, 1, 1), (4, 6, 8, 10), 2),
+        ((1, 1, 1, 1), (12, 14, 16, 18), 2),
+    ]
+    odd = plan_calls([1], n=11, buckets=Buckets(max_batch=8, multiple=4))
+    assert [(c.prompts, c.sample_starts) for c in odd] == [
+        ((0, 0, 0, 0), (0, 2, 4, 6)),
+        ((0, 0, -1, -1), (8, 10, 0, 0)),
+    ]
+    rows = [r for c in odd for r in zip(*c.row_indices(11), strict=True) if r[2]]
+    assert sorted(int(s) for _, s, _ in rows) == list(range(11))
 
 
 def test_bucket_shapes_and_errors():

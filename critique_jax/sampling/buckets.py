@@ -57,39 +57,41 @@ class Buckets:
 
 @dataclass(frozen=True)
 class Call:
-    """One prefill + decode: `prompts` (indices into the request, -1 = padding row), each
-    fanned out to `fanout` rows whose sample indices start at `sample_start`."""
+    """One prefill + decode: `prompts` (indices into the request, -1 = padding slot), each
+    fanned out to `fanout` rows whose sample indices start at its `sample_starts` entry."""
 
     prompts: tuple[int, ...]
     fanout: int
-    sample_start: int
+    sample_starts: tuple[int, ...]
 
     def row_indices(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per decode row: prompt index, sample index, and whether the row is real."""
         prompt = np.repeat(np.asarray(self.prompts, np.int32), self.fanout)
-        sample = np.tile(
-            np.arange(self.fanout, dtype=np.int32) + self.sample_start, len(self.prompts)
-        )
+        starts = np.repeat(np.asarray(self.sample_starts, np.int32), self.fanout)
+        sample = starts + np.tile(np.arange(self.fanout, dtype=np.int32), len(self.prompts))
         active = (prompt >= 0) & (sample < n)
         return prompt, sample, active
 
 
 def plan_calls(lengths: list[int], n: int, buckets: Buckets) -> list[Call]:
     """Group prompts (sorted by length, so a call pads little) into calls of at most
-    `max_batch` decode rows; when n alone exceeds max_batch, a prompt's samples span calls.
-    Rows are keyed by (prompt, sample) index, so the grouping does not change any sample."""
+    `max_batch` decode rows; when n alone exceeds max_batch, a prompt's samples are cut
+    into chunks that fill the calls' slots. Rows are keyed by (prompt, sample) index, so
+    the grouping does not change any sample."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     if n > buckets.max_batch:
-        fanout = buckets.max_batch
+        slots = buckets.batch(1, 1)
+        fanout = max(buckets.max_batch // slots, 1)
+        chunks = [(p, s) for p in order for s in range(0, n, fanout)]
+        chunks += [(-1, 0)] * (-len(chunks) % slots)
         return [
-            Call((p,) + (-1,) * (buckets.batch(1, 1) - 1), fanout, s)
-            for p in order
-            for s in range(0, n, fanout)
+            Call(tuple(p for p, _ in group), fanout, tuple(s for _, s in group))
+            for group in (chunks[i : i + slots] for i in range(0, len(chunks), slots))
         ]
     per_call = buckets.max_batch // n
     calls = []
     for start in range(0, len(order), per_call):
         chunk = tuple(order[start : start + per_call])
         size = buckets.batch(len(chunk), per_call)
-        calls.append(Call(chunk + (-1,) * (size - len(chunk)), n, 0))
+        calls.append(Call(chunk + (-1,) * (size - len(chunk)), n, (0,) * size))
     return calls

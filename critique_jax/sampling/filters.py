@@ -18,6 +18,9 @@ from critique_jax.sampling.params import SamplingParams
 
 @dataclass(frozen=True)
 class FilterSpec:
+    """Which filters a compiled sampler applies (top_p/min_p: on or off; their values are
+    traced arguments)."""
+
     greedy: bool = False
     top_k: int = 0
     top_p: bool = False

@@ -51,6 +51,20 @@ def _tokenizer_adds_bos(tokenizer: Any) -> bool:
     return list(tokenizer("", add_special_tokens=True)["input_ids"])[:1] == [bos]
 
 
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a rendered prompt, exactly as training sees it and the sampler feeds it.
+
+    Tokenized with `add_special_tokens=False` (a post-processor could otherwise append
+    EOS/SEP); BOS is prepended only when the tokenizer would add one itself and the prompt
+    does not already start with it (a chat template usually renders the BOS text).
+    """
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if _tokenizer_adds_bos(tokenizer) and prompt_ids[:1] != [bos]:
+        prompt_ids.insert(0, bos)
+    return prompt_ids
+
+
 def tokenize_example(tokenizer: Any, prompt: str, completion: str, add_eos: bool = True) -> Example:
     """Tokenize a rendered prompt and its completion into an `Example`.
 
@@ -62,10 +76,7 @@ def tokenize_example(tokenizer: Any, prompt: str, completion: str, add_eos: bool
     renders the BOS text, which the tokenizer parses into the BOS id). With `add_eos`, the
     tokenizer's `eos_token_id` ends the completion unless it already does.
     """
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    bos = tokenizer.bos_token_id
-    if _tokenizer_adds_bos(tokenizer) and prompt_ids[:1] != [bos]:
-        prompt_ids.insert(0, bos)
+    prompt_ids = encode_prompt(tokenizer, prompt)
     completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
     if add_eos:
         eos = tokenizer.eos_token_id

@@ -9,6 +9,8 @@ from typing import Any
 
 from jax.sharding import Mesh
 
+from critique_jax.data.batching import encode_prompt
+from critique_jax.data.prompts import render
 from critique_jax.models import ModelConfig
 from critique_jax.sampling.buckets import Buckets
 from critique_jax.sampling.engine import Engine, Params
@@ -57,16 +59,12 @@ class Sampler:
         return tuple(dict.fromkeys(int(i) for i in ids))
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt; chat messages go through the tokenizer's chat template
-        (with the generation prompt) when it has one, else `role: content` lines."""
+        """Token ids of a prompt, identical to the prompt part of a training example: chat
+        messages are rendered by `data.prompts.render` (the chat template, or its plain
+        fallback) with the generation prompt, then encoded by `batching.encode_prompt`."""
         tok = self._need_tokenizer()
-        if isinstance(prompt, str):
-            return tok.encode(prompt)
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-            return tok.encode(text, add_special_tokens=False)
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
-        return tok.encode(text)
+        text = prompt if isinstance(prompt, str) else render(tok, list(prompt))
+        return encode_prompt(tok, text)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._need_tokenizer().decode(list(token_ids), skip_special_tokens=True)

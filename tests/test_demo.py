@@ -1,21 +1,30 @@
-"""The embedded demo end to end at CI size (`Config.reduced()`): every phase runs, the results
-hold every headline key, the critic beats chance and critique -> refine does not hurt; the
-written-out configs/demo.yaml is exactly the stage's defaults; a rerun resumes."""
+"""The embedded demo end to end at CI size (`Config.reduced()`), through the CLI: every phase
+runs, results.json holds every headline key, the critic's verdicts beat chance, critique ->
+refine does not lower accuracy, and a rerun resumes instead of recomputing. Also: the
+written-out configs/demo.yaml is exactly the stage's embedded defaults.
+
+The run is a subprocess because tests/conftest.py turns XLA's backend optimisations off for
+the unit tests (faster compiles); this test trains for dozens of steps, where optimised code
+is several times faster overall.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from critique_jax.pipelines.demo import Config, run
+from critique_jax.config import save_yaml
+from critique_jax.pipelines.demo import Config
 from critique_jax.train import build_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
 
 REQUIRED = (
-    "seed",
     "actor_accuracy",
     "critic_verdict_accuracy",
     "refine_accuracy",
@@ -25,56 +34,76 @@ REQUIRED = (
     "cu_rco_critic",
     "self_train_vanilla_accuracy",
     "self_train_critique_accuracy",
+)
+BY_DIFFICULTY = (
     "self_train_vanilla_accuracy_by_difficulty",
     "self_train_critique_accuracy_by_difficulty",
-    "timings",
-    "sizes",
 )
+
+
+def run_demo(config: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run(
+        [sys.executable, "-m", "critique_jax.train", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo")
-    cfg = Config.reduced(run_dir=str(run_dir))
-    return cfg, run(cfg)
+    config = run_dir / "reduced.yaml"
+    save_yaml(Config.reduced(run_dir=str(run_dir)), config)
+    proc = run_demo(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    return run_dir, config, proc.stdout, results
 
 
 def test_results_have_every_key(demo):
-    cfg, returned = demo
-    written = json.loads((Path(cfg.run_dir) / "results.json").read_text())
-    missing = [k for k in REQUIRED if k not in written]
+    run_dir, _, stdout, results = demo
+    missing = [k for k in ("seed", "timings", "sizes", *REQUIRED, *BY_DIFFICULTY) if k not in results]
     assert not missing, f"results.json lacks {missing}"
-    assert written["seed"] == cfg.seed
-    for key in REQUIRED[1:10]:
-        assert 0.0 <= written[key] <= 1.0, (key, written[key])
-    assert set(written["self_train_critique_accuracy_by_difficulty"]) == {"1", "2"}
-    assert returned["actor_accuracy"] == written["actor_accuracy"]
-    assert (Path(cfg.run_dir) / "results.md").read_text().startswith("# critique_jax demo")
-    assert Path(written["paths"]["plot"]).is_file()
+    assert results["seed"] == 0
+    for key in REQUIRED:
+        assert 0.0 <= results[key] <= 1.0, (key, results[key])
+    for key in BY_DIFFICULTY:
+        assert set(results[key]) == {"1", "2"}, (key, results[key])
+    table = (run_dir / "results.md").read_text()
+    assert table.startswith("# critique_jax demo (seed 0") and table in stdout
+    assert Path(results["paths"]["plot"]).is_file()
     for key in ("actor_hf", "critic_hf", "rco_critic_hf"):
-        assert (Path(written["paths"][key]) / "config.json").is_file(), key
+        assert (Path(results["paths"][key]) / "config.json").is_file(), key
 
 
 def test_critic_beats_chance(demo):
-    _, results = demo
-    assert results["critic_verdict_accuracy"] > results["critic_verdict_chance"]
+    *_, results = demo
+    # Balanced accuracy: the mean of the verdict accuracies on right and on wrong solutions,
+    # 0.5 for any critic whose verdict ignores the solution. Margin in the seeded run: see
+    # the module docstring of critique_jax.pipelines.demo.
+    assert results["critic_balanced_accuracy"] > 0.6, results["critic_balanced_accuracy"]
 
 
 def test_critique_refine_does_not_lower_accuracy(demo):
-    _, results = demo
+    *_, results = demo
     assert results["refine_accuracy"] >= results["actor_accuracy"]
 
 
 def test_rerun_resumes_without_recomputing(demo):
-    cfg, first = demo
-    again = run(cfg)
-    for key in REQUIRED[1:10]:
+    run_dir, config, _, first = demo
+    proc = run_demo(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((run_dir / "results.json").read_text())
+    for key in REQUIRED:
         assert again[key] == first[key], key
-    phases = again["timings"]
-    assert phases["actor_sft"]["wall_s"] < 15, phases
+    assert again["wall_s"] < first["wall_s"] / 2, (again["timings"], first["timings"])
 
 
 def test_yaml_is_the_embedded_default():
-    _, from_yaml = build_config(str(CONFIGS / "demo.yaml"), [])
+    _, from_yaml = build_config(str(ROOT / "configs" / "demo.yaml"), [])
     _, embedded = build_config(None, [])
     assert from_yaml == embedded == Config()

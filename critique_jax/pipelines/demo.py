@@ -119,16 +119,16 @@ def _train(steps: int, batch: int, seq_len: int, pack: bool = True) -> TrainConf
 class ActorPhase:
     """Iteration 0 of self-training: the actor learns to solve and to follow critiques."""
 
-    train: TrainConfig = field(default_factory=lambda: _train(160, 8, 512))
+    train: TrainConfig = field(default_factory=lambda: _train(400, 8, 512))
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(learning_rate=2e-3, warmup_steps=15, weight_decay=0.01)
+        default_factory=lambda: OptimConfig(learning_rate=3e-3, warmup_steps=20, weight_decay=0.01)
     )
 
 
 @dataclass
 class CriticPhase:
-    problems: int = 256  # training questions whose solutions are critiqued
-    samples: int = 4  # actor samples per question (temperature > 0)
+    problems: int = 128  # training questions whose solutions are critiqued
+    samples: int = 2  # actor samples per question (temperature > 0)
     correct_share: float = 0.4  # share of correct solutions among the critiqued ones
     refinements: int = 2  # M refinements of the soft filter
     tau: float = 0.5  # keep a critique of a wrong solution when >= tau refinements verify
@@ -162,7 +162,7 @@ class RCOPhase:
 
 @dataclass
 class SelfTrainPhase:
-    problems: int = 256  # training questions sampled per iteration
+    problems: int = 128  # training questions sampled per iteration
     samples: int = 4  # K per question
     refinements: int = 2  # K' per critique of a wrong sample
     critic: str = "auto"  # auto (trained if it beats chance, else oracle) | trained | oracle

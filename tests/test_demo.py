@@ -24,6 +24,10 @@ from critique_jax.train import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Known gap (issue 8): at CI size the demo critic does not yet learn the critique format (its
+# critiques are mostly unparseable), so these assertions fail today; they stay as the target.
+KNOWN_GAP = pytest.mark.xfail(reason="demo critic does not learn the format yet", strict=False)
+
 REQUIRED = (
     "actor_accuracy",
     "critic_verdict_accuracy",
@@ -66,7 +70,9 @@ def demo(tmp_path_factory):
 
 def test_results_have_every_key(demo):
     run_dir, _, stdout, results = demo
-    missing = [k for k in ("seed", "timings", "sizes", *REQUIRED, *BY_DIFFICULTY) if k not in results]
+    missing = [
+        k for k in ("seed", "timings", "sizes", *REQUIRED, *BY_DIFFICULTY) if k not in results
+    ]
     assert not missing, f"results.json lacks {missing}"
     assert results["seed"] == 0
     for key in REQUIRED:
@@ -80,7 +86,7 @@ def test_results_have_every_key(demo):
         assert (Path(results["paths"][key]) / "config.json").is_file(), key
 
 
-@pytest.mark.xfail(reason="known gap (issue 8): at CI size the demo critic does not yet learn the critique format (its critiques are mostly unparseable), so this assertion fails; kept as the target", strict=False)
+@KNOWN_GAP
 def test_critic_beats_chance(demo):
     *_, results = demo
     # Balanced accuracy: the mean of the verdict accuracies on right and on wrong solutions,
@@ -89,7 +95,7 @@ def test_critic_beats_chance(demo):
     assert results["critic_balanced_accuracy"] > 0.6, results["critic_balanced_accuracy"]
 
 
-@pytest.mark.xfail(reason="known gap (issue 8): at CI size the demo critic does not yet learn the critique format (its critiques are mostly unparseable), so this assertion fails; kept as the target", strict=False)
+@KNOWN_GAP
 def test_critique_refine_does_not_lower_accuracy(demo):
     *_, results = demo
     assert results["refine_accuracy"] >= results["actor_accuracy"]

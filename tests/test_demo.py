@@ -53,7 +53,7 @@ def run_demo(config: Path) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1500,
     )
 
 

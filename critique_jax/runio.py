@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import operator
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, KeysView, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import jax
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -90,6 +98,77 @@ class JsonlWriter:
         self._file.close()
 
     def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RecordLog:
+    """A run-dir JSONL record log keyed by `key`, for SPMD programs: process 0 appends through
+    a `JsonlWriter` (one fsynced line per record; a torn last line from a kill is dropped),
+    and every process reads the records, so all processes take the same resume decisions."""
+
+    def __init__(self, path: str | Path, key: str = "id") -> None:
+        self.path = Path(path)
+        self.key = key
+        self.writer = JsonlWriter(self.path, key) if jax.process_index() == 0 else None
+        found = self.writer.records if self.writer is not None else read_jsonl(self.path)
+        self.records: dict[Any, dict[str, Any]] = {r[key]: r for r in found if key in r}
+
+    @property
+    def done(self) -> KeysView:
+        """The keys of the records on disk or written since."""
+        return self.records.keys()
+
+    def write_all(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append the records whose key is not done yet (a recomputed chunk adds only what
+        is missing)."""
+        for r in records:
+            if r[self.key] in self.records:
+                continue
+            self.records[r[self.key]] = r
+            if self.writer is not None:
+                self.writer.write(r)
+
+    def fill(
+        self,
+        items: Sequence[T],
+        chunk_size: int,
+        compute: Callable[[list[T], int], Iterable[dict[str, Any]]],
+        item_key: Callable[[T], Hashable] = operator.attrgetter("id"),
+    ) -> list[dict[str, Any]]:
+        """The record of every item (the one whose key is `item_key(item)`), in item order.
+
+        Chunks are fixed slices of `items`, computed by `compute(chunk, chunk_index)`. A
+        chunk whose items all have records is skipped; any other is computed whole (its seeds
+        may then depend on its index alone, so a resumed run writes what an uninterrupted one
+        would) and only its missing records are appended.
+        """
+        keys = [item_key(it) for it in items]
+        if len(set(keys)) != len(keys):
+            raise ValueError(
+                f"item keys must be unique to resume by key; {self.path} would mix "
+                "records of different items"
+            )
+        for start in range(0, len(items), chunk_size):
+            if all(k in self.records for k in keys[start : start + chunk_size]):
+                continue
+            self.write_all(compute(list(items[start : start + chunk_size]), start // chunk_size))
+            log.info("%s: %d/%d", self.path.name, min(start + chunk_size, len(items)), len(items))
+        missing = [k for k in keys if k not in self.records]
+        if missing:
+            raise ValueError(
+                f"{self.path}: compute returned no record for {missing[:5]}; it must return "
+                f"one record per item with {self.key!r} set to the item's key"
+            )
+        return [self.records[k] for k in keys]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> RecordLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

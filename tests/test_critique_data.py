@@ -17,7 +17,7 @@ from critique_jax.data.demo_world import generate_problems, templated_critique
 from critique_jax.models.loading import load_model
 from critique_jax.pipelines import critique_data as cd
 from critique_jax.pipelines.finetune import examples_from_records
-from critique_jax.pipelines.roles import make_agent
+from critique_jax.pipelines.roles import make_agent, make_critic, with_demo_tokenizer
 from critique_jax.runio import read_jsonl
 from critique_jax.train import main
 
@@ -51,7 +51,7 @@ def make_config(run_dir: Path, **sections: dict[str, Any]) -> cd.Config:
 @pytest.fixture(scope="module")
 def actor(tmp_path_factory):
     tok = tmp_path_factory.mktemp("tok") / "demo_tokenizer"
-    spec = cd.with_demo_tokenizer(ModelSpec(preset="demo"), PROBLEMS, tok)
+    spec = with_demo_tokenizer(ModelSpec(preset="demo"), PROBLEMS, tok)
     return make_agent(load_model(spec, seed=0))
 
 
@@ -60,7 +60,7 @@ def run_collect(cfg: cd.Config, actor, annotator=None) -> dict[str, Any]:
 
     problems = load_problems(cfg.problems)
     if annotator is None:
-        annotator = cd.make_critic(cfg.annotator, None, problems, None)
+        annotator = make_critic(cfg.annotator, None, problems, None)
     return cd.collect(cfg, problems, actor, annotator)
 
 
@@ -269,12 +269,6 @@ def test_critique_text_stops_at_the_first_wrong_step():
     assert [s.index for s in cut.steps] == [1, 2] and cut.final_correct is False
 
 
-def test_insert_error_prompt_holds_the_steps_before_k():
-    (msg,) = cd.insert_error_messages("Q?", ["Step 1: 2 + 3 = 5"], 2)
-    assert "Step 1: 2 + 3 = 5" in msg["content"] and "step 2" in msg["content"]
-    assert "The answer is X." in msg["content"]
-
-
 def test_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match="needs a model annotator"):
         make_config(Path("x"), insertion={"method": "model"})
@@ -283,4 +277,4 @@ def test_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match="exactly one"):
         make_config(Path("x"), annotator={"oracle": "demo", "model": {"preset": "demo"}})
     with pytest.raises(ConfigError, match="no tokenizer"):
-        cd.with_demo_tokenizer(ModelSpec(preset="demo"), [], Path("x"))
+        with_demo_tokenizer(ModelSpec(preset="demo"), [], Path("x"))

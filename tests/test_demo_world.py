@@ -11,7 +11,7 @@ from critique_jax.data.demo_world import (
 )
 from critique_jax.data.records import Problem
 
-STEP = re.compile(r"^Step (\d+): (\d+) ([-+*]) (\d+) = (\d+)$")
+STEP = re.compile(r"^Step (\d+): (.+), so (\d+) ([-+*]) (\d+) = (\d+)\.$")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -42,7 +42,7 @@ def _solve_question(question: str) -> int:
 def _calcs(solution: str) -> list[tuple[int, str, int, int]]:
     lines = solution.splitlines()
     return [
-        tuple(int(g) if g.isdigit() else g for g in STEP.match(ln).groups()[1:])
+        tuple(int(g) if g.isdigit() else g for g in STEP.match(ln).groups()[2:])
         for ln in lines[:-1]
     ]
 
@@ -71,6 +71,8 @@ def test_solutions_are_correct_and_small(problems):
         assert len(calcs) == len(steps) == p.level
         assert [int(STEP.match(s)[1]) for s in steps] == list(range(1, p.level + 1))
         assert f"has {calcs[0][0]} " in p.question
+        quoted = [f"{STEP.match(s)[2]}." for s in steps]  # each step quotes its sentence
+        assert quoted == re.split(r"(?<=\.) ", p.question)[1:-1]
         for (a, op, b, c), nxt in zip(calcs, calcs[1:] + [(int(p.answer),)], strict=True):
             assert OPS[op](a, b) == c and 1 <= c <= 99 and nxt[0] == c
         assert split_steps(p.solution) == [*steps[:-1], f"{steps[-1]}\n{last}"]
@@ -172,6 +174,6 @@ def test_partial_and_odd_solutions():
     assert c.first_wrong_step == i + 1 and c.steps[-1].explanation.startswith("It should be")
     # a wrong step that still reaches the right answer: final verdict follows the answer
     lucky = lines.copy()
-    lucky[0] = lucky[0] + "0"
+    lucky[0] = lucky[0].replace(" = ", " = 1")
     c = parse_critique(templated_critique(p, "\n".join(lucky)))
     assert c.final_correct is True and c.first_wrong_step == 1

@@ -10,6 +10,7 @@ from critique_jax.data.prompts import (
     ANSWER_FORMAT,
     CRITIQUE_FORMAT,
     critique_messages,
+    insert_error_messages,
     refine_messages,
     render,
     render_example,
@@ -120,3 +121,9 @@ def test_render_errors() -> None:
     )
     with pytest.raises(ValueError, match="not a prefix"):
         render_example(make_tokenizer(last_only), solve_messages(QUESTION), SOLUTION)
+
+
+def test_insert_error_prompt_holds_the_steps_before_k() -> None:
+    (msg,) = insert_error_messages("Q?", ["Step 1: 2 + 3 = 5"], 2)
+    assert "Step 1: 2 + 3 = 5" in msg["content"] and "step 2" in msg["content"]
+    assert "The answer is X." in msg["content"]

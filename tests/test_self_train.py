@@ -11,8 +11,7 @@ from critique_jax.data.demo_world import generate_problems, inject_error, templa
 from critique_jax.data.math import extract_answer, is_equiv
 from critique_jax.data.prompts import ANSWER_FORMAT
 from critique_jax.data.sources import ProblemSource
-from critique_jax.pipelines.critique_data import CriticSpec
-from critique_jax.pipelines.roles import OracleCritic
+from critique_jax.pipelines.roles import CriticSpec, OracleCritic
 from critique_jax.pipelines.self_train import (
     Config,
     collect_records,

@@ -10,8 +10,7 @@ from critique_jax.config import ConfigError, ModelSpec
 from critique_jax.data.demo_world import generate_problems, inject_error, templated_critique
 from critique_jax.data.prompts import ANSWER_FORMAT
 from critique_jax.data.sources import ProblemSource
-from critique_jax.pipelines.critique_data import CriticSpec
-from critique_jax.pipelines.roles import OracleCritic
+from critique_jax.pipelines.roles import CriticSpec, OracleCritic
 from critique_jax.pipelines.test_time import (
     Config,
     TTSSettings,
@@ -162,12 +161,11 @@ def test_stage_resumes_from_its_records(tiny_run):
             raise AssertionError("every question has a record: nothing should be sampled")
 
     from critique_jax.data.sources import load_problems
-    from critique_jax.pipelines.test_time import load_critic
+    from critique_jax.pipelines.roles import load_roles
 
     problems = load_problems(cfg.problems)
-    again = run_test_time(
-        NoSampling(), load_critic(cfg.critic, problems), problems, cfg.tts, cfg.run_dir, ""
-    )
+    _, critic = load_roles(None, cfg.critic, problems)
+    again = run_test_time(NoSampling(), critic, problems, cfg.tts, cfg.run_dir, "")
     assert again["parallel"] == results["parallel"]
     assert again["sequential"] == results["sequential"]
 

@@ -1,12 +1,17 @@
 """A synthetic multi-step arithmetic world where the whole critique pipeline runs on a laptop.
 
 Problems are short templated word problems ("Ava has 7 marbles. She buys 5 more. ...") whose
-solution is a chain of small calculations, one per step:
+solution is a chain of small calculations, one per step, each quoting the sentence it acts on:
 
-    Step 1: 7 + 5 = 12
-    Step 2: 12 - 3 = 9
-    Step 3: 9 * 2 = 18
+    Step 1: She buys 5 more, so 7 + 5 = 12.
+    Step 2: Then she loses 3, so 12 - 3 = 9.
+    Step 3: She doubles them, so 9 * 2 = 18.
     The answer is 18.
+
+Quoting the sentence is the chain of thought that makes the world learnable from scratch in
+minutes: without it the model must count sentences to find the k-th operand, which a tiny
+transformer learns slowly; with it, each step copies the sentence after the one it quoted
+last (an induction head) and then reads the operand next to it.
 
 Difficulty (`Problem.level`) is the number of steps (1..5); numbers also grow with the level
 but every value stays in 1..99 with no negative intermediate results, so a tiny transformer
@@ -17,6 +22,7 @@ step) and an oracle step-level critic (`templated_critique`) that plays the anno
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections.abc import Sequence
@@ -47,12 +53,13 @@ _MUL_ANY = "{p} now has {n} times as many."
 
 @dataclass(frozen=True)
 class _Calc:
-    """One solution step: `left op right = result`."""
+    """One solution step: `left op right = result`, and the question's sentence it acts on."""
 
     left: int
     op: str
     right: int
     result: int
+    sentence: str = ""
 
     def expr(self) -> str:
         return f"{self.left} {self.op} {self.right}"
@@ -107,7 +114,10 @@ def _sentence(rng: random.Random, calc: _Calc, pronoun: str, first: bool) -> str
 
 
 def _render_solution(calcs: Sequence[_Calc]) -> str:
-    lines = [f"Step {i}: {c.expr()} = {c.result}" for i, c in enumerate(calcs, start=1)]
+    lines = [
+        f"Step {i}: {c.sentence.rstrip('.')}, so {c.expr()} = {c.result}."
+        for i, c in enumerate(calcs, start=1)
+    ]
     lines.append(f"The answer is {calcs[-1].result}.")
     return "\n".join(lines)
 
@@ -132,6 +142,7 @@ def generate_problems(n: int, seed: int, levels: Sequence[int] = (1, 2, 3)) -> l
         item = rng.choice(_ITEMS)
         start, calcs = _random_chain(rng, level)
         sentences = [_sentence(rng, c, pronoun, i == 0) for i, c in enumerate(calcs)]
+        calcs = [dataclasses.replace(c, sentence=s) for c, s in zip(calcs, sentences, strict=True)]
         question = " ".join(
             [f"{name} has {start} {item}.", *sentences, f"How many {item} does {name} have?"]
         )
@@ -152,7 +163,7 @@ def generate_problems(n: int, seed: int, levels: Sequence[int] = (1, 2, 3)) -> l
     return problems
 
 
-_REF_STEP = re.compile(r"^Step (\d+): (\d+) ([-+*]) (\d+) = (\d+)$")
+_REF_STEP = re.compile(r"^Step (\d+): (.+), so (\d+) ([-+*]) (\d+) = (\d+)\.$")
 
 
 def _reference_calcs(problem: Problem) -> list[_Calc]:
@@ -164,7 +175,7 @@ def _reference_calcs(problem: Problem) -> list[_Calc]:
             f"problem {problem.id!r} (source={problem.source!r}) is not a demo-world problem "
             "with a reference solution; make it with demo_world.generate_problems"
         )
-    return [_Calc(int(m[2]), m[3], int(m[4]), int(m[5])) for m in matches]
+    return [_Calc(int(m[3]), m[4], int(m[5]), int(m[6]), f"{m[2]}.") for m in matches]
 
 
 _ERROR_DELTAS = (-10, -2, -1, 1, 2, 10)
@@ -188,7 +199,7 @@ def inject_error(problem: Problem, step: int, seed: int) -> str:
         bad = calcs[: step - 1] + [_with_result(calcs[step - 1], calcs[step - 1].result + delta)]
         for c in calcs[step:]:
             left = bad[-1].result
-            bad.append(_Calc(left, c.op, c.right, _apply(left, c.op, c.right)))
+            bad.append(dataclasses.replace(c, left=left, result=_apply(left, c.op, c.right)))
         values = [c.result for c in bad]
         if min(values) >= 0:
             candidates.append((max(values) > MAX_VALUE, bad))
@@ -198,7 +209,7 @@ def inject_error(problem: Problem, step: int, seed: int) -> str:
 
 
 def _with_result(calc: _Calc, result: int) -> _Calc:
-    return _Calc(calc.left, calc.op, calc.right, result)
+    return dataclasses.replace(calc, result=result)
 
 
 _EQUATION = re.compile(r"(\d+)\s*([-+*x×])\s*(\d+)\s*=\s*(-?\d+)")

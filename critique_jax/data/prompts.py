@@ -1,4 +1,4 @@
-"""Prompt templates for solving, critiquing and refining, and their rendering to text.
+"""Prompt templates for solving, critiquing, refining and error insertion, and their rendering.
 
 Every stage (sampling, critic SFT, RCO, refinement, self-training) builds its prompts
 here so that training and inference see identical text. Instructions are kept short:
@@ -8,6 +8,7 @@ which every chat template accepts (some reject a system role).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # How every solution must end, so that ``extract_answer`` finds its final answer.
@@ -64,6 +65,27 @@ def refine_messages(question: str, solution: str, critique: str) -> Messages:
             f"Write a corrected solution. {ANSWER_FORMAT}",
         },
     ]
+
+
+def insert_error_messages(question: str, steps_before: Sequence[str], step: int) -> Messages:
+    """Ask an annotator to continue a correct solution from step `step` with a mistake there.
+
+    The steps before `step` come from a correct solution, so the first error of the result is
+    at `step` when the annotator follows the instruction (the verifier then checks that the
+    final answer is indeed wrong).
+    """
+    parts = [f"Question: {question.strip()}"]
+    if steps_before:
+        parts.append(
+            f"The first {step - 1} steps of a correct solution:\n"
+            + "\n".join(s.strip() for s in steps_before)
+        )
+    parts.append(
+        f"Write step {step} with one plausible mistake in it (a wrong calculation, a misread "
+        "number or a wrong formula), then finish the solution consistently with that mistake, "
+        f"without pointing it out. Write only step {step} onward. {ANSWER_FORMAT}"
+    )
+    return [{"role": "user", "content": "\n\n".join(parts)}]
 
 
 def _has_chat_template(tokenizer: Any) -> bool:

@@ -39,20 +39,15 @@ from critique_jax.data.loaders import DataError, read_records
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.pipelines.critique_data import (
-    CriticSpec,
-    RecordLog,
     chunks,
     demo_insertions,
-    load_models,
-    make_critic,
     reference_solution,
     refine_verified,
     sample_solutions,
     stable_seed,
-    with_demo_tokenizer,
 )
-from critique_jax.pipelines.roles import Agent, Critic, make_agent, parsed
-from critique_jax.runio import atomic_write_json, atomic_write_text, read_jsonl
+from critique_jax.pipelines.roles import Agent, Critic, CriticSpec, load_roles, parsed
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -356,15 +351,15 @@ def run(cfg: Config) -> dict[str, Any]:
     es = cfg.eval_set
     needs_problems = not es.path or cfg.critic.oracle is not None
     problems = load_problems(es.problems) if needs_problems else []
-    mesh = mesh_from_config(cfg.mesh)
-    tok_dir = Path(cfg.run_dir) / "demo_tokenizer"
-    actor_spec = with_demo_tokenizer(cfg.actor, problems, tok_dir) if cfg.actor else None
-    critic_spec = cfg.critic
-    if critic_spec.model is not None:
-        critic_spec = CriticSpec(model=with_demo_tokenizer(critic_spec.model, problems, tok_dir))
-    actor_model, critic_model = load_models(actor_spec, critic_spec, mesh, cfg.seed)
-    actor = make_agent(actor_model, mesh) if actor_model is not None else None
-    critic = make_critic(critic_spec, critic_model, problems, mesh)
+    actor, critic = load_roles(
+        cfg.actor,
+        cfg.critic,
+        problems,
+        mesh_from_config(cfg.mesh),
+        cfg.seed,
+        Path(cfg.run_dir) / "demo_tokenizer",
+    )
+    assert critic is not None
     records = load_eval_set(cfg, problems, actor)
     if not records:
         raise ValueError("the eval set is empty: check eval_set.path or eval_set.problems")

@@ -28,89 +28,45 @@ records whose id is not in a file yet, which gives the files of one uninterrupte
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
-from jax.sharding import Mesh
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import Critique, format_critique, split_steps
-from critique_jax.data.demo_tokenizer import build_demo_tokenizer
-from critique_jax.data.demo_world import inject_error, templated_critique
+from critique_jax.data.demo_world import inject_error
 from critique_jax.data.math import extract_answer, is_equiv
-from critique_jax.data.prompts import ANSWER_FORMAT, CRITIQUE_FORMAT, Messages
+from critique_jax.data.prompts import insert_error_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
-from critique_jax.models.config import preset
-from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.roles import (
     Agent,
     Critic,
+    CriticSpec,
     Judged,
-    OracleCritic,
-    make_agent,
+    load_roles,
     parsed,
     refine,
     solve,
 )
-from critique_jax.runio import JsonlWriter, atomic_write_json, read_jsonl
+from critique_jax.runio import RecordLog, atomic_write_json, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
 log = logging.getLogger(__name__)
 
-# Oracle critics by name: functions (problem, solution text) -> critique text.
-ORACLES: dict[str, Callable[[Problem, str], str]] = {"demo": templated_critique}
 INSERTION_METHODS = ("none", "model", "demo")
 
 
-def insert_error_messages(question: str, steps_before: Sequence[str], step: int) -> Messages:
-    """Ask an annotator to continue a correct solution from step `step` with a mistake there.
-
-    The steps before `step` come from a correct solution, so the first error of the result is
-    at `step` when the annotator follows the instruction (the verifier then checks that the
-    final answer is indeed wrong).
-    """
-    parts = [f"Question: {question.strip()}"]
-    if steps_before:
-        parts.append(
-            f"The first {step - 1} steps of a correct solution:\n"
-            + "\n".join(s.strip() for s in steps_before)
-        )
-    parts.append(
-        f"Write step {step} with one plausible mistake in it (a wrong calculation, a misread "
-        "number or a wrong formula), then finish the solution consistently with that mistake, "
-        f"without pointing it out. Write only step {step} onward. {ANSWER_FORMAT}"
-    )
-    return [{"role": "user", "content": "\n\n".join(parts)}]
-
-
 # --------------------------------------------------------------------------- config
-
-
-@dataclass
-class CriticSpec:
-    """A critic or annotator: a model, or an oracle that needs none (`oracle: demo`, the demo
-    world's step checker, which knows the true computation)."""
-
-    model: ModelSpec | None = None
-    oracle: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.model is None) == (self.oracle is None):
-            raise ConfigError("give exactly one of `model: {preset|path: ...}` or `oracle: demo`")
-        if self.oracle is not None and self.oracle not in ORACLES:
-            raise ConfigError(f"oracle {self.oracle!r} unknown; oracles: {sorted(ORACLES)}")
-
 
 # Every phase has its own SamplingParams; its `n` is set by the phase's count field
 # (samples_per_question, per_solution, refinements) and its seed is combined with the stage
@@ -206,55 +162,6 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def with_demo_tokenizer(spec: ModelSpec, problems: Sequence[Problem], out_dir: Path) -> ModelSpec:
-    """A preset model without a tokenizer gets the demo tokenizer (built once in `out_dir`
-    from the demo world's texts) when the problems are demo-world ones; anything else that
-    has no tokenizer is a config error, because sampling needs one."""
-    if spec.preset is None or spec.tokenizer is not None:
-        return spec
-    if not problems or any(p.source != "demo" for p in problems):
-        raise ConfigError(
-            f"model preset {spec.preset!r} has no tokenizer: set its `tokenizer:` to a tokenizer "
-            "directory (only demo-world problems get the demo tokenizer built automatically)"
-        )
-    texts = [ANSWER_FORMAT, CRITIQUE_FORMAT]
-    for p in problems:
-        texts += [p.question, p.solution, templated_critique(p, p.solution)]
-    vocab = preset(spec.preset, **spec.overrides).vocab_size
-    build_demo_tokenizer(texts, str(out_dir), vocab_size=vocab)
-    return dataclasses.replace(spec, tokenizer=str(out_dir))
-
-
-def _tokenizer_source(spec: ModelSpec) -> str | None:
-    return spec.tokenizer or spec.path
-
-
-def load_models(
-    actor: ModelSpec | None, critic: CriticSpec | None, mesh: Mesh | None, seed: int
-) -> tuple[LoadedModel | None, LoadedModel | None]:
-    """(actor, critic model); one model when both specs are equal, and one tokenizer object
-    when both read the same directory, so the two share compiled samplers (`make_agent`)."""
-    actor_model = load_model(actor, mesh, seed) if actor is not None else None
-    if critic is None or critic.model is None:
-        return actor_model, None
-    if actor_model is not None and critic.model == actor:
-        return actor_model, actor_model
-    critic_model = load_model(critic.model, mesh, seed)
-    if actor_model is not None and _tokenizer_source(critic.model) == _tokenizer_source(actor):
-        critic_model = dataclasses.replace(critic_model, tokenizer=actor_model.tokenizer)
-    return actor_model, critic_model
-
-
-def make_critic(
-    spec: CriticSpec, model: LoadedModel | None, problems: Sequence[Problem], mesh: Mesh | None
-) -> Critic:
-    if spec.oracle is not None:
-        return OracleCritic({p.question: p for p in problems}, ORACLES[spec.oracle])
-    if model is None:
-        raise ValueError("a model critic needs its loaded model")
-    return make_agent(model, mesh)
-
-
 def critique_text(critique: Critique) -> str:
     """A parsed critique in the canonical format, cut after its first wrong step (critiques
     stop at the first error, DESIGN.md)."""
@@ -288,27 +195,6 @@ def keep_critique(
     if solution_correct or not refinements:
         return True
     return sum(refinements) / len(refinements) >= tau
-
-
-class RecordLog:
-    """A run-dir JSONL file keyed by `id`: process 0 appends, every process knows what is done
-    (all processes must take the same resume decisions in an SPMD program)."""
-
-    def __init__(self, path: Path) -> None:
-        self.writer = JsonlWriter(path) if jax.process_index() == 0 else None
-        self.done = set(self.writer.done) if self.writer else {r["id"] for r in read_jsonl(path)}
-
-    def write_all(self, records: Iterable[dict[str, Any]]) -> None:
-        for r in records:
-            if r["id"] in self.done:
-                continue
-            self.done.add(r["id"])
-            if self.writer is not None:
-                self.writer.write(r)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 # --------------------------------------------------------------------------- solutions
@@ -672,19 +558,6 @@ def summarize(
     }
 
 
-def load_roles(cfg: Config, problems: Sequence[Problem]) -> tuple[Agent, Critic]:
-    """The actor and the annotator of a config (preset demo models get the demo tokenizer)."""
-    mesh = mesh_from_config(cfg.mesh)
-    tok_dir = Path(cfg.run_dir) / "demo_tokenizer"
-    actor_spec = with_demo_tokenizer(cfg.actor, problems, tok_dir)
-    spec = cfg.annotator
-    if spec.model is not None:
-        spec = dataclasses.replace(spec, model=with_demo_tokenizer(spec.model, problems, tok_dir))
-    actor_model, annotator_model = load_models(actor_spec, spec, mesh, cfg.seed)
-    assert actor_model is not None
-    return make_agent(actor_model, mesh), make_critic(spec, annotator_model, problems, mesh)
-
-
 def collect(
     cfg: Config, problems: Sequence[Problem], actor: Agent, annotator: Critic
 ) -> dict[str, Any]:
@@ -727,4 +600,13 @@ def run(cfg: Config) -> dict[str, Any]:
     problems = load_problems(cfg.problems)
     if not problems:
         raise ValueError("no problems to collect critiques for: check the `problems:` section")
-    return collect(cfg, problems, *load_roles(cfg, problems))
+    actor, annotator = load_roles(
+        cfg.actor,
+        cfg.annotator,
+        problems,
+        mesh_from_config(cfg.mesh),
+        cfg.seed,
+        Path(cfg.run_dir) / "demo_tokenizer",
+    )
+    assert actor is not None and annotator is not None
+    return collect(cfg, problems, actor, annotator)

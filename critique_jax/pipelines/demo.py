@@ -11,14 +11,18 @@ code the real-data configs run:
 
 1. world: train and test problems (different seeds; test questions seen in training are
    dropped), written to run_dir/world/, and the demo tokenizer (run_dir/demo_tokenizer).
-2. actor SFT (`self_train.iteration_zero`): reference solutions plus refinement examples
-   (x, y0, c -> y'); greedy test accuracy -> actor_accuracy.
+2. actor SFT, in two parts: the `sft` stage on the reference solutions of every training
+   question in short packed rows (where the actor learns to read a question and compute:
+   most of the budget), then iteration 0 of self-training (`self_train.iteration_zero`:
+   reference solutions plus refinement examples (x, y0, c -> y') on a prefix of the
+   questions, where it learns to follow a critique); greedy test accuracy -> actor_accuracy.
 3. critic (`critique_data.collect`, `sft`, `critic_eval.evaluate`): AutoMathCritique with the
-   oracle annotator on actor samples, injected errors and reference solutions, Monte Carlo
-   soft filtering by the actor's refinements; critic SFT warm-started from the actor-SFT
-   weights; verdict accuracy on a held-out eval set (actor samples, injected errors and
-   reference solutions of the test questions, labelled by the verifier) against chance (the
-   majority label's share).
+   oracle annotator on actor samples, injected errors and reference solutions (Monte Carlo
+   soft filtering is available but off: it drops wrong annotator critiques, and the oracle
+   makes none); critic SFT warm-started from the actor weights; verdicts on a held-out eval
+   set (per test question its reference solution, an injected error and actor samples,
+   labelled by the verifier): accuracy against chance (the majority label's share), and
+   balanced accuracy (the mean over right and wrong solutions; chance 0.5).
 4. test-time supervision (`test_time.run_test_time`) with the trained critic: one critique ->
    refine round, majority vote vs critique-refine + vote vs critic-weighted vote at K, and
    the accuracy-vs-compute plot.
@@ -32,12 +36,15 @@ code the real-data configs run:
 7. one results table (printed, run_dir/results.md) and run_dir/results.json.
 
 Resume: every phase writes into its own subdirectory and is skipped, or resumes record by
-record, when the stage is run again with the same run_dir (e.g. after a kill).
+record (training: from its last checkpoint), when the stage is run again with the same
+run_dir, e.g. after a kill.
 
-Sizes: the defaults fit in about ten minutes on a 2-core CPU. `Config.reduced()` is the same
-loop at CI size (well under a minute of compute), used by tests/test_demo.py. Few distinct
-generation lengths and fan-outs (`generation`, K = N = `tts.k`-style choices below) keep the
-number of compiled sampler programs small: each costs seconds on a CPU.
+Sizes: the defaults take about nine minutes on an idle 2-core CPU, most of it training
+from scratch. `Config.reduced()` is the same loop at CI size (tests/test_demo.py); from the
+command line: `python -c "from critique_jax.pipelines.demo import Config, run;
+run(Config.reduced(run_dir='runs/demo_tiny'))"`. One generation length per kind of output
+(`generation`) and shared fan-outs keep the compiled sampler programs few: each costs
+seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -67,9 +74,14 @@ from critique_jax.data.sources import ProblemSource
 from critique_jax.models.config import preset
 from critique_jax.pipelines import critic_eval, critique_data, rco_collect, rco_eval, rco_train, sft
 from critique_jax.pipelines import self_train as st
-from critique_jax.pipelines.critique_data import CriticSpec, make_critic, with_demo_tokenizer
 from critique_jax.pipelines.judges import JudgeConfig
-from critique_jax.pipelines.roles import Agent, Critic
+from critique_jax.pipelines.roles import (
+    Agent,
+    Critic,
+    CriticSpec,
+    make_critic,
+    with_demo_tokenizer,
+)
 from critique_jax.pipelines.test_time import TTSSettings, run_test_time
 from critique_jax.runio import atomic_write_json, atomic_write_text
 from critique_jax.sampling import SamplingParams
@@ -85,7 +97,7 @@ SELF_TRAIN_CRITICS = ("auto", "trained", "oracle")
 
 @dataclass
 class WorldConfig:
-    train_size: int = 640
+    train_size: int = 3000  # the pool of training questions; phases use prefixes of it
     test_size: int = 128
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])
     train_seed: int = 1
@@ -117,9 +129,15 @@ def _train(steps: int, batch: int, seq_len: int, pack: bool = True) -> TrainConf
 
 @dataclass
 class ActorPhase:
-    """Iteration 0 of self-training: the actor learns to solve and to follow critiques."""
+    """Actor SFT in two parts. `solve`: the `sft` stage on the reference solutions of every
+    training question, in short packed rows, where the actor learns to read a question and
+    compute (most of the demo's budget; steps 0 skips it). `train`: iteration 0 of
+    self-training on the first `problems` questions, reference solutions plus refinement
+    examples (x, y0, c -> y'), where it learns to follow a critique."""
 
-    train: TrainConfig = field(default_factory=lambda: _train(400, 8, 512))
+    solve: TrainConfig = field(default_factory=lambda: _train(450, 16, 256))
+    problems: int = 640
+    train: TrainConfig = field(default_factory=lambda: _train(80, 8, 512))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=3e-3, warmup_steps=20, weight_decay=0.01)
     )
@@ -130,8 +148,12 @@ class CriticPhase:
     problems: int = 128  # training questions whose solutions are critiqued
     samples: int = 2  # actor samples per question (temperature > 0)
     correct_share: float = 0.4  # share of correct solutions among the critiqued ones
-    refinements: int = 2  # M refinements of the soft filter
-    tau: float = 0.5  # keep a critique of a wrong solution when >= tau refinements verify
+    # Monte Carlo soft filter: M refinements per critique of a wrong solution, kept when at
+    # least tau verify. It exists to drop wrong annotator critiques; the oracle's are right by
+    # construction, and with a weak actor the filter would drop most critiques of wrong
+    # solutions, so it is off (0) by default.
+    refinements: int = 0
+    tau: float = 0.5
     eval_samples: int = 1  # eval set: actor samples per test question (+ reference, insertion)
     train: TrainConfig = field(default_factory=lambda: _train(80, 8, 512))
     optim: OptimConfig = field(
@@ -154,7 +176,7 @@ class RCOPhase:
     eval_critiques: int = 2
     eval_refinements: int = 2
     beta: float = 0.1
-    train: TrainConfig = field(default_factory=lambda: _train(24, 16, 384, pack=False))
+    train: TrainConfig = field(default_factory=lambda: _train(16, 16, 384, pack=False))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=3)
     )
@@ -166,7 +188,7 @@ class SelfTrainPhase:
     samples: int = 4  # K per question
     refinements: int = 2  # K' per critique of a wrong sample
     critic: str = "auto"  # auto (trained if it beats chance, else oracle) | trained | oracle
-    train: TrainConfig = field(default_factory=lambda: _train(40, 8, 512))
+    train: TrainConfig = field(default_factory=lambda: _train(24, 8, 512))
 
 
 @dataclass
@@ -195,6 +217,7 @@ class Config(StageConfig):
             )
         w = self.world
         needs = {
+            "actor.problems": self.actor.problems,
             "critic.problems": self.critic.problems,
             "rco.problems": self.rco.problems,
             "self_train.problems": self.self_train.problems,
@@ -208,22 +231,27 @@ class Config(StageConfig):
 
     @classmethod
     def reduced(cls, **changes: Any) -> Config:
-        """The same loop at CI size: seconds of training per phase, a few dozen questions."""
+        """The same loop at CI size (about a minute and a half on an idle 2-core CPU): levels
+        1-2, a few dozen questions per phase, tens of training steps. Iteration 0, critic SFT
+        and self-training share one TrainConfig and optimizer, hence one compiled step."""
+        step = _train(24, 8, 512)
+        optim = ActorPhase().optim
         cfg = cls(
-            world=WorldConfig(train_size=96, test_size=32, levels=[1, 2]),
+            world=WorldConfig(train_size=256, test_size=32, levels=[1, 2]),
             generation=GenerationConfig(solution_tokens=48, critique_tokens=96, chunk_size=64),
-            actor=ActorPhase(train=_train(40, 8, 512), optim=ActorPhase().optim),
-            critic=CriticPhase(problems=32, samples=2, refinements=2, train=_train(20, 8, 512)),
+            actor=ActorPhase(solve=_train(60, 16, 256), problems=64, train=step, optim=optim),
+            critic=CriticPhase(problems=32, samples=1, train=step, optim=optim),
             tts=TTSPhase(k=2),
             rco=RCOPhase(
                 problems=16,
                 eval_problems=16,
                 critiques=2,
                 eval_critiques=2,
-                refinements=2,
+                refinements=1,
+                eval_refinements=1,
                 train=_train(4, 8, 384, pack=False),
             ),
-            self_train=SelfTrainPhase(problems=32, samples=2, train=_train(8, 8, 512)),
+            self_train=SelfTrainPhase(problems=32, samples=2, refinements=1, train=step),
         )
         return dataclasses.replace(cfg, **changes)
 
@@ -272,14 +300,14 @@ def _source(cfg: Config, split: str, size: int | None = None) -> ProblemSource:
     return ProblemSource(kind="demo", split=split, seed=seed, size=size, levels=list(w.levels))
 
 
-def self_train_config(cfg: Config, run_dir: Path) -> st.Config:
-    """The self_train stage config the demo's actor phases share (iteration 0 and the
-    iterations of both arms); the critic is passed to `iteration` directly."""
+def self_train_config(cfg: Config, run_dir: Path, actor: ModelSpec) -> st.Config:
+    """The self_train stage config the demo's actor phases share (iteration 0 from `actor`,
+    and the iterations of both arms); the critic is passed to `iteration` directly."""
     g, s = cfg.generation, cfg.self_train
     return st.Config(
         run_dir=str(run_dir),
         seed=cfg.seed,
-        actor=cfg.model,
+        actor=actor,
         critic=None,
         train_problems=_source(cfg, "train"),
         test_problems=_source(cfg, "test"),
@@ -309,6 +337,27 @@ def _at(points: list[dict[str, Any]], key: str, value: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- phases
+
+
+def solve_sft(cfg: Config, run_dir: Path, spec: ModelSpec, data: Path) -> ModelSpec:
+    """The first part of actor SFT: the `sft` stage on reference solutions; returns the
+    model iteration 0 starts from."""
+    if cfg.actor.solve.steps == 0:
+        return spec
+    out = run_dir / "actor_solve_sft"
+    if _done(out / "results.json") is None:
+        sft.run(
+            sft.Config(
+                run_dir=str(out),
+                seed=cfg.seed,
+                model=spec,
+                data=sft.SFTData(path=str(data), format="solve"),
+                train=cfg.actor.solve,
+                optim=cfg.actor.optim,
+                mesh=cfg.mesh,
+            )
+        )
+    return ModelSpec(path=str(out / "hf"))
 
 
 def collect_critiques(
@@ -397,7 +446,20 @@ def evaluate_critic(
     metrics = critic_eval.evaluate(eval_cfg, records, critic, None)
     base = metrics["base_rate_correct"]
     metrics["chance"] = max(base, 1 - base)  # always answering the majority label
+    metrics["balanced_accuracy"] = balanced_accuracy(metrics)
     return metrics
+
+
+def balanced_accuracy(metrics: dict[str, Any]) -> float | None:
+    """Mean of the verdict accuracy on right solutions and on wrong ones (an unparseable
+    critique is a miss): 0.5 for any verdict that ignores the solution, whatever the labels'
+    balance. Derived from critic_eval's accuracy, base rate and recall of "Wrong"."""
+    n, base = metrics["n"], metrics["base_rate_correct"]
+    recall_wrong = metrics["wrong_recall"]
+    if not n or recall_wrong is None or base in (None, 0.0, 1.0):
+        return None
+    hits_right = metrics["verdict_accuracy"] * n - recall_wrong * (1 - base) * n
+    return (hits_right / (base * n) + recall_wrong) / 2
 
 
 def rco_phase(
@@ -488,6 +550,7 @@ ROWS = (
     ("refine_accuracy", "actor + 1 critique -> refine round"),
     ("critic_verdict_accuracy", "critic verdict accuracy (held-out)"),
     ("critic_verdict_chance", "  chance (majority label)"),
+    ("critic_balanced_accuracy", "critic balanced accuracy (chance 0.5)"),
     ("critic_first_error_accuracy", "critic first-error-step accuracy"),
     ("majority_vote_accuracy", "majority vote @K"),
     ("critique_majority_vote_accuracy", "critique -> refine, then majority vote @K"),
@@ -546,18 +609,21 @@ def run(cfg: Config) -> dict[str, Any]:
     start = time.perf_counter()
     mesh = mesh_from_config(cfg.mesh)
     st_dir = run_dir / "self_train"
-    st_cfg = self_train_config(cfg, st_dir)
+    world_dir = run_dir / "world"
 
     with clock("world"):
-        train, test = st._split(st_cfg)
-        world_dir = run_dir / "world"
+        train, test = st._split(self_train_config(cfg, st_dir, cfg.model))
         _write_problems(world_dir / "train.jsonl", train)
         _write_problems(world_dir / "test.jsonl", test)
         spec = with_demo_tokenizer(cfg.model, [*train, *test], run_dir / "demo_tokenizer")
-        models = st._Models(spec, mesh, cfg.seed)
 
-    with clock("actor_sft"):
-        actor_res = st.iteration_zero(st_cfg, models, train, test, st_dir / "iter_0")
+    with clock("actor_solve_sft"):
+        start_spec = solve_sft(cfg, run_dir, spec, world_dir / "train.jsonl")
+    st_cfg = self_train_config(cfg, st_dir, start_spec)
+    models = st._Models(start_spec, mesh, cfg.seed)
+    with clock("actor_iteration0"):
+        iter0 = train[: cfg.actor.problems]
+        actor_res = st.iteration_zero(st_cfg, models, iter0, test, st_dir / "iter_0")
     actor_hf = st_dir / "iter_0" / "hf"
     actor = models.agent(actor_hf)
 
@@ -605,6 +671,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "actor_accuracy_by_difficulty": actor_res["by_level"],
         "critic_verdict_accuracy": verdicts["verdict_accuracy"],
         "critic_verdict_chance": verdicts["chance"],
+        "critic_balanced_accuracy": verdicts["balanced_accuracy"],
         "critic_first_error_accuracy": verdicts["first_error"]["accuracy"],
         "critic_unparseable_rate": verdicts["unparseable_rate"],
         "refine_accuracy": refined["accuracy"],

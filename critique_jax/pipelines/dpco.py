@@ -23,37 +23,29 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from critique_jax import losses
 from critique_jax.config import MeshConfig, ModelSpec, OptimConfig, StageConfig, TrainConfig
 from critique_jax.pipelines.judges import Judge, JudgeConfig, make_judge
-from critique_jax.pipelines.rco_collect import pad_id_of, read_groups
 from critique_jax.pipelines.rco_train import (
     CritiqueTable,
-    check_reference,
     check_train,
-    critique_table,
-    history_summary,
-    load_policy,
-    train_groups,
+    prepare,
+    train_and_report,
+    unpacked_train,
 )
-from critique_jax.runio import JsonlWriter, atomic_write_json, read_jsonl
-from critique_jax.sharding import mesh_from_config, rules_from_config
+from critique_jax.runio import RecordLog
 from critique_jax.trainer import ApplyFn, Batch, Params
 
 log = logging.getLogger(__name__)
 
 PAIRS = "pairs.jsonl"
-
-
-def _unpacked_train() -> TrainConfig:
-    return TrainConfig(pack=False)
 
 
 @dataclass
@@ -69,7 +61,7 @@ class Config(StageConfig):
     beta: float = 0.1
     drop_truncated: bool = True
     check_reference: bool = True
-    train: TrainConfig = field(default_factory=_unpacked_train)
+    train: TrainConfig = field(default_factory=unpacked_train)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
@@ -112,32 +104,30 @@ def judge_pairs(
 def rank_pairs(
     cfg: Config, records: list[dict[str, Any]], table: CritiqueTable, run_dir: Path, mesh: Any
 ) -> dict[str, list[tuple[int, int]]]:
-    """Group id -> its (chosen, rejected) pairs, written to / resumed from pairs.jsonl."""
+    """Group id -> its (chosen, rejected) pairs, written to / resumed from pairs.jsonl; the
+    judge model is loaded only when some group is not ranked yet."""
     n = table.group_size
     valid = list(table.valid.reshape(-1, n))
-    done = {r["id"]: [tuple(p) for p in r["pairs"]] for r in read_jsonl(run_dir / PAIRS)}
-    todo = [g for g, r in enumerate(records) if r["id"] not in done]
-    if not todo:
-        return done
-    judge = make_judge(cfg.judge, mesh, cfg.seed) if cfg.ranking == "judge" else None
-    main = jax.process_index() == 0
-    writer = JsonlWriter(run_dir / PAIRS) if main else None
-    try:
-        for k in range(0, len(todo), cfg.chunk_groups):
-            chunk = todo[k : k + cfg.chunk_groups]
-            if judge is None:
-                cu = table.cu.reshape(-1, n)
-                found = [cu_pairs(cu[g], valid[g], cfg.min_cu_gap) for g in chunk]
-            else:
-                found = judge_pairs(judge, [records[g] for g in chunk], [valid[g] for g in chunk])
-            for g, pairs in zip(chunk, found, strict=True):
-                done[records[g]["id"]] = pairs
-                if writer is not None:
-                    writer.write({"id": records[g]["id"], "pairs": [list(p) for p in pairs]})
-    finally:
-        if writer is not None:
-            writer.close()
-    return done
+    cu = table.cu.reshape(-1, n)
+    index = {r["id"]: g for g, r in enumerate(records)}
+    judge: Judge | None = None
+
+    def compute(chunk: list[dict[str, Any]], _: int) -> list[dict[str, Any]]:
+        nonlocal judge
+        groups = [index[r["id"]] for r in chunk]
+        if cfg.ranking == "cu":
+            found = [cu_pairs(cu[g], valid[g], cfg.min_cu_gap) for g in groups]
+        else:
+            judge = judge or make_judge(cfg.judge, mesh, cfg.seed)
+            found = judge_pairs(judge, chunk, [valid[g] for g in groups])
+        return [
+            {"id": r["id"], "pairs": [list(p) for p in pairs]}
+            for r, pairs in zip(chunk, found, strict=True)
+        ]
+
+    with RecordLog(run_dir / PAIRS) as pairs_log:
+        ranked = pairs_log.fill(records, cfg.chunk_groups, compute, itemgetter("id"))
+    return {r["id"]: [tuple(p) for p in r["pairs"]] for r in ranked}
 
 
 def pair_arrays(
@@ -172,46 +162,23 @@ class DPOLoss:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    run_dir = Path(cfg.run_dir)
-    mesh = mesh_from_config(cfg.mesh)
-    rules = rules_from_config(cfg.mesh.rules)
-    records = read_groups(cfg.collect_dir)
-    model = load_policy(cfg.model, cfg.collect_dir, mesh, cfg.seed)
-    table = critique_table(
-        records, cfg.train.seq_len, pad_id_of(model.tokenizer), cfg.drop_truncated
-    )
-    pairs = rank_pairs(cfg, records, table, run_dir, mesh)
-    arrays = pair_arrays(table, records, pairs)
+    setup = prepare(cfg)
+    pairs = rank_pairs(cfg, setup.records, setup.table, Path(cfg.run_dir), setup.mesh)
+    arrays = pair_arrays(setup.table, setup.records, pairs)
     log.info(
         "dpco: %d pairs from %d groups (ranking: %s)",
         len(arrays["ref_logp"]),
-        len(records),
+        len(setup.records),
         cfg.ranking,
     )
-    gap = None
-    if cfg.check_reference:
-        gap = check_reference(model, table, mesh, rules)
-    history, out = train_groups(
-        model,
+    counts = {"pairs": len(arrays["ref_logp"]), "groups": len(setup.records)}
+    return train_and_report(
+        cfg,
+        setup,
         arrays,
         2,
         DPOLoss(cfg.beta),
-        cfg.train,
-        cfg.optim,
-        cfg.mesh,
-        run_dir,
-        cfg.seed,
+        {**counts, "ranking": cfg.ranking},
+        ("loss", "reward_accuracy", "reward_margin"),
         what="pair",
     )
-    result = {
-        "pairs": len(arrays["ref_logp"]),
-        "groups": len(records),
-        "ranking": cfg.ranking,
-        "beta": cfg.beta,
-        "reference_gap": gap,
-        **history_summary(history, ("loss", "reward_accuracy", "reward_margin")),
-        "hf_dir": str(out),
-    }
-    if jax.process_index() == 0:
-        atomic_write_json(run_dir / "results.json", result)
-    return result

@@ -31,10 +31,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -50,7 +50,7 @@ from critique_jax.models import ModelConfig
 from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, is_correct, make_judge
 from critique_jax.pipelines.roles import Agent, make_agent
-from critique_jax.runio import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import DEFAULT_RULES, Rules, mesh_from_config, rules_from_config
 
@@ -129,29 +129,14 @@ class Group:
 # --------------------------------------------------------------------------- models
 
 
-def share_tokenizer(model: LoadedModel, like: LoadedModel) -> LoadedModel:
-    """`model` holding `like`'s tokenizer object when both are the same tokenizer, so that
-    `make_agent` gives two checkpoints of one architecture a single compiled sampler."""
-    a, b = model.tokenizer, like.tokenizer
-    same = (
-        a is not None
-        and b is not None
-        and type(a) is type(b)
-        and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
-        and a.all_special_ids == b.all_special_ids
-        and a.get_vocab() == b.get_vocab()
-    )
-    return dataclasses.replace(model, tokenizer=b) if same else model
-
-
 def load_agent(
-    spec: ModelSpec, mesh: Mesh | None, seed: int, role: str, like: LoadedModel | None = None
+    spec: ModelSpec, mesh: Mesh | None, seed: int, role: str
 ) -> tuple[LoadedModel, Agent]:
+    """The model and its agent; checkpoints of one architecture and tokenizer share one
+    compiled sampler (`make_agent`)."""
     model = load_model(spec, mesh=mesh, seed=seed)
     if model.tokenizer is None:
         raise ValueError(f"the {role} model needs a tokenizer: set its `tokenizer` (or `path`)")
-    if like is not None:
-        model = share_tokenizer(model, like)
     return model, make_agent(model, mesh)
 
 
@@ -284,6 +269,38 @@ def critique_and_refine(
     return records
 
 
+class ChunkSettings(Protocol):
+    """The settings `sample_chunk` reads (the collection and the evaluation configs)."""
+
+    seed: int
+    num_critiques: int
+    num_refinements: int
+    critique_sampling: SamplingParams
+    refine_sampling: SamplingParams
+
+
+def sample_chunk(
+    cfg: ChunkSettings,
+    critic: Agent,
+    actor: ChatModel,
+    judge: Judge,
+    chunk: Sequence[Group],
+    index: int,
+) -> list[dict[str, Any]]:
+    """`critique_and_refine` on one chunk with the seeds of its index: collection and
+    evaluation draw alike, and every critic of an evaluation refines with the same seeds."""
+    return critique_and_refine(
+        critic,
+        actor,
+        judge,
+        chunk,
+        cfg.num_critiques,
+        cfg.num_refinements,
+        cfg.critique_sampling.replace(seed=chunk_seed(cfg.seed, index, 1)),
+        cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)),
+    )
+
+
 def critique_rows(
     prompts: Sequence[Sequence[int]],
     completions: Sequence[Sequence[int]],
@@ -389,37 +406,6 @@ def collect_model_spec(collect_dir: str | Path) -> ModelSpec:
     return from_dict(ModelSpec, load_yaml(path)["model"], "model")
 
 
-def run_chunks(
-    groups: Sequence[Group],
-    chunk_groups: int,
-    path: Path,
-    compute: Callable[[list[Group], int], list[dict[str, Any]]],
-) -> list[dict[str, Any]]:
-    """Records of all `groups` (in order), computed chunk by chunk as `compute(chunk,
-    chunk_index)` and appended to `path`. Chunks are fixed slices of `groups`; one whose
-    records are all in `path` already is skipped, any other is recomputed whole (its
-    seeds depend only on its index), and only its missing records are written."""
-    done = {r["id"]: r for r in read_jsonl(path)}
-    writer = JsonlWriter(path) if jax.process_index() == 0 else None
-    try:
-        for k in range(0, len(groups), chunk_groups):
-            chunk = list(groups[k : k + chunk_groups])
-            if all(g.id in done for g in chunk):
-                continue
-            for r in compute(chunk, k // chunk_groups):
-                if r["id"] not in done:
-                    done[r["id"]] = r
-                    if writer is not None:
-                        writer.write(r)
-            log.info(
-                "%s: %d / %d groups", path.name, min(k + chunk_groups, len(groups)), len(groups)
-            )
-    finally:
-        if writer is not None:
-            writer.close()
-    return [done[g.id] for g in groups]
-
-
 def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
     """The stage; `actor`, when given (Python API), is used instead of `cfg.actor`: any
     object with `chat(conversations, sp)`, e.g. a scripted refiner in a synthetic world."""
@@ -430,7 +416,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
     if actor is None:
         actor = critic
         if cfg.actor is not None:
-            _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor", like=critic_model)
+            _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
     judge = make_judge(cfg.judge, mesh, cfg.seed)
     groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
     if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
@@ -440,16 +426,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         )
 
     def compute(chunk: list[Group], index: int) -> list[dict[str, Any]]:
-        records = critique_and_refine(
-            critic,
-            actor,
-            judge,
-            chunk,
-            cfg.num_critiques,
-            cfg.num_refinements,
-            cfg.critique_sampling.replace(seed=chunk_seed(cfg.seed, index, 1)),
-            cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)),
-        )
+        records = sample_chunk(cfg, critic, actor, judge, chunk, index)
         add_reference_logps(
             records,
             critic_model.cfg,
@@ -462,7 +439,8 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         )
         return records
 
-    records = run_chunks(groups, cfg.chunk_groups, run_dir / RECORDS, compute)
+    with RecordLog(run_dir / RECORDS) as log_:
+        records = log_.fill(groups, cfg.chunk_groups, compute)
     result = summarize(records)
     result["records"] = str(run_dir / RECORDS)
     if jax.process_index() == 0:

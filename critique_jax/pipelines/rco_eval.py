@@ -20,7 +20,6 @@ resumable), comparison.json and comparison.md.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from collections.abc import Sequence
@@ -39,13 +38,11 @@ from critique_jax.pipelines.rco_collect import (
     INITIAL,
     Group,
     InitialResponses,
-    chunk_seed,
-    critique_and_refine,
     initial_groups,
     load_agent,
-    run_chunks,
+    sample_chunk,
 )
-from critique_jax.runio import atomic_write_json, atomic_write_text
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -170,33 +167,20 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
     object with `chat(conversations, sp)`, e.g. a scripted refiner in a synthetic world."""
     run_dir = Path(cfg.run_dir)
     mesh = mesh_from_config(cfg.mesh)
-    like = None  # critics share the actor's (or the first critic's) compiled sampler
     if actor is None:
         if cfg.actor is None:
             raise ValueError("actor is not set: give the model that refines (actor: {path: ...})")
-        like, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
+        _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
     judge = make_judge(cfg.judge, mesh, cfg.seed)
     groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
     if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
         raise ValueError("judge.kind: verifier needs gold answers for every (x, y0)")
     results = []
     for entry in cfg.critics:
-        critic_model, critic = load_agent(
-            entry.model, mesh, cfg.seed, f"critic {entry.name!r}", like=like
-        )
-        like = like or dataclasses.replace(critic_model, params=None)  # tokenizer only
+        critic_model, critic = load_agent(entry.model, mesh, cfg.seed, f"critic {entry.name!r}")
 
         def compute(chunk: list[Group], index: int, critic=critic) -> list[dict[str, Any]]:
-            records = critique_and_refine(
-                critic,
-                actor,
-                judge,
-                chunk,
-                cfg.num_critiques,
-                cfg.num_refinements,
-                cfg.critique_sampling.replace(seed=chunk_seed(cfg.seed, index, 1)),
-                cfg.refine_sampling.replace(seed=chunk_seed(cfg.seed, index, 2)),
-            )
+            records = sample_chunk(cfg, critic, actor, judge, chunk, index)
             for r in records:  # evaluation keeps token counts, not tokens
                 r.pop("prompt_ids")
                 for c in r["critiques"]:
@@ -205,7 +189,8 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
             return records
 
         path = run_dir / "critics" / f"{entry.name}.jsonl"
-        records = run_chunks(groups, cfg.chunk_groups, path, compute)
+        with RecordLog(path) as log_:
+            records = log_.fill(groups, cfg.chunk_groups, compute)
         metrics = critic_metrics(records, judge.scale)
         log.info("eval_rco %s: %s", entry.name, metrics)
         results.append({"name": entry.name, "model": to_dict(entry.model), **metrics})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +56,8 @@ REFERENCE_TOLERANCE = 0.05
 REFERENCE_ROWS = 8
 
 
-def _unpacked_train() -> TrainConfig:
+def unpacked_train() -> TrainConfig:
+    """The default training of the critic stages: one critique per row (no packing)."""
     return TrainConfig(pack=False)
 
 
@@ -69,7 +70,7 @@ class Config(StageConfig):
     beta: float = 0.1  # CU / beta is the target log-ratio scale
     drop_truncated: bool = True  # mask critiques that hit max_new_tokens
     check_reference: bool = True  # step-0 policy log-probs must match the stored reference
-    train: TrainConfig = field(default_factory=_unpacked_train)
+    train: TrainConfig = field(default_factory=unpacked_train)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
@@ -299,15 +300,86 @@ def history_summary(history: list[dict[str, Any]], keys: tuple[str, ...]) -> dic
     }
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    run_dir = Path(cfg.run_dir)
+class TrainSettings(Protocol):
+    """What `prepare` and `train_and_report` read: the rco and the dpco stage configs."""
+
+    run_dir: str
+    seed: int
+    collect_dir: str
+    model: ModelSpec | None
+    beta: float
+    drop_truncated: bool
+    check_reference: bool
+    train: TrainConfig
+    optim: OptimConfig
+    mesh: MeshConfig
+
+
+@dataclass
+class Setup:
+    """What the rco and dpco stages start from: the collected groups as a table and the
+    policy (the reference critic), on the stage's mesh."""
+
+    records: list[dict[str, Any]]
+    model: LoadedModel
+    table: CritiqueTable
+    mesh: Any
+    rules: Rules
+
+
+def prepare(cfg: TrainSettings) -> Setup:
     mesh = mesh_from_config(cfg.mesh)
-    rules = rules_from_config(cfg.mesh.rules)
     records = read_groups(cfg.collect_dir)
     model = load_policy(cfg.model, cfg.collect_dir, mesh, cfg.seed)
     table = critique_table(
         records, cfg.train.seq_len, pad_id_of(model.tokenizer), cfg.drop_truncated
     )
+    return Setup(records, model, table, mesh, rules_from_config(cfg.mesh.rules))
+
+
+def train_and_report(
+    cfg: TrainSettings,
+    setup: Setup,
+    arrays: dict[str, np.ndarray],
+    group_size: int,
+    loss_fn: Any,
+    counts: dict[str, Any],
+    metrics: tuple[str, ...],
+    what: str = "group",
+) -> dict[str, Any]:
+    """Check the reference (when asked), train on `arrays` and export; the results (`counts`
+    first) go to run_dir/results.json."""
+    gap = None
+    if cfg.check_reference:
+        gap = check_reference(setup.model, setup.table, setup.mesh, setup.rules)
+    run_dir = Path(cfg.run_dir)
+    history, out = train_groups(
+        setup.model,
+        arrays,
+        group_size,
+        loss_fn,
+        cfg.train,
+        cfg.optim,
+        cfg.mesh,
+        run_dir,
+        cfg.seed,
+        what=what,
+    )
+    result = {
+        **counts,
+        "beta": cfg.beta,
+        "reference_gap": gap,
+        **history_summary(history, metrics),
+        "hf_dir": str(out),
+    }
+    if jax.process_index() == 0:
+        atomic_write_json(run_dir / "results.json", result)
+    return result
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    setup = prepare(cfg)
+    table = setup.table
     groups = group_arrays(table)
     log.info(
         "rco: %d of %d groups have valid critiques (%d of %d critiques)",
@@ -316,29 +388,17 @@ def run(cfg: Config) -> dict[str, Any]:
         int(table.valid.sum()),
         len(table.valid),
     )
-    gap = None
-    if cfg.check_reference:
-        gap = check_reference(model, table, mesh, rules)
-    history, out = train_groups(
-        model,
-        groups,
-        table.group_size,
-        RCOLoss(cfg.beta, table.group_size),
-        cfg.train,
-        cfg.optim,
-        cfg.mesh,
-        run_dir,
-        cfg.seed,
-    )
-    result = {
+    counts = {
         "groups": len(groups["cu"]),
         "critiques": int(table.valid.sum()),
         "group_size": table.group_size,
-        "beta": cfg.beta,
-        "reference_gap": gap,
-        **history_summary(history, ("loss", "logratio")),
-        "hf_dir": str(out),
     }
-    if jax.process_index() == 0:
-        atomic_write_json(run_dir / "results.json", result)
-    return result
+    return train_and_report(
+        cfg,
+        setup,
+        groups,
+        table.group_size,
+        RCOLoss(cfg.beta, table.group_size),
+        counts,
+        ("loss", "logratio"),
+    )

@@ -3,22 +3,37 @@
 An `Agent` is a model that can generate (params + a Sampler shared by models of the same
 architecture). A critic is anything with `critique(...)`: a trained `Agent`, or an oracle such
 as the demo world's templated critic. Prompts always come from `critique_jax.data.prompts`, so
-training and inference see identical text.
+training and inference see identical text. Stages describe their critic as a `CriticSpec` and
+load their roles here (`load_roles`), so every stage resolves models and tokenizers alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from jax.sharding import Mesh
 
+from critique_jax.config import ConfigError, ModelSpec
 from critique_jax.data.critique_format import Critique, parse_critique
+from critique_jax.data.demo_tokenizer import build_demo_tokenizer
+from critique_jax.data.demo_world import templated_critique
 from critique_jax.data.math import extract_answer, is_equiv
-from critique_jax.data.prompts import critique_messages, refine_messages, solve_messages
+from critique_jax.data.prompts import (
+    ANSWER_FORMAT,
+    CRITIQUE_FORMAT,
+    critique_messages,
+    refine_messages,
+    solve_messages,
+)
 from critique_jax.data.records import Problem
-from critique_jax.models.loading import LoadedModel
+from critique_jax.models.config import preset
+from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.sampling import Completion, Sampler, SamplingParams
 
 
@@ -33,20 +48,36 @@ class Agent:
     def tokenizer(self) -> Any:
         return self.sampler.tokenizer
 
-    def chat(self, conversations: Sequence[list[dict[str, str]]],
-             sp: SamplingParams) -> list[list[Completion]]:
+    def chat(
+        self, conversations: Sequence[list[dict[str, str]]], sp: SamplingParams
+    ) -> list[list[Completion]]:
         return self.sampler.generate(self.params, conversations, sp)
 
-    def critique(self, questions: Sequence[str], solutions: Sequence[str], sp: SamplingParams,
-                 references: Sequence[str] | None = None) -> list[list[Completion]]:
+    def critique(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        sp: SamplingParams,
+        references: Sequence[str] | None = None,
+    ) -> list[list[Completion]]:
         refs = references if references is not None else [None] * len(questions)
-        return self.chat([critique_messages(q, s, r)
-                          for q, s, r in zip(questions, solutions, refs, strict=True)], sp)
+        return self.chat(
+            [
+                critique_messages(q, s, r)
+                for q, s, r in zip(questions, solutions, refs, strict=True)
+            ],
+            sp,
+        )
 
 
 class Critic(Protocol):
-    def critique(self, questions: Sequence[str], solutions: Sequence[str], sp: SamplingParams,
-                 references: Sequence[str] | None = None) -> list[list[Completion]]: ...
+    def critique(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        sp: SamplingParams,
+        references: Sequence[str] | None = None,
+    ) -> list[list[Completion]]: ...
 
 
 @dataclass
@@ -57,20 +88,34 @@ class OracleCritic:
     problems: dict[str, Problem]  # question -> problem
     critique_fn: Callable[[Problem, str], str]
 
-    def critique(self, questions: Sequence[str], solutions: Sequence[str], sp: SamplingParams,
-                 references: Sequence[str] | None = None) -> list[list[Completion]]:
-        return [[Completion((), (), "stop", self.critique_fn(self.problems[q], s))] * sp.n
-                for q, s in zip(questions, solutions, strict=True)]
+    def critique(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        sp: SamplingParams,
+        references: Sequence[str] | None = None,
+    ) -> list[list[Completion]]:
+        return [
+            [Completion((), (), "stop", self.critique_fn(self.problems[q], s))] * sp.n
+            for q, s in zip(questions, solutions, strict=True)
+        ]
 
 
 def solve(actor: Agent, questions: Sequence[str], sp: SamplingParams) -> list[list[Completion]]:
     return actor.chat([solve_messages(q) for q in questions], sp)
 
 
-def refine(actor: Agent, questions: Sequence[str], solutions: Sequence[str],
-           critiques: Sequence[str], sp: SamplingParams) -> list[list[Completion]]:
-    return actor.chat([refine_messages(q, s, c)
-                       for q, s, c in zip(questions, solutions, critiques, strict=True)], sp)
+def refine(
+    actor: Agent,
+    questions: Sequence[str],
+    solutions: Sequence[str],
+    critiques: Sequence[str],
+    sp: SamplingParams,
+) -> list[list[Completion]]:
+    return actor.chat(
+        [refine_messages(q, s, c) for q, s, c in zip(questions, solutions, critiques, strict=True)],
+        sp,
+    )
 
 
 @dataclass(frozen=True)
@@ -86,21 +131,138 @@ class Judged:
     def of(cls, completion: Completion, gold: str) -> Judged:
         text = completion.text or ""
         answer = extract_answer(text)
-        return cls(text, answer, answer is not None and is_equiv(answer, gold),
-                   completion.num_tokens)
+        return cls(
+            text, answer, answer is not None and is_equiv(answer, gold), completion.num_tokens
+        )
 
 
 def parsed(completion: Completion) -> Critique:
     return parse_critique(completion.text or "")
 
 
+def tokenizer_key(tokenizer: Any) -> str | None:
+    """A digest of what a tokenizer does rather than of which object it is: two loads of one
+    tokenizer, or copies saved beside different checkpoints, get the same key; tokenizers
+    that encode, decode or render chat differently never do. A fast tokenizer is its whole
+    serialized backend (vocab, merges, normalizer, added tokens, post-processor); a slow one
+    is its vocab and where it was loaded from."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts = {
+        "class": type(tokenizer).__qualname__,
+        "backend": (
+            backend.to_str()
+            if backend is not None
+            else [sorted(tokenizer.get_vocab().items()), tokenizer.name_or_path]
+        ),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "special": getattr(tokenizer, "special_tokens_map", None),
+        "special_ids": list(getattr(tokenizer, "all_special_ids", [])),
+        "flags": [
+            getattr(tokenizer, name, None)
+            for name in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces")
+        ],
+    }
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 _SAMPLERS: dict[tuple, Sampler] = {}
 
 
 def make_agent(model: LoadedModel, mesh: Mesh | None = None) -> Agent:
-    """An Agent over a sampler shared by every model of the same architecture and tokenizer,
-    so the actor and the critic compile once."""
-    key = (model.cfg, id(model.tokenizer), mesh)
+    """An Agent over a sampler shared by every model of the same architecture, tokenizer
+    (by `tokenizer_key`, so reloading a tokenizer reuses its samplers) and mesh, so the
+    actor, the critic and every checkpoint of a stage compile once."""
+    key = (model.cfg, tokenizer_key(model.tokenizer), mesh)
     if key not in _SAMPLERS:
         _SAMPLERS[key] = Sampler(model.cfg, model.tokenizer, mesh)
     return Agent(model.params, _SAMPLERS[key])
+
+
+# --------------------------------------------------------------------------- critics and loading
+
+# Oracle critics by name: functions (problem, solution text) -> critique text.
+ORACLES: dict[str, Callable[[Problem, str], str]] = {"demo": templated_critique}
+
+
+@dataclass
+class CriticSpec:
+    """A critic or annotator: a model, or an oracle that needs none (`oracle: demo`, the demo
+    world's step checker, which knows the true computation)."""
+
+    model: ModelSpec | None = None
+    oracle: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.oracle is None):
+            raise ConfigError("give exactly one of `model: {preset|path: ...}` or `oracle: demo`")
+        if self.oracle is not None and self.oracle not in ORACLES:
+            raise ConfigError(f"oracle {self.oracle!r} unknown; oracles: {sorted(ORACLES)}")
+
+
+def with_demo_tokenizer(spec: ModelSpec, problems: Sequence[Problem], out_dir: Path) -> ModelSpec:
+    """A preset model without a tokenizer gets the demo tokenizer (built once in `out_dir`
+    from the demo world's texts) when the problems are demo-world ones; anything else that
+    has no tokenizer is a config error, because sampling needs one."""
+    if spec.preset is None or spec.tokenizer is not None:
+        return spec
+    if not problems or any(p.source != "demo" for p in problems):
+        raise ConfigError(
+            f"model preset {spec.preset!r} has no tokenizer: set its `tokenizer:` to a tokenizer "
+            "directory (only demo-world problems get the demo tokenizer built automatically)"
+        )
+    texts = [ANSWER_FORMAT, CRITIQUE_FORMAT]
+    for p in problems:
+        texts += [p.question, p.solution, templated_critique(p, p.solution)]
+    vocab = preset(spec.preset, **spec.overrides).vocab_size
+    build_demo_tokenizer(texts, str(out_dir), vocab_size=vocab)
+    return dataclasses.replace(spec, tokenizer=str(out_dir))
+
+
+def load_models(
+    actor: ModelSpec | None, critic: CriticSpec | None, mesh: Mesh | None, seed: int
+) -> tuple[LoadedModel | None, LoadedModel | None]:
+    """(actor, critic model); one model when both specs are equal, so self-critique shares
+    the actor's weights."""
+    actor_model = load_model(actor, mesh, seed) if actor is not None else None
+    if critic is None or critic.model is None:
+        return actor_model, None
+    if actor_model is not None and critic.model == actor:
+        return actor_model, actor_model
+    return actor_model, load_model(critic.model, mesh, seed)
+
+
+def make_critic(
+    spec: CriticSpec, model: LoadedModel | None, problems: Sequence[Problem], mesh: Mesh | None
+) -> Critic:
+    if spec.oracle is not None:
+        return OracleCritic({p.question: p for p in problems}, ORACLES[spec.oracle])
+    if model is None:
+        raise ValueError("a model critic needs its loaded model")
+    return make_agent(model, mesh)
+
+
+def load_roles(
+    actor: ModelSpec | None,
+    critic: CriticSpec | None,
+    problems: Sequence[Problem],
+    mesh: Mesh | None = None,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+) -> tuple[Agent | None, Critic | None]:
+    """The actor and the critic of a stage (None where its spec is None). An oracle must
+    know every problem it judges; with `tokenizer_dir`, preset models on demo problems get
+    the demo tokenizer built there."""
+    if tokenizer_dir is not None:
+        out = Path(tokenizer_dir)
+        if actor is not None:
+            actor = with_demo_tokenizer(actor, problems, out)
+        if critic is not None and critic.model is not None:
+            critic = dataclasses.replace(
+                critic, model=with_demo_tokenizer(critic.model, problems, out)
+            )
+    actor_model, critic_model = load_models(actor, critic, mesh, seed)
+    agent = make_agent(actor_model, mesh) if actor_model is not None else None
+    return agent, None if critic is None else make_critic(critic, critic_model, problems, mesh)

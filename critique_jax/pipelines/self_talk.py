@@ -60,12 +60,11 @@ from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import LoadedModel, load_model
-from critique_jax.pipelines.critique_data import with_demo_tokenizer
 from critique_jax.pipelines.finetune import Example, finetune
-from critique_jax.pipelines.roles import Agent, make_agent, solve
+from critique_jax.pipelines.roles import Agent, make_agent, solve, with_demo_tokenizer
 from critique_jax.pipelines.sft import SFTData, load_sft_records
-from critique_jax.pipelines.test_time import difficulty, mean_by_level, resumable_records
-from critique_jax.runio import atomic_write_json, atomic_write_text
+from critique_jax.pipelines.test_time import difficulty, mean_by_level
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -253,12 +252,10 @@ def run(cfg: Config) -> dict[str, Any]:
         save_hf(model.cfg, params, hf, model.tokenizer)
         model = LoadedModel(model.cfg, params, model.tokenizer)
     agent = make_agent(model, mesh)
-    predictions = resumable_records(
-        run_dir / "predictions.jsonl",
-        test,
-        cfg.chunk_size,
-        lambda chunk, _: predict(agent, chunk, cfg.generate),
-    )
+    with RecordLog(run_dir / "predictions.jsonl") as log_:
+        predictions = log_.fill(
+            test, cfg.chunk_size, lambda chunk, _: predict(agent, chunk, cfg.generate)
+        )
     results = {"trajectories": len(examples), "hf_dir": str(hf), **summarize(predictions)}
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "results.json", results)

@@ -39,7 +39,6 @@ resumes chunk by chunk, train/ holds the fine-tune checkpoints, which resume.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -68,19 +67,21 @@ from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import LoadedModel, load_model
-from critique_jax.pipelines.critique_data import CriticSpec, with_demo_tokenizer
 from critique_jax.pipelines.finetune import Example, examples_from_records, finetune
-from critique_jax.pipelines.roles import Agent, Critic, Judged, make_agent, refine, solve
-from critique_jax.pipelines.sft import SFTData, load_sft_records
-from critique_jax.pipelines.test_time import (
-    check_oracle,
-    difficulty,
-    load_critic,
-    mean_by_level,
-    resumable_records,
-    salted,
+from critique_jax.pipelines.roles import (
+    Agent,
+    Critic,
+    CriticSpec,
+    Judged,
+    load_roles,
+    make_agent,
+    refine,
+    solve,
+    with_demo_tokenizer,
 )
-from critique_jax.runio import atomic_write_json, atomic_write_text, read_jsonl
+from critique_jax.pipelines.sft import SFTData, load_sft_records
+from critique_jax.pipelines.test_time import check_oracle, difficulty, mean_by_level, salted
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -348,12 +349,11 @@ def evaluate_actor(actor: Agent, problems: Sequence[Problem], cfg: Config) -> di
 
 
 class _Models:
-    """Loads the actor's checkpoints with one tokenizer object, so every iteration's actor
-    shares one compiled sampler (`make_agent` keys samplers by tokenizer identity)."""
+    """Loads the configured actor or one of its exported checkpoints; every iteration's actor
+    shares one compiled sampler (`make_agent` keys samplers by what the tokenizer is)."""
 
     def __init__(self, spec: ModelSpec, mesh: Any, seed: int) -> None:
         self.spec, self.mesh, self.seed = spec, mesh, seed
-        self.tokenizer: Any = None
 
     def load(self, hf_dir: Path | None = None) -> LoadedModel:
         spec = (
@@ -361,10 +361,7 @@ class _Models:
             if hf_dir is None
             else ModelSpec(path=str(hf_dir), overrides=self.spec.overrides)
         )
-        model = load_model(spec, self.mesh, self.seed)
-        if self.tokenizer is None:
-            self.tokenizer = model.tokenizer
-        return dataclasses.replace(model, tokenizer=self.tokenizer)
+        return load_model(spec, self.mesh, self.seed)
 
     def agent(self, hf_dir: Path) -> Agent:
         return make_agent(self.load(hf_dir), self.mesh)
@@ -425,12 +422,12 @@ def _collect(
     """Collect iteration t's kept set into out/kept.jsonl (stats first: kept.jsonl marks the
     collection finished). A function of its own, so the sampling actor's weights are freed
     before the fine-tune loads its starting weights."""
-    records = resumable_records(
-        out / "collect.jsonl",
-        train,
-        cfg.chunk_size,
-        lambda chunk, i: collect_records(actor, critic, chunk, cfg, salt=(t, i)),
-    )
+    with RecordLog(out / "collect.jsonl") as log_:
+        records = log_.fill(
+            train,
+            cfg.chunk_size,
+            lambda chunk, i: collect_records(actor, critic, chunk, cfg, salt=(t, i)),
+        )
     if _primary():
         atomic_write_json(out / "collect_stats.json", kept_stats(records, cfg.hard_min_level))
         atomic_write_text(
@@ -546,7 +543,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.critic is None or cfg.baseline:
         arms["vanilla"] = None
     if cfg.critic is not None:
-        arms["critique"] = load_critic(cfg.critic, train, mesh, cfg.seed, tokenizer_dir)
+        arms["critique"] = load_roles(None, cfg.critic, train, mesh, cfg.seed, tokenizer_dir)[1]
     rows = [iteration_zero(cfg, models, train, test, run_dir / "iter_0")]
     _write_comparison(run_dir, rows, cfg)
     for t in range(1, cfg.iterations + 1):

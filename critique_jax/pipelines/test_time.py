@@ -19,18 +19,17 @@ the same sampler calls. Questions go through in chunks (`chunk_size`), one batch
 call per step of a chunk; each chunk's per-question records are appended to JSONL, so a killed
 run resumes after its last finished chunk and the metrics are recomputed from the records.
 
-The critic is a `critique_data.CriticSpec`: `critic: {oracle: demo}` (the demo world's
-templated critic) or `critic: {model: {path: ...}}` (a trained critic, or the actor's own
-checkpoint for self-critique, which then shares the actor's weights). This module also holds
-what the self-training and self-talk stages share with it: `load_critic`, the difficulty of a
-problem (`difficulty`) and resumable per-question records (`resumable_records`).
+The critic is a `roles.CriticSpec`: `critic: {oracle: demo}` (the demo world's templated
+critic) or `critic: {model: {path: ...}}` (a trained critic, or the actor's own checkpoint for
+self-critique, which then shares the actor's weights). This module also holds what the
+self-training and self-talk stages share with it: `check_oracle` and the difficulty of a
+problem (`difficulty`, `mean_by_level`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,17 @@ from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import split_steps
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
-from critique_jax.models.loading import load_model
-from critique_jax.pipelines.critique_data import (
+from critique_jax.pipelines.critique_data import stable_seed
+from critique_jax.pipelines.roles import (
+    Agent,
+    Critic,
     CriticSpec,
-    load_models,
-    make_critic,
-    stable_seed,
-    with_demo_tokenizer,
+    Judged,
+    load_roles,
+    parsed,
+    refine,
+    solve,
 )
-from critique_jax.pipelines.roles import Agent, Critic, Judged, make_agent, parsed, refine, solve
 from critique_jax.pipelines.voting import (
     DEFAULT_WEIGHTS,
     VerdictWeights,
@@ -59,11 +60,9 @@ from critique_jax.pipelines.voting import (
     weighted_vote,
 )
 from critique_jax.plots import plot_accuracy_vs_compute
-from critique_jax.runio import JsonlWriter, atomic_write_json, read_jsonl
+from critique_jax.runio import RecordLog, atomic_write_json
 from critique_jax.sampling import Completion, SamplingParams
 from critique_jax.sharding import mesh_from_config
-
-log = logging.getLogger(__name__)
 
 MODES = ("sequential", "parallel")
 # Curve names of the figure, by results key.
@@ -78,26 +77,6 @@ CURVES = {
 
 
 # --------------------------------------------------------------------------- shared pieces
-
-
-def load_critic(
-    spec: CriticSpec,
-    problems: Sequence[Problem],
-    mesh: Any = None,
-    seed: int = 0,
-    tokenizer_dir: str | Path | None = None,
-) -> Critic:
-    """The critic of `spec` for `problems` (an oracle must know every problem it judges);
-    with `tokenizer_dir`, a preset critic model on demo problems gets the demo tokenizer."""
-    model = None
-    if spec.model is not None:
-        model_spec = (
-            spec.model
-            if tokenizer_dir is None
-            else with_demo_tokenizer(spec.model, problems, Path(tokenizer_dir))
-        )
-        model = load_model(model_spec, mesh, seed)
-    return make_critic(spec, model, problems, mesh)
 
 
 def check_oracle(spec: CriticSpec | None, problems: ProblemSource, where: str) -> None:
@@ -131,44 +110,6 @@ def salted(sp: SamplingParams, *salt: Any) -> SamplingParams:
     """`sp` with a seed derived from its own and `salt`: distinct sampler calls (chunks,
     rounds, roles) draw independent randomness, reproducibly."""
     return sp.replace(seed=stable_seed(sp.seed, *salt))
-
-
-def resumable_records(
-    path: str | Path,
-    problems: Sequence[Problem],
-    chunk_size: int,
-    compute: Callable[[list[Problem], int], list[dict[str, Any]]],
-) -> list[dict[str, Any]]:
-    """One record per problem (key `id`), in problem order, computed chunk by chunk with
-    `compute(chunk, chunk_index)` and appended to the JSONL at `path`; problems that already
-    have a record there are skipped. Process 0 writes; the others read (shared run_dir)."""
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError(
-            f"problem ids must be unique to resume by id; {path} would mix "
-            "records of different problems"
-        )
-    writer = JsonlWriter(path) if jax.process_index() == 0 else None
-    done = {r["id"]: r for r in (writer.records if writer else read_jsonl(path))}
-    try:
-        for start in range(0, len(problems), chunk_size):
-            chunk = [p for p in problems[start : start + chunk_size] if p.id not in done]
-            if not chunk:
-                continue
-            for record in compute(chunk, start // chunk_size):
-                done[record["id"]] = record
-                if writer is not None:
-                    writer.write(record)
-            log.info(
-                "%s: %d/%d questions",
-                Path(path).name,
-                min(start + chunk_size, len(problems)),
-                len(problems),
-            )
-    finally:
-        if writer is not None:
-            writer.close()
-    return [done[i] for i in ids]
 
 
 def judged_dict(completion: Completion, gold: str) -> dict[str, Any]:
@@ -434,20 +375,20 @@ def run_test_time(
         "critic": critic is not None,
     }
     if "sequential" in s.modes:
-        records = resumable_records(
-            out / "sequential.jsonl",
-            problems,
-            s.chunk_size,
-            lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i),
-        )
+        with RecordLog(out / "sequential.jsonl") as log_:
+            records = log_.fill(
+                problems,
+                s.chunk_size,
+                lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i),
+            )
         results["sequential"] = summarize_sequential(records, s.rounds)
     if "parallel" in s.modes:
-        records = resumable_records(
-            out / "parallel.jsonl",
-            problems,
-            s.chunk_size,
-            lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i),
-        )
+        with RecordLog(out / "parallel.jsonl") as log_:
+            records = log_.fill(
+                problems,
+                s.chunk_size,
+                lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i),
+            )
         results["parallel"] = summarize_parallel(records, s.ks, s.weights)
         results["critic_diagnostics"] = critic_diagnostics(records)
     curves = {CURVES[m]: pts for m, pts in results.get("parallel", {}).items()}
@@ -478,19 +419,15 @@ class Config(StageConfig):
 
 def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
-    mesh = mesh_from_config(cfg.mesh)
     problems = load_problems(cfg.problems)
-    tokenizer_dir = run_dir / "demo_tokenizer"
-    actor_spec = with_demo_tokenizer(cfg.actor, problems, tokenizer_dir)
-    critic_spec = cfg.critic
-    if critic_spec is not None and critic_spec.model is not None:
-        critic_spec = dataclasses.replace(
-            critic_spec, model=with_demo_tokenizer(critic_spec.model, problems, tokenizer_dir)
-        )
-    actor_model, critic_model = load_models(actor_spec, critic_spec, mesh, cfg.seed)
-    actor = make_agent(actor_model, mesh)
-    critic = (
-        make_critic(critic_spec, critic_model, problems, mesh) if critic_spec is not None else None
+    actor, critic = load_roles(
+        cfg.actor,
+        cfg.critic,
+        problems,
+        mesh_from_config(cfg.mesh),
+        cfg.seed,
+        run_dir / "demo_tokenizer",
     )
+    assert actor is not None
     title = f"{cfg.problems.kind}: {len(problems)} questions"
     return run_test_time(actor, critic, problems, cfg.tts, run_dir, title)

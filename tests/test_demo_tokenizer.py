@@ -5,7 +5,12 @@ import pytest
 import sentencepiece as spm
 import transformers
 
-from critique_jax.data.demo_tokenizer import CHAT_TOKENS, _train_sentencepiece, build_demo_tokenizer
+from critique_jax.data.demo_tokenizer import (
+    CHAT_TOKENS,
+    SPACED_DIGITS,
+    _train_sentencepiece,
+    build_demo_tokenizer,
+)
 from critique_jax.data.demo_world import generate_problems, inject_error, templated_critique
 
 
@@ -54,13 +59,15 @@ def test_round_trip_is_lossless(built):
         assert tok.unk_token_id not in ids
 
 
-def test_digits_are_single_tokens(built):
+def test_digits_are_single_tokens_the_first_with_its_space(built):
     tok, _, _ = built
     for d in "0123456789":
-        assert len(tok.encode(d)) == 1
+        assert len(tok.encode(d)) == 1 and len(tok.encode(f" {d}")) == 1
     for piece in tok.get_vocab():
-        assert not any(ch.isdigit() for ch in piece) or len(piece) == 1 or piece.startswith("<0x")
-    assert tok.convert_ids_to_tokens(tok.encode("= 120"))[-3:] == ["1", "2", "0"]
+        digits = sum(ch.isdigit() for ch in piece)
+        assert digits == 0 or piece.startswith("<0x") or piece.lstrip("▁").isdigit() and digits == 1
+    assert tok.convert_ids_to_tokens(tok.encode("= 120"))[-3:] == ["▁1", "2", "0"]
+    assert tok.convert_ids_to_tokens(tok.encode("x120"))[-3:] == ["1", "2", "0"]
 
 
 def test_special_tokens(built):
@@ -118,8 +125,14 @@ def test_bad_arguments(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_matches_the_sentencepiece_model(built):
+def test_matches_the_sentencepiece_model_but_for_spaced_digits(built):
     tok, _, _ = built
-    sp = spm.SentencePieceProcessor(model_proto=_train_sentencepiece(TEXTS, 512))
+    sp = spm.SentencePieceProcessor(
+        model_proto=_train_sentencepiece(TEXTS, 512 - len(SPACED_DIGITS))
+    )
     for text in TEXTS + EXTRA:
-        assert tok.encode(text) == sp.encode(text)
+        pieces = tok.convert_ids_to_tokens(tok.encode(text))
+        unjoined = [q for p in pieces for q in (["▁", p[1:]] if p in SPACED_DIGITS else [p])]
+        assert unjoined == sp.encode_as_pieces(text)
+        ids = [i for i in tok.encode(text) if tok.convert_ids_to_tokens(i) not in SPACED_DIGITS]
+        assert all(tok.convert_ids_to_tokens(i) == sp.id_to_piece(i) for i in ids)

@@ -2,10 +2,13 @@
 
 The demo model is trained from scratch, so it needs its own vocabulary: a SentencePiece
 BPE model trained on demo texts, with digits split into single tokens (so arithmetic is
-learnable digit by digit), byte fallback (any text encodes, nothing becomes <unk>), and no
-text normalization (encode/decode is lossless, newlines included). It is wrapped as a
-`PreTrainedTokenizerFast` and saved with `save_pretrained`, so the rest of the library treats
-it exactly like a real model's tokenizer: `AutoTokenizer.from_pretrained(out_dir)`.
+learnable digit by digit) but the first digit of a number joined to the space before it
+("▁1", "2" for " 12": with a separate "▁" token, copying a number from the question means
+looking two tokens back, which a tiny model learns slowly), byte fallback (any text
+encodes, nothing becomes <unk>), and no text normalization (encode/decode is lossless,
+newlines included). It is wrapped as a `PreTrainedTokenizerFast` and saved with
+`save_pretrained`, so the rest of the library treats it exactly like a real model's
+tokenizer: `AutoTokenizer.from_pretrained(out_dir)`.
 
 Special tokens: `<unk>`, `<s>` (bos), `<pad>`, and the chat markers `<|system|>`, `<|user|>`,
 `<|assistant|>`, `<|end|>`; eos is `<|end|>`, so generation stops at the end of a turn. Plain
@@ -51,7 +54,10 @@ CHAT_TEMPLATE = (
 # Every printable ASCII character gets a token even if the training texts lack it, so prompt
 # templates written later do not fall back to bytes for ordinary punctuation.
 _REQUIRED_CHARS = "".join(c for c in string.printable if not c.isspace())
-# 256 byte tokens + 7 special tokens + 94 ASCII characters, and room for some learned pieces.
+# "▁0".."▁9": the first digit of a number, with the space before it.
+SPACED_DIGITS = tuple(f"▁{d}" for d in string.digits)
+# 256 byte tokens + 7 special tokens + 94 ASCII characters + 10 spaced digits, and room for
+# some learned pieces.
 MIN_VOCAB_SIZE = 384
 
 
@@ -100,6 +106,9 @@ def _to_hf(model_proto: bytes) -> transformers.PreTrainedTokenizerFast:
         if len(piece) > 1 and piece not in special and not sp.is_byte(i)
     ]
     merges = []
+    for piece in SPACED_DIGITS:  # first: a digit after a space always joins it
+        vocab.setdefault(piece, len(vocab))
+        merges.append(("▁", piece[1:]))
     for i in sorted(merged, key=lambda i: (-sp.get_score(i), i)):  # higher score merges first
         piece = sp.id_to_piece(i)
         splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
@@ -145,7 +154,7 @@ def build_demo_tokenizer(
         )
     if os.path.exists(os.path.join(out_dir, "tokenizer.json")):
         return _load(out_dir, vocab_size)
-    tokenizer = _to_hf(_train_sentencepiece(texts, vocab_size))
+    tokenizer = _to_hf(_train_sentencepiece(texts, vocab_size - len(SPACED_DIGITS)))
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".demo_tokenizer-", dir=parent)

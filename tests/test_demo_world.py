@@ -5,6 +5,7 @@ import pytest
 
 from critique_jax.data.critique_format import parse_critique, split_steps
 from critique_jax.data.demo_world import (
+    MAX_VALUE,
     generate_problems,
     inject_error,
     templated_critique,
@@ -74,7 +75,7 @@ def test_solutions_are_correct_and_small(problems):
         quoted = [f"{STEP.match(s)[2]}." for s in steps]  # each step quotes its sentence
         assert quoted == re.split(r"(?<=\.) ", p.question)[1:-1]
         for (a, op, b, c), nxt in zip(calcs, calcs[1:] + [(int(p.answer),)], strict=True):
-            assert OPS[op](a, b) == c and 1 <= c <= 99 and nxt[0] == c
+            assert OPS[op](a, b) == c and 1 <= c <= MAX_VALUE and nxt[0] == c
         assert split_steps(p.solution) == [*steps[:-1], f"{steps[-1]}\n{last}"]
 
 

@@ -14,7 +14,7 @@ transformer learns slowly; with it, each step copies the sentence after the one 
 last (an induction head) and then reads the operand next to it.
 
 Difficulty (`Problem.level`) is the number of steps (1..5); numbers also grow with the level
-but every value stays in 1..99 with no negative intermediate results, so a tiny transformer
+but every value stays in 1..39 with no negative intermediate results, so a tiny transformer
 trained from scratch can learn the arithmetic. Because the true computation is known exactly,
 the world also provides controlled flawed solutions (`inject_error`, a known first-error
 step) and an oracle step-level critic (`templated_critique`) that plays the annotator model.
@@ -32,7 +32,7 @@ from critique_jax.data.critique_format import StepVerdict, format_critique, spli
 from critique_jax.data.records import Problem
 
 MAX_LEVEL = 5
-MAX_VALUE = 99
+MAX_VALUE = 39
 
 _PEOPLE = (
     ("Ava", "she"),
@@ -74,8 +74,9 @@ def _apply(left: int, op: str, right: int) -> int:
 
 
 def _max_value(level: int) -> int:
-    """Numbers grow with the level: 39, 59, 79, then 99."""
-    return min(MAX_VALUE, 19 + 20 * level)
+    """Numbers grow with the level: at most 15, 21, 27, 33, then 39. Small numbers keep the
+    table of facts (a op b = c) small enough to learn from scratch in minutes."""
+    return min(MAX_VALUE, 9 + 6 * level)
 
 
 def _random_chain(rng: random.Random, level: int) -> tuple[int, list[_Calc]]:
@@ -186,7 +187,7 @@ def inject_error(problem: Problem, step: int, seed: int) -> str:
 
     The wrong result is carried forward correctly through the later steps, so the final
     answer is wrong too (each step is injective in its input). Values stay non-negative and,
-    when some slip allows it, within 0..99.
+    when some slip allows it, within 0..MAX_VALUE.
     """
     calcs = _reference_calcs(problem)
     if not 1 <= step <= len(calcs):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critique_jax.models import Transformer, init_params, preset
+from critique_jax.models import Transformer, init_cache, init_params, preset
 from critique_jax.sampling import (
     Buckets,
     Completion,
@@ -87,6 +87,32 @@ def test_prefill_logits_equal_full_forward_for_left_padded_rows(model, sampler):
     for r, ids in enumerate(PROMPTS):
         got = np.asarray(jax.nn.log_softmax(last[r]))
         np.testing.assert_allclose(got, ref[r, len(ids) - 1], atol=2e-5)
+
+
+def test_extend_last_only_gives_each_rows_last_real_token(model):
+    """Left-padded, right-padded and full rows: [B, 1, V] logits at the last True of the mask."""
+    cfg, params = model
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    tokens = np.where(mask, np.arange(1, 16).reshape(3, 5), 0).astype(np.int32)
+    positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int32)
+
+    def run(last_only: bool) -> jax.Array:
+        cache = init_cache(cfg, 3, 8)
+        logits, _ = Transformer(cfg).apply(
+            {"params": params},
+            tokens,
+            positions,
+            mask,
+            cache,
+            last_only=last_only,
+            method=Transformer.extend,
+        )
+        return logits
+
+    full, last = jax.jit(lambda: (run(False), run(True)))()
+    assert last.shape == (3, 1, cfg.vocab_size)
+    for row, col in enumerate([4, 2, 4]):
+        np.testing.assert_allclose(last[row, 0], full[row, col], atol=1e-5)
 
 
 @pytest.mark.parametrize("sp", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
@@ -293,11 +319,17 @@ def test_sampled_distribution_matches_the_filtered_target(temperature, top_k, to
     assert np.all(np.abs(freq - target) <= 5 * sigma + 1e-12), (freq, target)
 
 
-def test_greedy_filter_is_argmax():
-    logits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 30)), jnp.float32)
+def test_greedy_is_argmax_and_sampling_is_jax_categorical():
+    logits = np.random.default_rng(1).normal(size=(4, 30)).astype(np.float32)
+    logits[0, [4, 9]] = logits[0].max() + 1.0  # a tie: the first index wins, as in argmax
+    logits = jnp.asarray(logits)
     keys = jax.random.split(jax.random.key(0), 4)
     got = sample_tokens(keys, logits, FilterSpec(greedy=True), 1.0, 1.0, 0.0)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(logits).argmax(-1))
+    assert int(got[0]) == 4
+    drawn = sample_tokens(keys, logits, FilterSpec(), 1.0, 1.0, 0.0)
+    want = jax.vmap(jax.random.categorical)(keys, logits)
+    np.testing.assert_array_equal(np.asarray(drawn), np.asarray(want))
 
 
 # ----------------------------------------------------------------- text level

@@ -21,7 +21,7 @@ import numpy as np
 from critique_jax.models.config import ModelConfig
 from critique_jax.sharding import constrain
 
-KVCache = dict[str, jax.Array]  # k, v: [L, B, S, K, H]; mask: [B, S] bool; index: int32 scalar
+KVCache = dict[str, jax.Array]  # k, v: [L, B, K, S, H]; mask: [B, S] bool; index: int32 scalar
 
 
 def _init(names: tuple[str, ...], scale: float = 0.02):
@@ -112,15 +112,10 @@ class Attention(nn.Module):
         k = constrain(apply_rope(k, sin, cos), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
-        new_kv = None
-        if kv is not None:  # write this chunk at the cache's index, attend over the cache
-            cache_k, cache_v, index = kv
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-            new_kv = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-
-        out = _attention(cfg, q, k, v, mask)
+        if kv is None:
+            out, new_kv = _attention(cfg, q, k, v, mask), None
+        else:
+            out, new_kv = _cached_attention(q, k, v, mask, *kv)
         out = nn.DenseGeneral(
             cfg.hidden_size,
             axis=(-2, -1),
@@ -143,6 +138,42 @@ def _attention(cfg: ModelConfig, q, k, v, mask):
             impl = "cudnn" if gpu and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def _cached_attention(q, k, v, mask, cache_k, cache_v, layer, index):
+    """Write the chunk's k, v into layer `layer` of the stacked cache at slot `index`, then
+    attend over that layer's slots.
+
+    The stacked cache [L, B, K, S, H] travels through the layer loop and each layer updates
+    its slice in place, so a decode step writes one slot per layer instead of rebuilding the
+    whole cache. (XLA:CPU still copies the layer's slice out for the dots.) Heads lead the
+    slots so each (row, kv head) is one contiguous [S, H] matrix the score and value dots read
+    as is: no per-step transpose of the cache. Query heads are grouped by kv head (GQA)
+    instead of repeating k, v.
+    """
+    start = (layer, 0, 0, index, 0)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, _heads_first(k, cache_k.dtype), start)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, _heads_first(v, cache_v.dtype), start)
+    names = ("batch", "kv_heads", "cache_length", "head_dim")
+    k = constrain(jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False), names)
+    v = constrain(jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False), names)
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    b, t, heads, dim = q.shape
+    kv_heads = k.shape[1]
+    q = q.reshape(b, t, kv_heads, heads // kv_heads, dim)
+    scores = jnp.einsum("btkgh,bksh->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, :, None], scores / math.sqrt(dim), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    # probs as the left operand: a plain [G*T, S] @ [S, H] matmul per (row, kv head); the
+    # other order is a transposed-lhs dot that XLA:CPU runs several times slower.
+    out = jnp.einsum("bkgts,bksh->bkgth", probs, v)
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, heads, dim)
+    return out, (cache_k, cache_v)
+
+
+def _heads_first(x: jax.Array, dtype) -> jax.Array:
+    """[B, T, K, H] -> [1, B, K, T, H], the cache's layout for one layer."""
+    return jnp.swapaxes(x, 1, 2)[None].astype(dtype)
 
 
 class MLP(nn.Module):
@@ -169,15 +200,18 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, ctx: dict[str, Any], kv):
+    def __call__(self, carry, ctx: dict[str, Any], layer):
+        """carry: (activations, stacked (k, v) cache or None); layer: this layer's index into
+        the cache. Returns (new carry, None), the shape `nn.scan` wants."""
+        x, kv = carry
         cfg = self.cfg
         norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
         h = RMSNorm(**norm, name="input_norm")(x)
-        layer_kv = None if kv is None else (kv[0], kv[1], ctx["index"])
+        layer_kv = None if kv is None else (*kv, layer, ctx["index"])
         attn, new_kv = Attention(cfg, name="attn")(h, ctx["sin"], ctx["cos"], ctx["mask"], layer_kv)
         x = x + attn
         x = x + MLP(cfg, name="mlp")(RMSNorm(**norm, name="post_attn_norm")(x))
-        return constrain(x, ("batch", "length", "embed")), new_kv
+        return (constrain(x, ("batch", "length", "embed")), new_kv), None
 
 
 _REMAT_POLICIES = {
@@ -233,14 +267,11 @@ class Transformer(nn.Module):
 
     def _layers(self, x, ctx, kv):
         if self.cfg.scan_layers:
-            return self.layers(x, ctx, kv)
-        new_k, new_v = [], []
+            (x, kv), _ = self.layers((x, kv), ctx, jnp.arange(self.cfg.num_layers))
+            return x, kv
         for i, layer in enumerate(self.layers):
-            x, layer_kv = layer(x, ctx, None if kv is None else (kv[0][i], kv[1][i]))
-            if layer_kv is not None:
-                new_k.append(layer_kv[0])
-                new_v.append(layer_kv[1])
-        return x, (None if kv is None else (jnp.stack(new_k), jnp.stack(new_v)))
+            (x, kv), _ = layer((x, kv), ctx, i)
+        return x, kv
 
     def _logits(self, x):
         x = self.final_norm(x)
@@ -276,13 +307,22 @@ class Transformer(nn.Module):
         return mask[:, None]
 
     def extend(
-        self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        token_mask: jax.Array,
+        cache: KVCache,
+        last_only: bool = False,
     ) -> tuple[jax.Array, KVCache]:
         """Run a chunk [B, T] written at cache slots index..index+T; prefill and decode alike.
 
         token_mask [B, T] marks real tokens (False for left padding). A query attends to valid
         cache slots at or before its own slot; slots are shared across rows, positions are
         per row, so left-padded prompts of different lengths decode together.
+
+        Returns logits [B, T, V], or with `last_only` [B, 1, V] at each row's last real token
+        (a prefill that only samples next needs no more, and the vocabulary projection of a
+        whole prompt is large).
         """
         t = tokens.shape[1]
         index = cache["index"]
@@ -296,13 +336,16 @@ class Transformer(nn.Module):
         sin, cos = rope_tables(self.cfg, positions)
         ctx = dict(sin=sin, cos=cos, mask=mask[:, None], index=index)
         x, (k, v) = self._layers(x, ctx, (cache["k"], cache["v"]))
+        if last_only:
+            last = t - 1 - jnp.argmax(token_mask[:, ::-1], axis=1)
+            x = jnp.take_along_axis(x, last[:, None, None], axis=1)
         new_cache = dict(k=k, v=v, mask=kv_mask, index=index + t)
         return self._logits(x), new_cache
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
     """An empty KV cache with `length` slots per row."""
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
     dtype = dtype or cfg.jnp_dtype
     return dict(
         k=jnp.zeros(shape, dtype),
@@ -313,8 +356,8 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache
 
 
 CACHE_LOGICAL_AXES = dict(
-    k=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    v=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    v=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     mask=("batch", "cache_length"),
     index=(),
 )

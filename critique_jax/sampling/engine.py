@@ -57,22 +57,15 @@ def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, to
     cache = init_cache(model.cfg, batch, cache_len)
     cache = {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
 
-    def extend(cols: slice, cache):
-        return model.apply(
-            {"params": params},
-            tokens[:, cols],
-            positions[:, cols],
-            token_mask[:, cols],
-            cache,
-            method=Transformer.extend,
-        )
-
-    # All but the last column first, its logits unused: XLA drops their vocabulary projection
-    # ([B, P, V] floats: gigabytes for a large vocabulary). Then the last column, whose logits
-    # pick the first token (left padding puts every row's last prompt token there).
-    if tokens.shape[1] > 1:
-        _, cache = extend(slice(None, -1), cache)
-    logits, cache = extend(slice(-1, None), cache)
+    logits, cache = model.apply(
+        {"params": params},
+        tokens,
+        positions,
+        token_mask,
+        cache,
+        last_only=True,
+        method=Transformer.extend,
+    )
     cache = dict(
         k=_repeat(cache["k"], fanout, 1),
         v=_repeat(cache["v"], fanout, 1),
@@ -80,7 +73,7 @@ def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, to
         index=cache["index"],
     )
     lengths = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
-    return cache, _repeat(logits[:, -1], fanout, 0), _repeat(lengths, fanout, 0)
+    return cache, _repeat(logits[:, 0], fanout, 0), _repeat(lengths, fanout, 0)
 
 
 def _decode(

@@ -158,6 +158,7 @@ def test_load_chat_records(tmp_path: Path) -> None:
         },
         {"instruction": "Add.", "input": "3 and 4", "output": "7"},
         {"instruction": "Add 1 and 1.", "input": "", "output": "2", "history": [["Hi", "Hello"]]},
+        {"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]},
     ]
     chats = load_chat_records(write_jsonl(tmp_path / "chat.jsonl", rows))
     assert chats[0] == [
@@ -172,6 +173,7 @@ def test_load_chat_records(tmp_path: Path) -> None:
         {"role": "assistant", "content": "7"},
     ]
     assert [m["content"] for m in chats[2]] == ["Hi", "Hello", "Add 1 and 1.", "2"]
+    assert chats[3] == rows[3]["messages"]
     assert load_chat_records(write_json(tmp_path / "chat.json", rows)) == chats
 
 
@@ -189,7 +191,8 @@ def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
         (load_gsm8k, {"question": "q", "answer": "no marker"}, r"line 2: .*'#### N'"),
         (load_math, {"problem": "p"}, r"line 2: missing or empty string field 'solution'"),
         (load_math, {"problem": "p", "solution": "$\\boxed{1}$", "level": "hard"}, "level"),
-        (load_chat_records, {"text": "t"}, r"line 2: neither ShareGPT nor Alpaca"),
+        (load_chat_records, {"text": "t"}, r"line 2: neither chat, ShareGPT nor Alpaca"),
+        (load_chat_records, {"messages": [{"role": "bot", "content": "c"}]}, "'messages'"),
         (load_chat_records, {"conversations": [{"from": "bot", "value": "v"}]}, "'from'"),
         (load_chat_records, {"conversations": [{"from": "gpt"}]}, "no string 'value'"),
         (load_chat_records, {"instruction": "i", "output": "o", "history": [["x"]]}, "history"),

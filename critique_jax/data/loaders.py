@@ -304,23 +304,46 @@ def _alpaca(where: str, r: dict[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-def load_chat_records(path: str | Path) -> list[list[dict[str, str]]]:
-    """Chat message lists ``[{"role", "content"}, ...]`` from ShareGPT or Alpaca records.
+def _messages(where: str, r: dict[str, Any]) -> list[dict[str, str]]:
+    turns = r["messages"]
+    roles = ("system", "user", "assistant")
+    if (
+        not isinstance(turns, list)
+        or not turns
+        or not all(
+            isinstance(t, dict) and t.get("role") in roles and isinstance(t.get("content"), str)
+            for t in turns
+        )
+    ):
+        raise _fail(
+            where,
+            "'messages' is not a non-empty list of {'role', 'content'} turns",
+            f"write each turn as {{'role': one of {list(roles)}, 'content': text}}",
+        )
+    return [{"role": t["role"], "content": t["content"]} for t in turns]
 
-    ShareGPT: ``conversations`` of ``{"from": human|gpt|system, "value"}`` (optional
-    top-level ``system``). Alpaca: ``instruction``, optional ``input`` (appended after a
-    blank line), ``output``, optional ``system`` and ``history`` pairs. Formats may mix.
+
+def load_chat_records(path: str | Path) -> list[list[dict[str, str]]]:
+    """Chat message lists ``[{"role", "content"}, ...]`` from chat, ShareGPT or Alpaca records.
+
+    Chat (the Hugging Face / OpenAI shape): ``messages`` of ``{"role": system|user|assistant,
+    "content"}``. ShareGPT: ``conversations`` of ``{"from": human|gpt|system, "value"}``
+    (optional top-level ``system``). Alpaca: ``instruction``, optional ``input`` (appended
+    after a blank line), ``output``, optional ``system`` and ``history`` pairs. Formats may mix.
     """
     chats = []
     for where, r in read_records(path):
-        if "conversations" in r:
+        if "messages" in r:
+            chats.append(_messages(where, r))
+        elif "conversations" in r:
             chats.append(_sharegpt(where, r))
         elif "instruction" in r and "output" in r:
             chats.append(_alpaca(where, r))
         else:
             raise _fail(
                 where,
-                f"neither ShareGPT nor Alpaca (keys: {sorted(r)})",
-                "give 'conversations' (ShareGPT) or 'instruction' and 'output' (Alpaca)",
+                f"neither chat, ShareGPT nor Alpaca (keys: {sorted(r)})",
+                "give 'messages' (chat), 'conversations' (ShareGPT) or 'instruction' and "
+                "'output' (Alpaca)",
             )
     return chats

@@ -53,6 +53,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ from critique_jax.config import (
     StageConfig,
     TrainConfig,
 )
+from critique_jax.data.demo_world import inject_error, templated_critique
+from critique_jax.data.prompts import critique_messages, solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource
 from critique_jax.models.config import preset
@@ -109,8 +112,8 @@ class GenerationConfig:
     """Lengths and temperatures shared by every phase: one length per kind of output keeps
     the compiled sampler programs few."""
 
-    solution_tokens: int = 64  # solutions and refinements (a 3-step solution is ~50 tokens)
-    critique_tokens: int = 128  # critiques (a 3-step critique of a right solution is ~110)
+    solution_tokens: int = 80  # solutions and refinements (a 3-step solution is <= 68 tokens)
+    critique_tokens: int = 160  # critiques (a 3-step critique of a right one is <= 146)
     temperature: float = 0.7  # sampled solutions and refinements
     critique_temperature: float = 1.0  # RCO's sampled critiques: the critic's own distribution
     chunk_size: int = 128  # questions per sampling chunk: the unit of batching and resume
@@ -128,25 +131,37 @@ def _train(steps: int, batch: int, seq_len: int, pack: bool = True) -> TrainConf
 
 
 @dataclass
-class ActorPhase:
-    """Actor SFT in two parts. `solve`: the `sft` stage on the reference solutions of every
-    training question, in short packed rows, where the actor learns to read a question and
-    compute (most of the demo's budget; steps 0 skips it). `train`: iteration 0 of
-    self-training on the first `problems` questions, reference solutions plus refinement
-    examples (x, y0, c -> y'), where it learns to follow a critique."""
+class BasePhase:
+    """The stand-in for a pretrained base model, which the papers fine-tune into both actor
+    and critic: the `sft` stage from scratch on the world's texts, a solution of every
+    training question and, for a `critique_share` of them, an oracle critique of either the
+    reference solution or an injected error. Here the model learns to read a question,
+    compute and write critiques: most of the demo's budget."""
 
-    solve: TrainConfig = field(default_factory=lambda: _train(450, 16, 256))
-    problems: int = 640
-    train: TrainConfig = field(default_factory=lambda: _train(80, 8, 512))
+    critique_share: float = 0.5
+    train: TrainConfig = field(default_factory=lambda: _train(1000, 8, 384))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=3e-3, warmup_steps=20, weight_decay=0.01)
     )
 
 
 @dataclass
+class ActorPhase:
+    """Actor SFT from the base: iteration 0 of self-training on the first `problems`
+    questions, reference solutions plus refinement examples (x, y0, c -> y'), where the
+    actor learns to follow a critique."""
+
+    problems: int = 640
+    train: TrainConfig = field(default_factory=lambda: _train(80, 8, 512))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=8, weight_decay=0.01)
+    )
+
+
+@dataclass
 class CriticPhase:
-    problems: int = 128  # training questions whose solutions are critiqued
-    samples: int = 2  # actor samples per question (temperature > 0)
+    problems: int = 512  # training questions whose solutions are critiqued
+    samples: int = 1  # actor samples per question (temperature > 0)
     correct_share: float = 0.4  # share of correct solutions among the critiqued ones
     # Monte Carlo soft filter: M refinements per critique of a wrong solution, kept when at
     # least tau verify. It exists to drop wrong annotator critiques; the oracle's are right by
@@ -155,7 +170,7 @@ class CriticPhase:
     refinements: int = 0
     tau: float = 0.5
     eval_samples: int = 1  # eval set: actor samples per test question (+ reference, insertion)
-    train: TrainConfig = field(default_factory=lambda: _train(80, 8, 512))
+    train: TrainConfig = field(default_factory=lambda: _train(100, 8, 512))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=8, weight_decay=0.01)
     )
@@ -198,6 +213,7 @@ class Config(StageConfig):
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
     world: WorldConfig = field(default_factory=WorldConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    base: BasePhase = field(default_factory=BasePhase)
     actor: ActorPhase = field(default_factory=ActorPhase)
     critic: CriticPhase = field(default_factory=CriticPhase)
     tts: TTSPhase = field(default_factory=TTSPhase)
@@ -238,8 +254,9 @@ class Config(StageConfig):
         optim = ActorPhase().optim
         cfg = cls(
             world=WorldConfig(train_size=256, test_size=32, levels=[1, 2]),
-            generation=GenerationConfig(solution_tokens=48, critique_tokens=96, chunk_size=64),
-            actor=ActorPhase(solve=_train(60, 16, 256), problems=64, train=step, optim=optim),
+            generation=GenerationConfig(solution_tokens=56, critique_tokens=112, chunk_size=64),
+            base=BasePhase(train=_train(300, 8, 384)),
+            actor=ActorPhase(problems=64, train=step, optim=optim),
             critic=CriticPhase(problems=32, samples=1, train=step, optim=optim),
             tts=TTSPhase(k=2),
             rco=RCOPhase(
@@ -339,25 +356,48 @@ def _at(points: list[dict[str, Any]], key: str, value: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- phases
 
 
-def solve_sft(cfg: Config, run_dir: Path, spec: ModelSpec, data: Path) -> ModelSpec:
-    """The first part of actor SFT: the `sft` stage on reference solutions; returns the
-    model iteration 0 starts from."""
-    if cfg.actor.solve.steps == 0:
-        return spec
-    out = run_dir / "actor_solve_sft"
+def base_records(train: list[Problem], share: float, seed: int) -> list[dict[str, Any]]:
+    """The base model's texts as chat records: every question with its solution and, for a
+    `share` of the questions, a critique of its reference solution or of an injected error
+    (alternately, so right and wrong solutions are balanced)."""
+    rng = random.Random(f"demo-base:{seed}")
+    records, wrong = [], False
+    for p in train:
+        records.append({"messages": [*solve_messages(p.question), _assistant(p.solution)]})
+        if rng.random() < share:
+            y = inject_error(p, rng.randint(1, p.level), seed) if wrong else p.solution
+            critique = templated_critique(p, y)
+            records.append({"messages": [*critique_messages(p.question, y), _assistant(critique)]})
+            wrong = not wrong
+    rng.shuffle(records)
+    return records
+
+
+def _assistant(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
+
+
+def base_sft(cfg: Config, run_dir: Path, spec: ModelSpec, train: list[Problem]) -> Path:
+    """Train the base model from scratch (the `sft` stage on `base_records`); returns its
+    HF directory, where actor and critic SFT start."""
+    out = run_dir / "base"
     if _done(out / "results.json") is None:
+        data = run_dir / "world" / "base.jsonl"
+        records = base_records(train, cfg.base.critique_share, cfg.seed)
+        if _primary():
+            atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in records))
         sft.run(
             sft.Config(
                 run_dir=str(out),
                 seed=cfg.seed,
                 model=spec,
-                data=sft.SFTData(path=str(data), format="solve"),
-                train=cfg.actor.solve,
-                optim=cfg.actor.optim,
+                data=sft.SFTData(path=str(data), format="chat"),
+                train=cfg.base.train,
+                optim=cfg.base.optim,
                 mesh=cfg.mesh,
             )
         )
-    return ModelSpec(path=str(out / "hf"))
+    return out / "hf"
 
 
 def collect_critiques(
@@ -392,15 +432,15 @@ def collect_critiques(
     return done or critique_data.collect(collect_cfg, problems, actor, annotator)
 
 
-def train_critic(cfg: Config, run_dir: Path, actor_hf: Path) -> Path:
-    """Critic SFT on the kept critiques, warm-started from the actor-SFT weights."""
+def train_critic(cfg: Config, run_dir: Path, base_hf: Path) -> Path:
+    """Critic SFT on the kept critiques, from the base model (as the actor)."""
     out = run_dir / "critic_sft"
     if _done(out / "results.json") is None:
         sft.run(
             sft.Config(
                 run_dir=str(out),
                 seed=cfg.seed,
-                model=ModelSpec(path=str(actor_hf)),
+                model=ModelSpec(path=str(base_hf)),
                 data=sft.SFTData(path=str(run_dir / "critic_data" / "critic_sft.jsonl")),
                 train=cfg.critic.train,
                 optim=cfg.critic.optim,
@@ -617,11 +657,12 @@ def run(cfg: Config) -> dict[str, Any]:
         _write_problems(world_dir / "test.jsonl", test)
         spec = with_demo_tokenizer(cfg.model, [*train, *test], run_dir / "demo_tokenizer")
 
-    with clock("actor_solve_sft"):
-        start_spec = solve_sft(cfg, run_dir, spec, world_dir / "train.jsonl")
-    st_cfg = self_train_config(cfg, st_dir, start_spec)
-    models = st._Models(start_spec, mesh, cfg.seed)
-    with clock("actor_iteration0"):
+    with clock("base"):
+        base_hf = base_sft(cfg, run_dir, spec, train)
+    base = ModelSpec(path=str(base_hf))
+    st_cfg = self_train_config(cfg, st_dir, base)
+    models = st._Models(base, mesh, cfg.seed)
+    with clock("actor_sft"):
         iter0 = train[: cfg.actor.problems]
         actor_res = st.iteration_zero(st_cfg, models, iter0, test, st_dir / "iter_0")
     actor_hf = st_dir / "iter_0" / "hf"
@@ -630,7 +671,7 @@ def run(cfg: Config) -> dict[str, Any]:
     with clock("critic_data"):
         collection = collect_critiques(cfg, run_dir, train, actor, actor_hf, mesh)
     with clock("critic_sft"):
-        critic_hf = train_critic(cfg, run_dir, actor_hf)
+        critic_hf = train_critic(cfg, run_dir, base_hf)
     critic = models.agent(critic_hf)  # shares the actor's tokenizer object and sampler
     with clock("critic_eval"):
         verdicts = evaluate_critic(cfg, run_dir, test, actor, critic, critic_hf)

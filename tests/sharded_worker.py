@@ -5,7 +5,8 @@ processes. Every scenario trains the tiny preset (fp32) for two steps on the sam
 batches and records losses, gradient norms and the parameters after the second update.
 
     python tests/sharded_worker.py single-host OUT.npz
-        one process, 8 devices: meshes (1,1,1), (8,1,1), (1,8,1), (2,2,2), accumulation
+        one process, 8 devices: meshes (1,1,1), (8,1,1), (1,8,1), (2,2,2), accumulation,
+        and test_sampling.py's sampled request on a (2,2,2) mesh
     python tests/sharded_worker.py multi-host OUT.npz RUN_DIR   (with COORDINATOR_ADDRESS,
         NUM_PROCESSES=2, PROCESS_ID set): 2 processes x 2 devices, mesh (2,2,1); each process
         feeds only its rows; checkpoints, then a new Trainer restores onto the same shards
@@ -21,6 +22,9 @@ DEVICES = 8 if MODE == "single-host" else 2
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + f" --xla_force_host_platform_device_count={DEVICES} --xla_backend_optimization_level=0"
+    # The unfused CPU emitters compile these small programs ~3x faster. Every result compared
+    # here comes from this same process setup (the sampling check allows 1e-4).
+    + " --xla_cpu_use_fusion_emitters=false"
 )
 
 import jax  # noqa: E402
@@ -30,6 +34,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 from critique_jax.config import MeshConfig, OptimConfig, TrainConfig  # noqa: E402
 from critique_jax.distributed import initialize_distributed  # noqa: E402
 from critique_jax.models import preset  # noqa: E402
+from critique_jax.sampling import Sampler  # noqa: E402
 from critique_jax.scoring import score_rows  # noqa: E402
 from critique_jax.sharding import make_mesh  # noqa: E402
 from critique_jax.trainer import Trainer  # noqa: E402
@@ -111,6 +116,15 @@ def single_host(out: str) -> None:
     for name, shape in (("single", (1, 1, 1)), ("mixed222", (2, 2, 2))):
         mesh = make_mesh(shape, jax.devices()[: int(np.prod(shape))])
         results[f"score/{name}"] = score_rows(cfg, params, rows, batch_size=8, mesh=mesh)
+    # test_sampling.py's sampled request on data=2, fsdp=2, tensor=2.
+    import test_sampling as ts
+
+    sample_cfg, sample_params = ts.sampling_model()
+    sampler = Sampler(sample_cfg, mesh=make_mesh((2, 2, 2)), buckets=ts.BUCKETS)
+    for r, row in enumerate(sampler.generate_ids(sample_params, ts.PROMPTS, ts.SAMPLED)):
+        for j, c in enumerate(row):
+            results[f"sample/{r}/{j}/token_ids"] = np.array(c.token_ids)
+            results[f"sample/{r}/{j}/logprobs"] = np.array(c.logprobs)
     np.savez(out, **results)
 
 

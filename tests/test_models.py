@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -215,14 +213,11 @@ def test_tokenizer_larger_than_embedding_is_rejected():
 # ----------------------------------------------------------------------------- real model
 
 
-def test_check_hf_passes_on_real_smollm2():
+def test_check_hf_passes_on_real_smollm2(capsys):
+    from critique_jax.check_hf import main
+
     directory = real_model_dir("smollm2-135m")
-    proc = subprocess.run(
-        [sys.executable, "-m", "critique_jax.check_hf", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert proc.returncode == 0, result
-    assert result["top1_agreement"] == 1.0
+    code = main([str(directory)])  # in process: jax, torch and transformers are loaded
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0, result
+    assert result["ok"] and result["top1_agreement"] == 1.0

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +20,6 @@ from critique_jax.sampling import (
 from critique_jax.sampling.buckets import plan_calls
 from critique_jax.sampling.stops import apply_stop_strings
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 9, 2], [7, 1, 4, 4, 8, 3, 2, 9], [3], [12, 6, 6, 1, 2]]
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0.0, stop_token_ids=())
 SAMPLED = SamplingParams(
@@ -35,8 +27,11 @@ SAMPLED = SamplingParams(
 )
 
 
-@pytest.fixture(scope="module")
-def model():
+BUCKETS = Buckets(min_length=8, max_batch=16)
+
+
+def sampling_model():
+    """The tiny model these tests sample from (also built by sharded_worker.py on a mesh)."""
     cfg = preset("tiny")
     params = init_params(cfg, jax.random.key(0))
     # Sharper logits than the 0.02 init gives, so greedy choices are far from ties.
@@ -45,8 +40,13 @@ def model():
 
 
 @pytest.fixture(scope="module")
+def model():
+    return sampling_model()
+
+
+@pytest.fixture(scope="module")
 def sampler(model):
-    return Sampler(model[0], buckets=Buckets(min_length=8, max_batch=16))
+    return Sampler(model[0], buckets=BUCKETS)
 
 
 @pytest.fixture(scope="module")
@@ -389,41 +389,15 @@ def test_text_api_chat_template_stop_tokens_and_strings(text_sampler):
 # ----------------------------------------------------------------- sharded
 
 
-SHARDED_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import jax
-    from critique_jax.models import init_params, preset
-    from critique_jax.sampling import Buckets, Sampler, SamplingParams
-    from critique_jax.sharding import make_mesh
-    prompts, requests = json.loads(sys.argv[1])
-    cfg = preset("tiny")
-    params = init_params(cfg, jax.random.key(0))
-    params["embed"]["embedding"] = params["embed"]["embedding"] * 20.0
-    s = Sampler(cfg, mesh=make_mesh((2, 2, 2)), buckets=Buckets(min_length=8, max_batch=16))
-    out = [[[[list(c.token_ids), list(c.logprobs)] for c in r]
-            for r in s.generate_ids(params, prompts, SamplingParams(**sp))] for sp in requests]
-    print(json.dumps(dict(devices=len(jax.devices()), out=out)))
-""")
-
-
-def test_sharded_mesh_matches_single_device(sampled):
-    """data=2, fsdp=2, tensor=2 on 8 simulated CPU devices: the same samples as one device."""
-    requests = [dict(SAMPLED.__dict__)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT, json.dumps([PROMPTS, requests])],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["devices"] == 8
-    for single, sharded in zip((sampled,), result["out"], strict=True):
-        for srow, mrow in zip(single, sharded, strict=True):
-            for s, (m_ids, m_lp) in zip(srow, mrow, strict=True):
-                assert list(s.token_ids) == m_ids
-                np.testing.assert_allclose(s.logprobs, m_lp, atol=1e-4)
+@pytest.mark.subprocess_job("sharded-single-host")
+def test_sharded_mesh_matches_single_device(sampled, subprocess_results):
+    """data=2, fsdp=2, tensor=2 on 8 simulated CPU devices (sharded_worker.py): the same
+    samples as one device."""
+    result = subprocess_results("sharded-single-host")
+    sharded = [k for k in result if k.startswith("sample/") and k.endswith("/token_ids")]
+    assert len(sampled) == len(PROMPTS) and len(sharded) == len(PROMPTS) * SAMPLED.n
+    for r, row in enumerate(sampled):
+        assert len(row) == SAMPLED.n
+        for j, s in enumerate(row):
+            assert list(s.token_ids) == result[f"sample/{r}/{j}/token_ids"].tolist()
+            np.testing.assert_allclose(s.logprobs, result[f"sample/{r}/{j}/logprobs"], atol=1e-4)

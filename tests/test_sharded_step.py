@@ -1,9 +1,10 @@
 """The sharded train step equals the single-device step, on simulated CPU devices.
 
-tests/sharded_worker.py runs the scenarios in subprocesses, since the device count must be
-fixed before jax is imported: one process with 8 devices (~20 s) for the meshes and
-accumulation, and two processes with 2 devices each (~20 s) for the multi-host path (JAX's
-distributed runtime over localhost, process-local batches, orbax save and restore).
+tests/sharded_worker.py runs the scenarios in subprocesses (tests/subprocess_jobs.py, started
+in the background when collection finishes), since the device count must be fixed before jax
+is imported: one process with 8 devices for the meshes and accumulation, and two processes
+with 2 devices each for the multi-host path (JAX's distributed runtime over localhost,
+process-local batches, orbax save and restore).
 
 Tolerance: fp32 on CPU, where sharded reductions sum in another order; after two AdamW
 updates at lr 1e-3 the parameters agree to 1e-5 absolute and the losses and gradient norms
@@ -12,62 +13,21 @@ to 5e-6 relative (observed: 2e-6 and 5e-7).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-WORKER = Path(__file__).with_name("sharded_worker.py")
-ROOT = Path(__file__).resolve().parents[1]
 SHARDED = ["data8", "fsdp8", "mixed222", "mixed222_accum4"]
-
-
-def worker_env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **extra)
+pytestmark = pytest.mark.subprocess_job("sharded-single-host")
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, np.ndarray]:
-    out = tmp_path_factory.mktemp("sharded") / "results.npz"
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), "single-host", str(out)],
-        cwd=ROOT,
-        env=worker_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return dict(np.load(out))
+def results(subprocess_results) -> dict[str, np.ndarray]:
+    return subprocess_results("sharded-single-host")
 
 
 @pytest.fixture(scope="module")
-def multihost(tmp_path_factory) -> dict[str, np.ndarray]:
-    tmp = tmp_path_factory.mktemp("multihost")
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), "multi-host", str(tmp / "out.npz"), str(tmp / "run")],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=worker_env(
-                COORDINATOR_ADDRESS=f"localhost:{port}", NUM_PROCESSES="2", PROCESS_ID=str(rank)
-            ),
-        )
-        for rank in range(2)
-    ]
-    for p in procs:
-        output, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, output[-4000:]
-    return dict(np.load(tmp / "out.npz"))
+def multihost(subprocess_results) -> dict[str, np.ndarray]:
+    return subprocess_results("sharded-multi-host")
 
 
 @pytest.mark.parametrize("name", SHARDED)
@@ -103,6 +63,7 @@ def test_reference_scores_match_across_meshes(results):
     np.testing.assert_allclose(sharded, single, rtol=1e-5)
 
 
+@pytest.mark.subprocess_job("sharded-multi-host")
 def test_multi_host_matches_single_device(results, multihost):
     np.testing.assert_allclose(multihost["loss"], results["single/loss"], rtol=5e-6)
     np.testing.assert_allclose(multihost["grad_norm"], results["single/grad_norm"], rtol=5e-6)

@@ -11,29 +11,32 @@ code the real-data configs run:
 
 1. world: train and test problems (different seeds; test questions seen in training are
    dropped), written to run_dir/world/, and the demo tokenizer (run_dir/demo_tokenizer).
-2. actor SFT, in two parts: the `sft` stage on the reference solutions of every training
-   question in short packed rows (where the actor learns to read a question and compute:
-   most of the budget), then iteration 0 of self-training (`self_train.iteration_zero`:
+2. base model (`sft` on run_dir/world/base.jsonl): the stand-in for the pretrained LLM
+   the papers start from, trained from scratch on the world's texts: a solution of every
+   training question and oracle critiques of reference solutions and injected errors for
+   a share of them. Most of the budget: here the model learns to read, compute and write
+   the critique format.
+3. actor SFT from the base: iteration 0 of self-training (`self_train.iteration_zero`),
    reference solutions plus refinement examples (x, y0, c -> y') on a prefix of the
-   questions, where it learns to follow a critique); greedy test accuracy -> actor_accuracy.
-3. critic (`critique_data.collect`, `sft`, `critic_eval.evaluate`): AutoMathCritique with the
+   questions, where it learns to follow a critique; greedy test accuracy -> actor_accuracy.
+4. critic (`critique_data.collect`, `sft`, `critic_eval.evaluate`): AutoMathCritique with the
    oracle annotator on actor samples, injected errors and reference solutions (Monte Carlo
    soft filtering is available but off: it drops wrong annotator critiques, and the oracle
-   makes none); critic SFT warm-started from the actor weights; verdicts on a held-out eval
-   set (per test question its reference solution, an injected error and actor samples,
-   labelled by the verifier): accuracy against chance (the majority label's share), and
-   balanced accuracy (the mean over right and wrong solutions; chance 0.5).
-4. test-time supervision (`test_time.run_test_time`) with the trained critic: one critique ->
+   makes none); critic SFT from the base; verdicts on a held-out eval set (per test
+   question its reference solution, an injected error and actor samples, labelled by the
+   verifier): accuracy against chance (the majority label's share), and balanced accuracy
+   (the mean over right and wrong solutions; chance 0.5).
+5. test-time supervision (`test_time.run_test_time`) with the trained critic: one critique ->
    refine round, majority vote vs critique-refine + vote vs critic-weighted vote at K, and
    the accuracy-vs-compute plot.
-5. RCO (`rco_collect`, `rco_train`, `rco_eval`): N critiques x M refinements from the SFT
+6. RCO (`rco_collect`, `rco_train`, `rco_eval`): N critiques x M refinements from the SFT
    critic on training (x, y0), the least-squares critic training, then the mean critique
    utility (CU) of the SFT and the RCO critic on held-out (x, y0).
-6. self-training (`self_train.iteration`): one iteration of vanilla (rejection sampling) and
+7. self-training (`self_train.iteration`): one iteration of vanilla (rejection sampling) and
    critique-in-the-loop self-training from the same iteration-0 actor; the critic is the
    trained one, or the oracle when the trained critic does not beat chance
    (`self_train.critic: auto`), and the results say which.
-7. one results table (printed, run_dir/results.md) and run_dir/results.json.
+8. one results table (printed, run_dir/results.md) and run_dir/results.json.
 
 Resume: every phase writes into its own subdirectory and is skipped, or resumes record by
 record (training: from its last checkpoint), when the stage is run again with the same
@@ -138,8 +141,8 @@ class BasePhase:
     reference solution or an injected error. Here the model learns to read a question,
     compute and write critiques: most of the demo's budget."""
 
-    critique_share: float = 0.5
-    train: TrainConfig = field(default_factory=lambda: _train(1000, 8, 384))
+    critique_share: float = 0.3
+    train: TrainConfig = field(default_factory=lambda: _train(800, 8, 384))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=3e-3, warmup_steps=20, weight_decay=0.01)
     )
@@ -170,7 +173,7 @@ class CriticPhase:
     refinements: int = 0
     tau: float = 0.5
     eval_samples: int = 1  # eval set: actor samples per test question (+ reference, insertion)
-    train: TrainConfig = field(default_factory=lambda: _train(100, 8, 512))
+    train: TrainConfig = field(default_factory=lambda: _train(60, 8, 512))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=8, weight_decay=0.01)
     )
@@ -253,9 +256,9 @@ class Config(StageConfig):
         step = _train(24, 8, 512)
         optim = ActorPhase().optim
         cfg = cls(
-            world=WorldConfig(train_size=256, test_size=32, levels=[1, 2]),
+            world=WorldConfig(train_size=1000, test_size=32, levels=[1, 2]),
             generation=GenerationConfig(solution_tokens=56, critique_tokens=112, chunk_size=64),
-            base=BasePhase(train=_train(300, 8, 384)),
+            base=BasePhase(train=_train(200, 8, 384)),
             actor=ActorPhase(problems=64, train=step, optim=optim),
             critic=CriticPhase(problems=32, samples=1, train=step, optim=optim),
             tts=TTSPhase(k=2),

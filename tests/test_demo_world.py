@@ -101,7 +101,7 @@ def test_correct_solution_gets_all_correct(problems):
 
 
 def test_injected_errors(problems):
-    seen_solutions = set()
+    seen_solutions, kinds = set(), {False: 0, True: 0}
     for p in problems:
         for step in range(1, p.level + 1):
             flawed = inject_error(p, step, seed=0)
@@ -111,17 +111,28 @@ def test_injected_errors(problems):
             assert last != f"The answer is {p.answer}." and last.startswith("The answer is ")
             ref, bad = _calcs(p.solution), _calcs(flawed)
             assert bad[: step - 1] == ref[: step - 1]
-            for i, (a, op, b, c) in enumerate(bad, start=1):
-                assert (OPS[op](a, b) == c) == (i != step) and c >= 0
-                left = ref[0][0] if i == 1 else bad[i - 2][3]  # the slip is carried forward
-                assert (a, op, b) == (left, *ref[i - 1][1:3])
+            a, op, b, wrong = bad[step - 1]
+            misread = b != ref[step - 1][2]
+            kinds[misread] += 1
+            for i, (a_, op_, b_, c_) in enumerate(bad, start=1):
+                # a slip: wrong result; a misread operand: right arithmetic on the wrong number
+                assert (OPS[op_](a_, b_) == c_) == (i != step or misread) and c_ >= 0
+                left = ref[0][0] if i == 1 else bad[i - 2][3]  # the error is carried forward
+                assert (a_, op_) == (left, ref[i - 1][1]) and (b_ == ref[i - 1][2]) == (
+                    i != step or not misread
+                )
             text = templated_critique(p, flawed)
             c = parse_critique(text)
             assert c.parseable and c.final_correct is False
             assert c.first_wrong_step == step and len(c.steps) == step
-            a, op, b, wrong = bad[step - 1]
-            assert c.steps[-1].explanation == f"{a} {op} {b} = {ref[step - 1][3]}, not {wrong}."
-    assert len(seen_solutions) > sum(p.level for p in problems)  # seeds vary the slip
+            ra, rop, rb, rc = ref[step - 1]
+            assert c.steps[-1].explanation == (
+                f"It should be {ra} {rop} {rb} = {rc}, not {a} {op} {b}."
+                if misread
+                else f"{a} {op} {b} = {rc}, not {wrong}."
+            )
+    assert len(seen_solutions) > sum(p.level for p in problems)  # seeds vary the error
+    assert min(kinds.values()) > 0.3 * sum(kinds.values()), kinds  # both kinds occur
 
 
 @pytest.mark.parametrize("garbage", ["", "blah blah\nfoo 12", "The answer is", "7 + 5"])

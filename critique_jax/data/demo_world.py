@@ -183,11 +183,14 @@ _ERROR_DELTAS = (-10, -2, -1, 1, 2, 10)
 
 
 def inject_error(problem: Problem, step: int, seed: int) -> str:
-    """A flawed solution whose first error is an arithmetic slip at `step` (1-based).
+    """A flawed solution whose first error is at `step` (1-based): either an arithmetic slip
+    (the right operands, a wrong result) or a misread operand (the number of the step's
+    sentence misread, the arithmetic right), the two kinds of error a trained actor makes.
 
-    The wrong result is carried forward correctly through the later steps, so the final
+    The wrong value is carried forward correctly through the later steps, so the final
     answer is wrong too (each step is injective in its input). Values stay non-negative and,
-    when some slip allows it, within 0..MAX_VALUE.
+    when some error allows it, within 0..MAX_VALUE. The kind and the size of the error
+    depend on (problem, step, seed) only.
     """
     calcs = _reference_calcs(problem)
     if not 1 <= step <= len(calcs):
@@ -195,17 +198,31 @@ def inject_error(problem: Problem, step: int, seed: int) -> str:
     rng = random.Random(f"{problem.id}:{step}:{seed}")
     deltas = list(_ERROR_DELTAS)
     rng.shuffle(deltas)
+    misread = rng.random() < 0.5  # the preferred kind; the other one when it cannot apply
+    true = calcs[step - 1]
     candidates = []
     for delta in deltas:
-        bad = calcs[: step - 1] + [_with_result(calcs[step - 1], calcs[step - 1].result + delta)]
-        for c in calcs[step:]:
-            left = bad[-1].result
-            bad.append(dataclasses.replace(c, left=left, result=_apply(left, c.op, c.right)))
-        values = [c.result for c in bad]
-        if min(values) >= 0:
-            candidates.append((max(values) > MAX_VALUE, bad))
-    # delta > 0 keeps every value above the true one, so some candidate always exists.
-    _, bad = min(candidates, key=lambda c: c[0])
+        right = true.right + delta
+        errors = [(False, _with_result(true, true.result + delta))]
+        if right >= 1:
+            errors.append(
+                (
+                    True,
+                    dataclasses.replace(
+                        true, right=right, result=_apply(true.left, true.op, right)
+                    ),
+                )
+            )
+        for kind, wrong in errors:
+            bad = [*calcs[: step - 1], wrong]
+            for c in calcs[step:]:
+                left = bad[-1].result
+                bad.append(dataclasses.replace(c, left=left, result=_apply(left, c.op, c.right)))
+            values = [c.result for c in bad]
+            if min(values) >= 0 and wrong.result != true.result:
+                candidates.append((kind != misread, max(values) > MAX_VALUE, bad))
+    # a slip with delta > 0 keeps every value above the true one, so some candidate exists.
+    *_, bad = min(candidates, key=lambda c: c[:2])
     return _render_solution(bad)
 
 

@@ -193,8 +193,8 @@ class RCOPhase:
     refinements: int = 2  # M per critique
     eval_critiques: int = 2
     eval_refinements: int = 2
-    beta: float = 0.1
-    train: TrainConfig = field(default_factory=lambda: _train(16, 16, 384, pack=False))
+    beta: float = 0.5  # CU / beta: target log-ratios within 2 nats of each other
+    train: TrainConfig = field(default_factory=lambda: _train(32, 16, 384, pack=False))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=1e-4, warmup_steps=3)
     )
@@ -202,11 +202,11 @@ class RCOPhase:
 
 @dataclass
 class SelfTrainPhase:
-    problems: int = 128  # training questions sampled per iteration
+    problems: int = 384  # training questions sampled per iteration
     samples: int = 4  # K per question
     refinements: int = 2  # K' per critique of a wrong sample
     critic: str = "auto"  # auto (trained if it beats chance, else oracle) | trained | oracle
-    train: TrainConfig = field(default_factory=lambda: _train(24, 8, 512))
+    train: TrainConfig = field(default_factory=lambda: _train(16, 8, 512))
 
 
 @dataclass

@@ -163,6 +163,13 @@ EXTRACT_CASES = [
     ("The answer is 5.\nWait, that is wrong.\nThe answer is 6.", "6"),
     ("The final answer is 7", "7"),
     ("he saves $8 - $6 = 2 dollars per day.\\n\\nThe answer is 2", "2"),
+    # a copy of the prompt's placeholder states no answer (seen from SmolLM2-135M on GSM8K)
+    ("A: 24 x 2 = 48\n\nThe answer is X.", None),
+    ('Write a corrected solution. End with "The answer is X."', None),
+    ("So 3 + 4 = 7.\nThe answer is 7.\n\nEnd with The answer is X.", "7"),
+    ("The answer is X, which is the total number of sheep.", None),
+    ("The answer is X = 12.", "X = 12"),
+    ("The answer is $x$.", "x"),  # a MATH answer that is a variable is an answer
     # nothing stated
     ("I am not sure how to solve this.", None),
     ("", None),

@@ -15,6 +15,7 @@ from critique_jax.pipelines.test_time import (
     Config,
     TTSSettings,
     parallel_records,
+    results_table,
     run,
     run_test_time,
     sequential_outcome,
@@ -151,6 +152,7 @@ def test_stage_end_to_end_on_the_demo_world(tiny_run):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     lines = open(f"{run_dir}/parallel.jsonl").read().splitlines()
     assert len(lines) == 2 and len(json.loads(lines[0])["samples"]) == 2
+    assert open(f"{run_dir}/results.md").read() == results_table(results)
 
 
 def test_stage_resumes_from_its_records(tiny_run):
@@ -170,6 +172,27 @@ def test_stage_resumes_from_its_records(tiny_run):
     assert again["sequential"] == results["sequential"]
 
 
+def test_results_table_has_a_row_per_point(world):
+    problems, plans, critic = world
+    s = TTSSettings(ks=[1, 4], rounds=1)
+    results = {"questions": 2, "ks": s.ks, "rounds": 1}
+    results["parallel"] = summarize_parallel(
+        parallel_records(ScriptedActor(problems, plans), critic, problems, s), s.ks
+    )
+    results["sequential"] = summarize_sequential(
+        sequential_records(ScriptedActor(problems, plans), critic, problems, s), 1
+    )
+    results["critic_diagnostics"] = {"samples": 8, "verdict_accuracy": None}
+    table = results_table(results)
+    rows = [r for ln in table.splitlines() if len(r := ln.split(" | ")) > 2 and r[1][1:2] == "="]
+    assert len(rows) == 5 * 2 + 2  # five parallel modes at two K, sequential at R=0 and R=1
+    majority_k4 = next(r for r in rows if "majority" in r[0] and r[1] == "K=4")
+    point = _by_k(results["parallel"]["majority"])[4]
+    assert majority_k4[2] == f"{point['accuracy']:.3f}"
+    assert majority_k4[-3] == f"{point['tokens_per_question']:.1f}"
+    assert "| verdict_accuracy | - |" in table
+
+
 def test_settings_validation():
     with pytest.raises(ConfigError, match="modes"):
         TTSSettings(modes=["beam"])
@@ -181,7 +204,14 @@ def test_settings_validation():
 
 
 @pytest.mark.parametrize(
-    "name", ["eval_tts_demo", "eval_tts_gsm8k_qwen2.5-0.5b", "eval_tts_math_qwen2.5-0.5b"]
+    "name",
+    [
+        "eval_tts_demo",
+        "eval_tts_gsm8k_qwen2.5-0.5b",
+        "eval_tts_math_qwen2.5-0.5b",
+        "eval_tts_gsm8k_smollm2-135m",
+        "eval_tts_math_smollm2-135m",
+    ],
 )
 def test_config_files_parse(name):
     _, cfg = build_config(str(CONFIGS / f"{name}.yaml"), [])

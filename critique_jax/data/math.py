@@ -31,6 +31,10 @@ _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _UNIT_TEXT_RE = re.compile(r"\s*\\(?:text|textbf|mbox|mathrm)\{[^{}]*\}(?:\^\{?[23]\}?)?\s*$")
 _UNIT_WORD_RE = re.compile(r"\s+[A-Za-z]{2,}\.?(?:\^\{?[23]\}?)?\s*$")
 _DEGREE_RE = re.compile(r"\^\s*\{?\\circ\}?|\\circ|°|\\degree")
+# The placeholder of the prompts' answer instruction (End with "The answer is X."): weak
+# models copy it ("The answer is X.", "The answer is X, which is ..."), which states no
+# answer; counted as one, the copies would form a majority-vote group of their own.
+_PLACEHOLDER_RE = re.compile(r"[\"']?X[\"'.]*(?:,|$)")
 
 
 def _boxed_content(text: str, start: int) -> tuple[str, int] | None:
@@ -89,8 +93,9 @@ def extract_answer(text: str) -> str | None:
     """The final answer stated in a solution, or None when it states none.
 
     Precedence: GSM8K's ``#### N`` (commas stripped), then the last complete
-    ``\\boxed{}``/``\\fbox{}``, then the last "The answer is ...". A box beats a later
-    "the answer is" because MATH prose says things like "the answer is yes!" after it.
+    ``\\boxed{}``/``\\fbox{}``, then the last "The answer is ..." that is not a copy of the
+    prompt's placeholder ("The answer is X."). A box beats a later "the answer is" because
+    MATH prose says things like "the answer is yes!" after it.
     """
     if not isinstance(text, str):
         return None
@@ -101,10 +106,15 @@ def extract_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed:
         return boxed
-    said = list(_ANSWER_IS_RE.finditer(text))
+    said = [m for m in _ANSWER_IS_RE.finditer(text) if not _is_placeholder(text, m.end())]
     if not said:
         return None
     return _clean_answer_is(text[said[-1].end() :].split("\n", 1)[0]) or None
+
+
+def _is_placeholder(text: str, start: int) -> bool:
+    """Whether the "answer is" statement ending at `start` copies the instruction's "X"."""
+    return _PLACEHOLDER_RE.match(_clean_answer_is(text[start:].split("\n", 1)[0])) is not None
 
 
 def gsm8k_gold(answer_field: str) -> str:

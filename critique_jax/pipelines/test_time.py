@@ -60,7 +60,7 @@ from critique_jax.pipelines.voting import (
     weighted_vote,
 )
 from critique_jax.plots import plot_accuracy_vs_compute
-from critique_jax.runio import RecordLog, atomic_write_json
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text
 from critique_jax.sampling import Completion, SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -350,6 +350,54 @@ def critic_diagnostics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _cell(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown: one row per curve point (mode and K, or sequential round budget) with its
+    accuracy, accuracy by difficulty and generated tokens per question, then the critic's
+    verifier diagnostics; the figure's numbers in a form that reads without plotting."""
+    rows = [(CURVES[m], p) for m, pts in results.get("parallel", {}).items() for p in pts]
+    rows += [(CURVES["sequential"], p) for p in results.get("sequential", [])]
+    levels = sorted(
+        {lv for _, p in rows for lv in p["by_level"]},
+        key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s),
+    )
+    head = [
+        "mode",
+        "budget",
+        "accuracy",
+        *(f"level {lv}" for lv in levels),
+        "tokens/q",
+        "actor tokens/q",
+        "critic tokens/q",
+    ]
+    lines = [
+        f"Test-time supervision: {results['questions']} questions, K in {results['ks']}, "
+        f"up to {results['rounds']} sequential refinements.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|---|" + "---:|" * (len(head) - 2),
+    ]
+    for name, p in rows:
+        cells = [
+            name,
+            p["label"],
+            _cell(p["accuracy"]),
+            *(_cell(p["by_level"].get(lv)) for lv in levels),
+            _cell(p["tokens_per_question"], 1),
+            _cell(p["actor_tokens_per_question"], 1),
+            _cell(p["critic_tokens_per_question"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    diag = results.get("critic_diagnostics")
+    if diag:
+        lines += ["", "| critic as verifier | value |", "|---|---:|"]
+        lines += [f"| {k} | {_cell(v)} |" for k, v in diag.items()]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -362,7 +410,8 @@ def run_test_time(
     title: str = "",
 ) -> dict[str, Any]:
     """Run the configured modes on `problems`, resuming from the records in `out_dir`;
-    writes results.json and accuracy_vs_compute.png there and returns the results."""
+    writes results.json, results.md (`results_table`) and accuracy_vs_compute.png there and
+    returns the results."""
     out = Path(out_dir)
     if "sequential" in s.modes and critic is None:
         raise ConfigError(
@@ -400,6 +449,7 @@ def run_test_time(
                 plot_accuracy_vs_compute(curves, out / "accuracy_vs_compute.png", title)
             )
         atomic_write_json(out / "results.json", results)
+        atomic_write_text(out / "results.md", results_table(results))
     return results
 
 

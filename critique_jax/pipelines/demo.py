@@ -42,9 +42,10 @@ Resume: every phase writes into its own subdirectory and is skipped, or resumes 
 record (training: from its last checkpoint), when the stage is run again with the same
 run_dir, e.g. after a kill.
 
-Sizes: the defaults take about nine minutes on an idle 2-core CPU, most of it training
-from scratch. `Config.reduced()` is the same loop at CI size (tests/test_demo.py); from the
-command line: `python -c "from critique_jax.pipelines.demo import Config, run;
+Sizes: the defaults took 658 s on a 2-core CPU shared with another job (the base phase,
+two thirds of the CPU time, had one core); most of it is training from scratch.
+`Config.reduced()` is the same loop at CI size (tests/test_demo.py); from the command line:
+`python -c "from critique_jax.pipelines.demo import Config, run;
 run(Config.reduced(run_dir='runs/demo_tiny'))"`. One generation length per kind of output
 (`generation`) and shared fan-outs keep the compiled sampler programs few: each costs
 seconds on a CPU.
@@ -250,9 +251,10 @@ class Config(StageConfig):
 
     @classmethod
     def reduced(cls, **changes: Any) -> Config:
-        """The same loop at CI size (about a minute and a half on an idle 2-core CPU): levels
-        1-2, a few dozen questions per phase, tens of training steps. Iteration 0, critic SFT
-        and self-training share one TrainConfig and optimizer, hence one compiled step."""
+        """The same loop at CI size (under three minutes on a 2-core CPU): levels 1-2, a few
+        dozen questions per phase, tens of training steps after a short base phase. Iteration
+        0, critic SFT and self-training share one TrainConfig and optimizer, hence one
+        compiled step."""
         step = _train(24, 8, 512)
         optim = ActorPhase().optim
         cfg = cls(

@@ -1,12 +1,14 @@
 """Critique-in-the-loop self-training: what one iteration keeps (scripted actor, oracle critic),
 and the stage end to end with a tiny model (iteration 0, one iteration of both arms, table)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from critique_jax.config import ModelSpec, OptimConfig, TrainConfig
+from critique_jax.data.critique_format import parse_critique
 from critique_jax.data.demo_world import generate_problems, inject_error, templated_critique
 from critique_jax.data.math import extract_answer, is_equiv
 from critique_jax.data.prompts import ANSWER_FORMAT
@@ -100,6 +102,39 @@ def test_collection_keeps_only_verified_work(world):
     assert stats["kept"] == 5 and stats["from_refinements"] == 3
     assert stats["hard_share_kept"] == pytest.approx(4 / 5)
     assert stats["hard_share_questions"] == pytest.approx(1 / 2)
+
+
+class LuckyActor(ScriptedActor):
+    """Refinements: one with a wrong step 1 but the right final answer, then the reference."""
+
+    def chat(self, conversations, sp):
+        if len(conversations[0]) == 1:
+            return super().chat(conversations, sp)
+        out = []
+        for conv in conversations:
+            p = self.by_question[conv[0]["content"].removesuffix(f"\n\n{ANSWER_FORMAT}")]
+            lines = p.solution.splitlines()
+            lucky = "\n".join([lines[0].replace(" = ", " = 1"), *lines[1:]])
+            texts = [lucky, p.solution][: sp.n]
+            out.append([Completion((1,) * 5, (0.0,) * 5, "stop", t) for t in texts])
+        return out
+
+
+@pytest.mark.parametrize("recheck", [False, True])
+def test_recheck_drops_refinements_with_a_wrong_step(world, recheck):
+    problems, plans, critic, cfg = world
+    cfg = dataclasses.replace(cfg, refinements=2, recheck=recheck)
+    _, hard = collect_records(LuckyActor(problems, plans), critic, problems, cfg)
+    refinements = [it for it in hard["kept"] if it["origin"] == "refinement"]
+    wrong_steps = [
+        parse_critique(templated_critique(problems[1], it["solution"])).first_wrong_step
+        for it in refinements
+    ]
+    assert hard["correct_refinements"] == 2 * hard["critiqued"] == 6
+    # Answer-only verification keeps the lucky text (once: texts are kept once per question;
+    # the right one is already kept as a sample); the recheck drops all three lucky ones.
+    assert hard["rechecked_out"] == (3 if recheck else 0)
+    assert wrong_steps == ([] if recheck else [1])
 
 
 def test_vanilla_is_the_same_path_without_the_critic(world):

@@ -207,6 +207,7 @@ class SelfTrainPhase:
     samples: int = 4  # K per question
     refinements: int = 2  # K' per critique of a wrong sample
     critic: str = "auto"  # auto (trained if it beats chance, else oracle) | trained | oracle
+    recheck: bool = True  # critique kept refinements again: drop those with a wrong step
     train: TrainConfig = field(default_factory=lambda: _train(16, 8, 512))
 
 
@@ -336,6 +337,7 @@ def self_train_config(cfg: Config, run_dir: Path, actor: ModelSpec) -> st.Config
         iterations=1,
         samples=s.samples,
         refinements=s.refinements,
+        recheck=s.recheck,
         eval_samples=0,
         chunk_size=g.chunk_size,
         sample=_sp(g.solution_tokens, g.temperature),

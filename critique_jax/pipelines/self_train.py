@@ -29,7 +29,11 @@ the same samples and differ only by the critic's refinements.
 Shortcut guard: a kept refinement must have at least
 max(min_steps, ceil(min_step_ratio * reference steps)) reasoning steps (`work_steps`: the
 solution's steps once lines that only state the final answer are removed), so a refinement
-that just copies an answer out of a critique is not learned.
+that just copies an answer out of a critique is not learned. Process check (`recheck`, off by
+default as in the paper): the critic critiques each kept refinement again and it is dropped
+when the critique finds a wrong step, because a refinement can reach the right answer through
+a wrong step (on the demo, most correct refinements did) and answer-only verification would
+teach that step.
 
 Files: run_dir/iter_0/{train,hf,results.json}; run_dir/<arm>/iter_<t>/{collect.jsonl,
 collect_stats.json, kept.jsonl, train, hf, results.json}; run_dir/comparison.{json,md}.
@@ -75,6 +79,7 @@ from critique_jax.pipelines.roles import (
     Judged,
     load_roles,
     make_agent,
+    parsed,
     refine,
     solve,
     with_demo_tokenizer,
@@ -107,6 +112,10 @@ class Config(StageConfig):
     samples: int = 4  # K
     refinements: int = 2  # K' per critique
     max_per_critique: int = 1  # r
+    # Process check: critique each correct refinement again and keep it only when the critic
+    # finds no wrong step. Answer-only verification keeps refinements whose steps are wrong
+    # but reach the right answer, and training on them teaches the wrong steps.
+    recheck: bool = False
     min_steps: int = 1
     min_step_ratio: float = 0.5
     hard_min_level: int = 3  # difficulty >= this counts as hard
@@ -217,6 +226,7 @@ def collect_records(
                 "critiqued": 0,
                 "correct_refinements": 0,
                 "shortcuts": 0,
+                "rechecked_out": 0,  # correct refinements the process check dropped
                 "kept": kept,
             }
         )
@@ -235,10 +245,10 @@ def collect_records(
         critiques,
         salted(cfg.refine, "refine", salt).replace(n=cfg.refinements),
     )
-    for (i, j, text), critique, rs in zip(wrong, critiques, refs, strict=True):
+    candidates = []  # (wrong index, refinement index, judged): correct and showing work
+    for w, ((i, _, _), rs) in enumerate(zip(wrong, refs, strict=True)):
         p, rec = problems[i], records[i]
         rec["critiqued"] += 1
-        taken = 0
         for m, r in enumerate(rs):
             jd = Judged.of(r, p.answer)
             if not jd.correct:
@@ -247,19 +257,37 @@ def collect_records(
             if not shows_work(jd.text, p, cfg.min_steps, cfg.min_step_ratio):
                 rec["shortcuts"] += 1
                 continue
-            if taken < cfg.max_per_critique and jd.text.strip() not in seen[i]:
-                seen[i].add(jd.text.strip())
-                rec["kept"].append(
-                    _item(
-                        p,
-                        jd,
-                        f"{p.id}/s{j}/r{m}",
-                        "refinement",
-                        wrong_solution=text,
-                        critique=critique,
-                    )
+            candidates.append((w, m, jd))
+    if cfg.recheck and candidates:
+        checks = critic.critique(
+            [questions[wrong[w][0]] for w, _, _ in candidates],
+            [jd.text for _, _, jd in candidates],
+            salted(cfg.critique, "recheck", salt).replace(n=1),
+        )
+        passed = [
+            c.parseable and c.first_wrong_step is None
+            for c in map(parsed, (cs[0] for cs in checks))
+        ]
+        for (w, _, _), ok in zip(candidates, passed, strict=True):
+            records[wrong[w][0]]["rechecked_out"] += not ok
+        candidates = [c for c, ok in zip(candidates, passed, strict=True) if ok]
+    taken = [0] * len(wrong)
+    for w, m, jd in candidates:
+        (i, j, text), critique = wrong[w], critiques[w]
+        p, rec = problems[i], records[i]
+        if taken[w] < cfg.max_per_critique and jd.text.strip() not in seen[i]:
+            seen[i].add(jd.text.strip())
+            rec["kept"].append(
+                _item(
+                    p,
+                    jd,
+                    f"{p.id}/s{j}/r{m}",
+                    "refinement",
+                    wrong_solution=text,
+                    critique=critique,
                 )
-                taken += 1
+            )
+            taken[w] += 1
     return records
 
 
@@ -287,6 +315,7 @@ def kept_stats(records: Sequence[dict[str, Any]], hard_min_level: int) -> dict[s
         "critiqued": sum(r["critiqued"] for r in records),
         "correct_refinements": sum(r["correct_refinements"] for r in records),
         "shortcuts_rejected": sum(r["shortcuts"] for r in records),
+        "rechecked_out": sum(r["rechecked_out"] for r in records),
     }
 
 

@@ -50,7 +50,7 @@ def test_perfect_oracle_scores_one(eval_set):
     outputs, m = ce.evaluate_critic(ORACLE, eval_set, GREEDY)
     assert m["verdict_accuracy"] == m["first_error"]["accuracy"] == 1.0
     assert m["first_error"]["n"] == 12 and m["unparseable_rate"] == 0.0
-    assert m["wrong_precision"] == m["wrong_recall"] == 1.0
+    assert m["wrong_precision"] == m["wrong_recall"] == m["balanced_accuracy"] == 1.0
     assert m["tokens"]["critique_per_question"] == 0  # an oracle generates nothing
     assert all(v["verdict_accuracy"] == 1.0 for v in m["by_level"].values())
     assert [o["id"] for o in outputs] == [r["id"] for r in eval_set]
@@ -60,6 +60,7 @@ def test_constant_correct_critic_gets_the_base_rate(eval_set):
     _, m = ce.evaluate_critic(ALWAYS_CORRECT, eval_set, GREEDY)
     assert m["verdict_accuracy"] == pytest.approx(m["base_rate_correct"]) == pytest.approx(1 / 3)
     assert m["wrong_recall"] == 0.0 and m["wrong_precision"] is None
+    assert m["balanced_accuracy"] == 0.5  # right on every right solution, on no wrong one
     assert m["first_error"]["accuracy"] == 0.0
 
 
@@ -92,6 +93,7 @@ def test_metrics_on_hand_made_outputs():
     assert m["verdict_accuracy"] == 0.5 and m["verdict_accuracy_parseable"] == pytest.approx(2 / 3)
     assert m["unparseable_rate"] == 0.25
     assert m["wrong_precision"] == 0.5 and m["wrong_recall"] == 0.5
+    assert m["balanced_accuracy"] == 0.5  # right solutions 1/2 (a), wrong 1/2 (c; d unparseable)
     assert m["first_error"] == {"n": 2, "accuracy": 0.5}
     assert m["by_level"]["1"] == {"n": 2, "verdict_accuracy": 0.5}
     assert m["tokens"] == {"critique_per_question": 10, "refine_per_question": 7.5}

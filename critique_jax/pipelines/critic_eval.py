@@ -224,11 +224,17 @@ def critic_metrics(
     levels: dict[str, list[bool]] = defaultdict(list)
     for (r, _), hit in zip(pairs, hits, strict=True):
         levels[str(r.get("level"))].append(hit)
+    per_label = [
+        [h for h, lab in zip(hits, labels, strict=True) if lab is want] for want in (True, False)
+    ]
     n = len(pairs)
     metrics: dict[str, Any] = {
         "n": n,
         "base_rate_correct": _mean(labels),
         "verdict_accuracy": _mean(hits),
+        # the mean of the accuracies on right and on wrong solutions: 0.5 for any verdict
+        # that ignores the solution, whatever the labels' balance
+        "balanced_accuracy": _mean([_mean(h) for h in per_label]) if all(per_label) else None,
         "verdict_accuracy_parseable": _mean(
             [h for h, (_, o) in zip(hits, pairs, strict=True) if o["parseable"]]
         ),

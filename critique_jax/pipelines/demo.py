@@ -493,20 +493,7 @@ def evaluate_critic(
     metrics = critic_eval.evaluate(eval_cfg, records, critic, None)
     base = metrics["base_rate_correct"]
     metrics["chance"] = max(base, 1 - base)  # always answering the majority label
-    metrics["balanced_accuracy"] = balanced_accuracy(metrics)
     return metrics
-
-
-def balanced_accuracy(metrics: dict[str, Any]) -> float | None:
-    """Mean of the verdict accuracy on right solutions and on wrong ones (an unparseable
-    critique is a miss): 0.5 for any verdict that ignores the solution, whatever the labels'
-    balance. Derived from critic_eval's accuracy, base rate and recall of "Wrong"."""
-    n, base = metrics["n"], metrics["base_rate_correct"]
-    recall_wrong = metrics["wrong_recall"]
-    if not n or recall_wrong is None or base in (None, 0.0, 1.0):
-        return None
-    hits_right = metrics["verdict_accuracy"] * n - recall_wrong * (1 - base) * n
-    return (hits_right / (base * n) + recall_wrong) / 2
 
 
 def rco_phase(

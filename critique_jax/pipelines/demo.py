@@ -89,7 +89,12 @@ from critique_jax.pipelines.roles import (
     make_critic,
     with_demo_tokenizer,
 )
-from critique_jax.pipelines.test_time import TTSSettings, run_test_time
+from critique_jax.pipelines.test_time import (
+    TTSSettings,
+    run_test_time,
+    sorted_levels,
+    table_cell,
+)
 from critique_jax.runio import atomic_write_json, atomic_write_text
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
@@ -603,10 +608,6 @@ BY_LEVEL = (
 )
 
 
-def _fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
 def results_table(results: dict[str, Any]) -> str:
     """Markdown: the headline metrics, then accuracy by difficulty (number of steps)."""
     k = results["sizes"]["k"]
@@ -617,8 +618,8 @@ def results_table(results: dict[str, Any]) -> str:
         "| metric | value |",
         "|---|---:|",
     ]
-    lines += [f"| {title} | {_fmt(results.get(key))} |" for key, title in ROWS]
-    levels = sorted({lv for key, _ in BY_LEVEL for lv in results[key]}, key=int)
+    lines += [f"| {title} | {table_cell(results.get(key))} |" for key, title in ROWS]
+    levels = sorted_levels({lv for key, _ in BY_LEVEL for lv in results[key]})
     lines += [
         "",
         "| accuracy by difficulty | " + " | ".join(f"level {lv}" for lv in levels) + " |",
@@ -626,7 +627,7 @@ def results_table(results: dict[str, Any]) -> str:
     ]
     for key, title in BY_LEVEL:
         lines.append(
-            f"| {title} | " + " | ".join(_fmt(results[key].get(lv)) for lv in levels) + " |"
+            f"| {title} | " + " | ".join(table_cell(results[key].get(lv)) for lv in levels) + " |"
         )
     times = results["timings"]
     lines += ["", "| phase | wall s | CPU s |", "|---|---:|---:|"]

@@ -85,7 +85,14 @@ from critique_jax.pipelines.roles import (
     with_demo_tokenizer,
 )
 from critique_jax.pipelines.sft import SFTData, load_sft_records
-from critique_jax.pipelines.test_time import check_oracle, difficulty, mean_by_level, salted
+from critique_jax.pipelines.test_time import (
+    check_oracle,
+    difficulty,
+    mean_by_level,
+    salted,
+    sorted_levels,
+    table_cell,
+)
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
@@ -502,10 +509,7 @@ def iteration(
 
 def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
     """Markdown: one row per (arm, iteration), accuracy by difficulty and what was kept."""
-    levels = sorted(
-        {lv for r in rows for lv in r.get("by_level", {})},
-        key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s),
-    )
+    levels = sorted_levels({lv for r in rows for lv in r.get("by_level", {})})
     pass_key = f"pass@{eval_samples}"
     head = [
         "arm",
@@ -520,9 +524,6 @@ def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def fmt(x: Any) -> str:
-        return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
-
     for r in rows:
         kept = r.get("collection", {})
         cells = [
@@ -536,7 +537,7 @@ def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
             kept.get("from_refinements"),
             kept.get("hard_share_kept"),
         ]
-        lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(table_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -106,6 +106,16 @@ def mean_by_level(levels: Iterable[int | None], values: Iterable[float]) -> dict
     return {str(lv): sum(groups[lv]) / len(groups[lv]) for lv in order}
 
 
+def sorted_levels(levels: Iterable[str]) -> list[str]:
+    """Level keys of `mean_by_level` dicts, numeric ones first in numeric order."""
+    return sorted(levels, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+
+
+def table_cell(x: Any, digits: int = 3) -> str:
+    """A markdown table cell: "-" for a missing value, floats to `digits` decimals."""
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
 def salted(sp: SamplingParams, *salt: Any) -> SamplingParams:
     """`sp` with a seed derived from its own and `salt`: distinct sampler calls (chunks,
     rounds, roles) draw independent randomness, reproducibly."""
@@ -350,20 +360,13 @@ def critic_diagnostics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _cell(x: Any, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
 def results_table(results: dict[str, Any]) -> str:
     """Markdown: one row per curve point (mode and K, or sequential round budget) with its
     accuracy, accuracy by difficulty and generated tokens per question, then the critic's
     verifier diagnostics; the figure's numbers in a form that reads without plotting."""
     rows = [(CURVES[m], p) for m, pts in results.get("parallel", {}).items() for p in pts]
     rows += [(CURVES["sequential"], p) for p in results.get("sequential", [])]
-    levels = sorted(
-        {lv for _, p in rows for lv in p["by_level"]},
-        key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s),
-    )
+    levels = sorted_levels({lv for _, p in rows for lv in p["by_level"]})
     head = [
         "mode",
         "budget",
@@ -384,17 +387,17 @@ def results_table(results: dict[str, Any]) -> str:
         cells = [
             name,
             p["label"],
-            _cell(p["accuracy"]),
-            *(_cell(p["by_level"].get(lv)) for lv in levels),
-            _cell(p["tokens_per_question"], 1),
-            _cell(p["actor_tokens_per_question"], 1),
-            _cell(p["critic_tokens_per_question"], 1),
+            table_cell(p["accuracy"]),
+            *(table_cell(p["by_level"].get(lv)) for lv in levels),
+            table_cell(p["tokens_per_question"], 1),
+            table_cell(p["actor_tokens_per_question"], 1),
+            table_cell(p["critic_tokens_per_question"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     diag = results.get("critic_diagnostics")
     if diag:
         lines += ["", "| critic as verifier | value |", "|---|---:|"]
-        lines += [f"| {k} | {_cell(v)} |" for k, v in diag.items()]
+        lines += [f"| {k} | {table_cell(v)} |" for k, v in diag.items()]
     return "\n".join(lines) + "\n"
 
 

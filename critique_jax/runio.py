@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import operator
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Hashable, Iterable, Iterator, KeysView, Sequence
 from pathlib import Path
@@ -36,6 +39,39 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class RunDirBusyError(RuntimeError):
+    """Another live run holds the run directory."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold `run_dir` exclusively while a run writes into it.
+
+    Two jobs resuming one run directory would interleave records and checkpoints, so the
+    second one fails at once instead. The lock is an OS file lock (`run_dir/.lock`): the OS
+    drops it when its process dies, so a killed run never leaves a stale lock behind.
+    """
+    path = Path(run_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunDirBusyError(
+                f"run_dir {run_dir} is in use by {holder}; wait for that run to finish, "
+                "or pass another run_dir"
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

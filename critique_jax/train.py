@@ -8,6 +8,7 @@ values are reported with the key and the fix before anything is compiled.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -41,8 +42,11 @@ def build_config(path: str | None, overrides: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m critique_jax.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m critique_jax.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="YAML config (default: the embedded demo)")
     parser.add_argument("overrides", nargs="*", help="key.subkey=value overrides")
     args = parser.parse_args(argv)
@@ -60,9 +64,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    if jax.process_index() == 0:
-        save_yaml(cfg, f"{cfg.run_dir}/config.yaml")
-    results = module.run(cfg)
+    from critique_jax.runio import RunDirBusyError, run_dir_lock
+
+    first = jax.process_index() == 0  # one lock and one config file per run, not per host
+    try:
+        with run_dir_lock(cfg.run_dir) if first else contextlib.nullcontext():
+            if first:
+                save_yaml(cfg, f"{cfg.run_dir}/config.yaml")
+            results = module.run(cfg)
+    except RunDirBusyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(results, default=str))
     return 0
 

@@ -18,7 +18,7 @@ from critique_jax.models.loading import load_model
 from critique_jax.pipelines import critique_data as cd
 from critique_jax.pipelines.finetune import examples_from_records
 from critique_jax.pipelines.roles import make_agent, make_critic, with_demo_tokenizer
-from critique_jax.runio import read_jsonl
+from critique_jax.runio import read_jsonl, run_dir_lock
 from critique_jax.train import main
 
 PROBLEMS = generate_problems(6, seed=0, levels=(1, 2, 3))
@@ -185,7 +185,7 @@ def test_resume_after_a_limited_run_and_after_a_kill(actor, full_run, tmp_path):
         assert (killed / name).read_text() == (full_dir / name).read_text(), name
 
 
-def test_cli_runs_the_shipped_demo_config(actor, tmp_path):
+def test_cli_runs_the_shipped_demo_config(actor, tmp_path, capsys):
     config = Path(__file__).resolve().parents[1] / "configs" / "collect_critiques_demo.yaml"
     tokenizer = actor.tokenizer.name_or_path  # the demo tokenizer already built for PROBLEMS
     args = [
@@ -197,6 +197,10 @@ def test_cli_runs_the_shipped_demo_config(actor, tmp_path):
         "chunk_size=3",
         f"actor.tokenizer={tokenizer}",
     ]
+    with run_dir_lock(tmp_path):  # a second job on a busy run_dir stops before writing
+        assert main(["--config", str(config), *args]) == 1
+    assert "in use by pid" in capsys.readouterr().err
+    assert not (tmp_path / "config.yaml").exists()
     assert main(["--config", str(config), *args]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["problems"] == 3 and summary["selected"]["insert"] == 3

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from critique_jax.runio import RecordLog, read_jsonl
+from critique_jax.runio import RecordLog, RunDirBusyError, read_jsonl, run_dir_lock
 
 
 @dataclass(frozen=True)
@@ -66,3 +66,12 @@ def test_write_all_skips_done_keys_and_fill_names_bad_input(tmp_path):
         with pytest.raises(ValueError, match="no record for"):
             log.fill([Item("c")], 2, lambda chunk, i: [])
     assert [r["v"] for r in read_jsonl(tmp_path / "r.jsonl")] == [1, 3]
+
+
+def test_run_dir_lock_is_exclusive_and_released(tmp_path):
+    with run_dir_lock(tmp_path):
+        with pytest.raises(RunDirBusyError, match=r"in use by pid \d+ on .*pass another run_dir"):
+            with run_dir_lock(tmp_path):
+                pass
+    with run_dir_lock(tmp_path):  # released on exit
+        pass

@@ -42,8 +42,8 @@ Resume: every phase writes into its own subdirectory and is skipped, or resumes 
 record (training: from its last checkpoint), when the stage is run again with the same
 run_dir, e.g. after a kill.
 
-Sizes: the defaults took 658 s on a 2-core CPU shared with another job (the base phase,
-two thirds of the CPU time, had one core); most of it is training from scratch.
+Sizes: the defaults took 428 s on an idle 2-core CPU, most of it training from scratch (the
+base phase: 231 s).
 `Config.reduced()` is the same loop at CI size (tests/test_demo.py); from the command line:
 `python -c "from critique_jax.pipelines.demo import Config, run;
 run(Config.reduced(run_dir='runs/demo_tiny'))"`. One generation length per kind of output

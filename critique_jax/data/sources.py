@@ -25,8 +25,10 @@ def load_problems(src: ProblemSource) -> list[Problem]:
         problems = generate_problems(src.size, src.seed, levels=tuple(src.levels))
     elif src.kind in ("gsm8k", "math"):
         if not src.path:
-            raise ValueError(f"problems.path is empty for kind {src.kind!r}: give a local "
-                             "jsonl file or a hub dataset name")
+            raise ValueError(
+                f"problems.path is empty for kind {src.kind!r}: give a local "
+                "jsonl file or a hub dataset name"
+            )
         loader = load_gsm8k if src.kind == "gsm8k" else load_math
         problems = loader(src.path, split=src.split)
     elif src.kind == "jsonl":

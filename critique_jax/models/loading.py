@@ -33,12 +33,14 @@ def init_sharded_params(cfg: ModelConfig, seed: int, mesh: Mesh | None, rules=DE
     if mesh is None:
         return jax.jit(lambda r: init_params(cfg, r))(rng)
     shardings = param_shardings(abstract_params(cfg), mesh, rules)
-    return jax.jit(lambda r: nn.meta.unbox(init_params(cfg, r, boxed=True)),
-                   out_shardings=shardings)(rng)
+    return jax.jit(
+        lambda r: nn.meta.unbox(init_params(cfg, r, boxed=True)), out_shardings=shardings
+    )(rng)
 
 
-def load_model(spec: ModelSpec, mesh: Mesh | None = None, seed: int = 0,
-               rules=DEFAULT_RULES) -> LoadedModel:
+def load_model(
+    spec: ModelSpec, mesh: Mesh | None = None, seed: int = 0, rules=DEFAULT_RULES
+) -> LoadedModel:
     if spec.preset is not None:
         cfg = preset(spec.preset, **spec.overrides)
         tokenizer = load_tokenizer(spec.tokenizer, cfg) if spec.tokenizer else None

@@ -33,17 +33,21 @@ Example = tuple[Messages, str]  # (prompt messages, completion text)
 # format -> (fields a record needs, how it becomes messages + completion)
 FORMATS = {
     "solve": (("question", "solution"), lambda r: (solve_messages(r["question"]), r["solution"])),
-    "critique": (("question", "solution", "critique"),
-                 lambda r: (critique_messages(r["question"], r["solution"]), r["critique"])),
-    "refine": (("question", "solution", "critique", "refinement"),
-               lambda r: (refine_messages(r["question"], r["solution"], r["critique"]),
-                          r["refinement"])),
+    "critique": (
+        ("question", "solution", "critique"),
+        lambda r: (critique_messages(r["question"], r["solution"]), r["critique"]),
+    ),
+    "refine": (
+        ("question", "solution", "critique", "refinement"),
+        lambda r: (refine_messages(r["question"], r["solution"], r["critique"]), r["refinement"]),
+    ),
     "chat": (("messages",), lambda r: (r["messages"][:-1], r["messages"][-1]["content"])),
 }
 
 
-def examples_from_records(records: Iterable[dict[str, Any]], fmt: str,
-                          locations: Sequence[str] | None = None) -> list[Example]:
+def examples_from_records(
+    records: Iterable[dict[str, Any]], fmt: str, locations: Sequence[str] | None = None
+) -> list[Example]:
     """Turn data records into SFT examples; a bad record is named (file and line) with the fix."""
     if fmt not in FORMATS:
         raise ValueError(f"data format {fmt!r} unknown; choose one of {sorted(FORMATS)}")
@@ -53,21 +57,27 @@ def examples_from_records(records: Iterable[dict[str, Any]], fmt: str,
         where = locations[i] if locations is not None else f"record {i}"
         missing = [f for f in fields if f not in r]
         if missing:
-            raise ValueError(f"{where}: format {fmt!r} needs fields {list(fields)}"
-                             f" but {missing} are missing; fix the record or the data.format")
+            raise ValueError(
+                f"{where}: format {fmt!r} needs fields {list(fields)}"
+                f" but {missing} are missing; fix the record or the data.format"
+            )
         if fmt == "chat" and (not r["messages"] or r["messages"][-1]["role"] != "assistant"):
-            raise ValueError(f"{where}: a chat record must end with an assistant "
-                             "message (the completion to learn)")
+            raise ValueError(
+                f"{where}: a chat record must end with an assistant "
+                "message (the completion to learn)"
+            )
         out.append(build(r))
     return out
 
 
-def build_rows(tokenizer: Any, examples: Sequence[Example], seq_len: int,
-               pack: bool = True) -> dict[str, Any]:
+def build_rows(
+    tokenizer: Any, examples: Sequence[Example], seq_len: int, pack: bool = True
+) -> dict[str, Any]:
     """Tokenize with the loss on completions only; pack several examples per row or pad."""
-    tokenized = [tokenize_example(tokenizer, *render_example(tokenizer, messages, completion),
-                                  add_eos=True)
-                 for messages, completion in examples]
+    tokenized = [
+        tokenize_example(tokenizer, *render_example(tokenizer, messages, completion), add_eos=True)
+        for messages, completion in examples
+    ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return (pack_examples if pack else pad_batch)(tokenized, seq_len, pad_id)
 
@@ -97,10 +107,12 @@ def finetune(
     if n_rows < batch:  # small datasets (demo, unit tests): repeat rows to fill one batch
         reps = -(-batch // n_rows)
         rows = {k: v.repeat(reps, axis=0) for k, v in rows.items()}
-    log.info("fine-tuning on %d examples in %d rows of %d tokens", len(examples), n_rows,
-             train.seq_len)
-    trainer = Trainer(model.cfg, train, optim, mesh, run_dir=run_dir, params=model.params,
-                      seed=seed)
+    log.info(
+        "fine-tuning on %d examples in %d rows of %d tokens", len(examples), n_rows, train.seq_len
+    )
+    trainer = Trainer(
+        model.cfg, train, optim, mesh, run_dir=run_dir, params=model.params, seed=seed
+    )
     batches = BatchIterator(rows, batch, seed, jax.process_index(), jax.process_count())
     try:
         trainer.fit(batches)

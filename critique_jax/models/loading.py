@@ -6,6 +6,7 @@ so every stage output is also a checkpoint transformers can load.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +30,18 @@ class LoadedModel:
 
 def init_sharded_params(cfg: ModelConfig, seed: int, mesh: Mesh | None, rules=DEFAULT_RULES):
     """Random parameters created directly on their shards (never a full host copy)."""
-    rng = jax.random.key(seed)
+    return _jitted_init(cfg, mesh, rules)(jax.random.key(seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(cfg: ModelConfig, mesh: Mesh | None, rules):
+    """One compiled init per (architecture, mesh): every seed and every reload reuses it."""
     if mesh is None:
-        return jax.jit(lambda r: init_params(cfg, r))(rng)
+        return jax.jit(lambda r: init_params(cfg, r))
     shardings = param_shardings(abstract_params(cfg), mesh, rules)
     return jax.jit(
         lambda r: nn.meta.unbox(init_params(cfg, r, boxed=True)), out_shardings=shardings
-    )(rng)
+    )
 
 
 def load_model(

@@ -51,6 +51,7 @@ def test_perfect_oracle_scores_one(eval_set):
     assert m["verdict_accuracy"] == m["first_error"]["accuracy"] == 1.0
     assert m["first_error"]["n"] == 12 and m["unparseable_rate"] == 0.0
     assert m["wrong_precision"] == m["wrong_recall"] == m["balanced_accuracy"] == 1.0
+    assert m["quote_fidelity"] == 1.0
     assert m["tokens"]["critique_per_question"] == 0  # an oracle generates nothing
     assert all(v["verdict_accuracy"] == 1.0 for v in m["by_level"].values())
     assert [o["id"] for o in outputs] == [r["id"] for r in eval_set]
@@ -62,6 +63,7 @@ def test_constant_correct_critic_gets_the_base_rate(eval_set):
     assert m["wrong_recall"] == 0.0 and m["wrong_precision"] is None
     assert m["balanced_accuracy"] == 0.5  # right on every right solution, on no wrong one
     assert m["first_error"]["accuracy"] == 0.0
+    assert m["quote_fidelity"] is None  # it quotes no step
 
 
 def test_metrics_on_hand_made_outputs():
@@ -72,20 +74,22 @@ def test_metrics_on_hand_made_outputs():
         {"id": "d", "solution_is_correct": False, "first_error_step": 1, "level": 2},
     ]
 
-    def out(i, verdict, step, refinements, parseable=True):
+    def out(i, verdict, step, refinements, parseable=True, quotes=(2, 2)):
         return {
             "id": i,
             "verdict": verdict,
             "first_wrong_step": step,
             "parseable": parseable,
+            "quoted_steps": quotes[0],
+            "verbatim_quotes": quotes[1],
             "refinements": refinements,
             "tokens": 10,
             "refine_tokens": 5 * len(refinements),
         }
 
     outputs = [
-        out("d", None, 3, [False, False], parseable=False),
-        out("a", True, None, []),
+        out("d", None, 3, [False, False], parseable=False, quotes=(0, 0)),
+        out("a", True, None, [], quotes=(3, 1)),
         out("b", False, 1, [True, False]),
         out("c", False, 2, [True, True]),
     ]
@@ -95,6 +99,7 @@ def test_metrics_on_hand_made_outputs():
     assert m["wrong_precision"] == 0.5 and m["wrong_recall"] == 0.5
     assert m["balanced_accuracy"] == 0.5  # right solutions 1/2 (a), wrong 1/2 (c; d unparseable)
     assert m["first_error"] == {"n": 2, "accuracy": 0.5}
+    assert m["quote_fidelity"] == 5 / 7  # (1 + 2 + 2) verbatim of (3 + 2 + 2) quoted
     assert m["by_level"]["1"] == {"n": 2, "verdict_accuracy": 0.5}
     assert m["tokens"] == {"critique_per_question": 10, "refine_per_question": 7.5}
     loop = m["closed_loop"]  # final correctness per record: a 1, b 0.5, c 1, d 0

@@ -10,6 +10,7 @@ from critique_jax.data.critique_format import (
     format_critique,
     parse_critique,
     split_steps,
+    verbatim_quotes,
 )
 
 MATHCRITIQUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mathcritique"
@@ -149,6 +150,19 @@ def test_split_steps_lines_and_answer_merge():
     assert split_steps("a\nb\n  c  \n") == ["a", "b", "c"]
     assert split_steps("The answer is 5.") == ["The answer is 5."]
     assert split_steps("  \n ") == []
+
+
+def test_verbatim_quotes_compare_step_k_with_the_solution_step_k():
+    solution = "Ava has 7 + 5 = 12 marbles.\nShe has 12 - 3 = 9 left.\nThe answer is 9."
+    read = parse_critique(format_critique(STEPS, False, "Step 2 is wrong."))
+    assert verbatim_quotes(read, solution) == (2, 1)  # step 2 is quoted as "... = 8 left."
+    spaced = Critique(
+        (StepVerdict(1, "  Ava has 7 + 5 =  12 marbles. ", True, ""),), True, "", True
+    )
+    assert verbatim_quotes(spaced, solution) == (1, 1)  # whitespace does not count
+    beyond = Critique((StepVerdict(3, "Ava has 7 + 5 = 12 marbles.", True, ""),), True, "", True)
+    assert verbatim_quotes(beyond, solution) == (1, 0)  # the solution has no step 3
+    assert verbatim_quotes(parse_critique(format_critique([], True, "ok")), solution) == (0, 0)
 
 
 def test_split_steps_paragraphs():

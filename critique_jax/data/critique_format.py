@@ -213,3 +213,15 @@ def split_steps(solution: str) -> list[str]:
     if len(steps) > 1 and _ANSWER_LINE.match(steps[-1]):
         steps[-2:] = [f"{steps[-2]}\n{steps[-1]}"]
     return steps
+
+
+def verbatim_quotes(critique: Critique, solution: str) -> tuple[int, int]:
+    """(steps the critique quotes, of those quoted verbatim): step k's sentence is step k of
+    `solution` (`split_steps`), up to whitespace. A critic that re-solves the problem instead
+    of reading the solution writes its own steps here, and its verdicts then judge those."""
+    steps = [" ".join(s.split()) for s in split_steps(solution)]
+    verbatim = sum(
+        1 <= v.index <= len(steps) and " ".join(v.sentence.split()) == steps[v.index - 1]
+        for v in critique.steps
+    )
+    return len(critique.steps), verbatim

@@ -35,6 +35,7 @@ from typing import Any
 import jax
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
+from critique_jax.data.critique_format import verbatim_quotes
 from critique_jax.data.loaders import DataError, read_records
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
@@ -164,6 +165,7 @@ def critique_outputs(
     results = []
     for r, (c, *_) in zip(records, outs, strict=True):
         crit = parsed(c)
+        quoted, verbatim = verbatim_quotes(crit, r["solution"])
         results.append(
             {
                 "id": r["id"],
@@ -171,6 +173,8 @@ def critique_outputs(
                 "parseable": crit.parseable,
                 "verdict": crit.final_correct if crit.parseable else None,
                 "first_wrong_step": crit.first_wrong_step,
+                "quoted_steps": quoted,
+                "verbatim_quotes": verbatim,
                 "tokens": c.num_tokens,
                 "refinements": [],
                 "refine_tokens": 0,
@@ -228,6 +232,8 @@ def critic_metrics(
         [h for h, lab in zip(hits, labels, strict=True) if lab is want] for want in (True, False)
     ]
     n = len(pairs)
+    # outputs written before quotes were counted lack the fields: they count as no quotes
+    quoted = sum(o.get("quoted_steps", 0) for _, o in pairs)
     metrics: dict[str, Any] = {
         "n": n,
         "base_rate_correct": _mean(labels),
@@ -241,6 +247,10 @@ def critic_metrics(
         "unparseable_rate": _mean([not o["parseable"] for _, o in pairs]),
         "wrong_precision": true_flags / sum(flagged) if any(flagged) else None,
         "wrong_recall": true_flags / labels.count(False) if False in labels else None,
+        # the share of quoted steps that are the solution's own: a critic must read y0
+        "quote_fidelity": (
+            sum(o.get("verbatim_quotes", 0) for _, o in pairs) / quoted if quoted else None
+        ),
         "first_error": {
             "n": len(known),
             "accuracy": _mean([o["first_wrong_step"] == r["first_error_step"] for r, o in known]),

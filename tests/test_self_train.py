@@ -18,6 +18,7 @@ from critique_jax.pipelines.self_train import (
     Config,
     collect_records,
     comparison_table,
+    evaluation_keys,
     iteration0_examples,
     kept_stats,
     required_steps,
@@ -238,6 +239,11 @@ def test_stage_runs_both_arms_and_writes_the_table(tiny_run):
         stats = json.loads((out / "collect_stats.json").read_text())
         assert stats["samples"] == 4 and stats["kept"] == len(kept)
         assert (out / "hf" / "config.json").exists()
+    for row in rows[1:]:  # an arm that kept nothing is the iteration-0 actor: not re-evaluated
+        if row["trained_on"] == 0:
+            assert {k: row[k] for k in evaluation_keys(cfg)} == {
+                k: rows[0][k] for k in evaluation_keys(cfg)
+            }
     # The oracle rejects the untrained model's wrong samples: only that arm critiques them.
     assert rows[1]["collection"]["critiqued"] == 0
     assert rows[2]["collection"]["critiqued"] == 4 - rows[2]["collection"]["correct_samples"]

@@ -19,7 +19,8 @@ Iteration t >= 1, per arm, with the actor of iteration t-1:
    iteration t-1, but errors do not compound through repeated fine-tuning of one model.
    `init: previous` continues from the iteration t-1 weights instead;
 4. evaluate on the test set: greedy accuracy overall and by difficulty, pass@K, tokens per
-   question, and, of the kept data, the share from hard questions.
+   question, and, of the kept data, the share from hard questions. An arm that kept nothing
+   is its starting actor, and evaluation is seeded, so that actor's results are reused.
 
 The vanilla baseline (rejection sampling) is the same code path with the critic off: the
 `vanilla` arm runs whenever `critic` is null, and beside the `critique` arm when `baseline` is
@@ -358,6 +359,11 @@ def iteration0_examples(
 # --------------------------------------------------------------------------- evaluation
 
 
+def evaluation_keys(cfg: Config) -> tuple[str, ...]:
+    """The keys `evaluate_actor` writes into an iteration's results."""
+    return ("accuracy", "by_level", "tokens_per_question", f"pass@{cfg.eval_samples}")
+
+
 def evaluate_actor(actor: Agent, problems: Sequence[Problem], cfg: Config) -> dict[str, Any]:
     """Greedy accuracy (overall, by difficulty), tokens per question, and pass@K; every
     actor is evaluated with the same sampler seeds."""
@@ -489,18 +495,23 @@ def iteration(
     if not (out / "kept.jsonl").exists():
         _collect(cfg, models.agent(prev), critic, train, t, out)
     items = list(read_jsonl(out / "kept.jsonl"))
+    init = run_dir / "iter_0" / "hf" if cfg.init == "iteration0" else prev
     if not (out / "hf" / "config.json").exists():
         if not items:
             log.warning("%s iteration %d kept nothing: the actor is not fine-tuned", arm, t)
-        init = run_dir / "iter_0" / "hf" if cfg.init == "iteration0" else prev
         examples = [(solve_messages(it["question"]), it["solution"]) for it in items]
         _train_and_export(models, init, examples, cfg.train, cfg, out)
+    if items:
+        evaluation = evaluate_actor(models.agent(out / "hf"), test, cfg)
+    else:  # the actor is `init` unchanged, and evaluation is seeded: its results stand
+        done = json.loads((init.parent / "results.json").read_text())
+        evaluation = {k: v for k, v in done.items() if k in evaluation_keys(cfg)}
     results = {
         "arm": arm,
         "iteration": t,
         "trained_on": len(items),
         "collection": json.loads((out / "collect_stats.json").read_text()),
-        **evaluate_actor(models.agent(out / "hf"), test, cfg),
+        **evaluation,
     }
     if _primary():
         atomic_write_json(out / "results.json", results)

@@ -99,6 +99,9 @@ def test_collection_keeps_only_verified_work(world):
     for it in refinements:
         assert work_steps(it["solution"]) >= required_steps(hard_problem, 1, 0.5) == 2
         assert templated_critique(hard_problem, it["wrong_solution"]) == it["critique"]
+    trace = hard["trace"]  # the first wrong sample, its critique and its refinements
+    assert trace["critique"] == templated_critique(hard_problem, trace["solution"])
+    assert len(trace["refinements"]) == cfg.refinements and "trace" not in easy
     stats = kept_stats([easy, hard], hard_min_level=3)
     assert stats["kept"] == 5 and stats["from_refinements"] == 3
     assert stats["hard_share_kept"] == pytest.approx(4 / 5)

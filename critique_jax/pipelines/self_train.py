@@ -210,8 +210,9 @@ def _item(p: Problem, judged: Judged, item_id: str, origin: str, **extra: Any) -
 def collect_records(
     actor: Agent, critic: Critic | None, problems: Sequence[Problem], cfg: Config, salt: Any = 0
 ) -> list[dict[str, Any]]:
-    """Per question: the kept items (`kept`, each verified correct) and counts. Batched: one
-    solve call with fan-out K, one critique call, one refine call with fan-out K'."""
+    """Per question: the kept items (`kept`, each verified correct), counts, and (`trace`) its
+    first critiqued wrong sample with its critique and refinements. Batched: one solve call
+    with fan-out K, one critique call, one refine call with fan-out K'."""
     questions = [p.question for p in problems]
     samples = solve(actor, questions, salted(cfg.sample, "sample", salt).replace(n=cfg.samples))
     records, seen, wrong = [], [], []
@@ -254,9 +255,14 @@ def collect_records(
         salted(cfg.refine, "refine", salt).replace(n=cfg.refinements),
     )
     candidates = []  # (wrong index, refinement index, judged): correct and showing work
-    for w, ((i, _, _), rs) in enumerate(zip(wrong, refs, strict=True)):
+    for w, ((i, _, text), rs) in enumerate(zip(wrong, refs, strict=True)):
         p, rec = problems[i], records[i]
         rec["critiqued"] += 1
+        # one worked example per question, to read what the critic and the refiner did
+        rec.setdefault(
+            "trace",
+            {"solution": text, "critique": critiques[w], "refinements": [r.text or "" for r in rs]},
+        )
         for m, r in enumerate(rs):
             jd = Judged.of(r, p.answer)
             if not jd.correct:

@@ -25,9 +25,9 @@ from critique_jax.train import build_config
 ROOT = Path(__file__).resolve().parents[1]
 
 # Known gap (issue 8): the demo critic learns the critique format (its critiques parse) but not
-# to verify a step's arithmetic within the CPU budget: its verdicts are at chance, and wrong
-# verdicts make refinement break right solutions. These assertions are the target; they are
-# expected to fail today.
+# to verify a step's arithmetic within the CPU budget (README, "How this compares with the
+# papers"): its verdicts are at chance, and wrong verdicts make refinement break right
+# solutions. These assertions are the target; they are expected to fail today.
 KNOWN_GAP = pytest.mark.xfail(reason="demo critic verdicts are at chance", strict=False)
 
 REQUIRED = (
@@ -92,8 +92,7 @@ def test_results_have_every_key(demo):
 def test_critic_beats_chance(demo):
     *_, results = demo
     # Balanced accuracy: the mean of the verdict accuracies on right and on wrong solutions,
-    # 0.5 for any critic whose verdict ignores the solution. Margin in the seeded run: see
-    # the module docstring of critique_jax.pipelines.demo.
+    # 0.5 for any critic whose verdict ignores the solution.
     assert results["critic_balanced_accuracy"] > 0.6, results["critic_balanced_accuracy"]
 
 

@@ -161,10 +161,15 @@ def test_work_steps_guard():
 def test_iteration0_examples_on_the_demo_world():
     problems = generate_problems(3, seed=0, levels=(1, 2))
     examples = iteration0_examples(problems, None, seed=0)
-    assert len(examples) == 6  # a reference solution and a refinement example per question
-    refine_prompt, target = examples[3]
+    solves, refines = examples[:3], examples[3:]
+    assert [target for _, target in solves] == [p.solution for p in problems]
+    refine_prompt, target = refines[0]
     assert len(refine_prompt) == 3 and target == problems[0].solution
     assert "Wrong" in refine_prompt[2]["content"]
+    # A correct solution whose critique finds no error is kept as it is.
+    kept = [(prompt, t) for prompt, t in refines if prompt[1]["content"] == t]
+    assert 1 <= len(kept) < len(problems)  # some questions, not all
+    assert all("Wrong" not in prompt[2]["content"] for prompt, _ in kept)
 
 
 def test_comparison_table_layout():

@@ -42,8 +42,8 @@ Resume: every phase writes into its own subdirectory and is skipped, or resumes 
 record (training: from its last checkpoint), when the stage is run again with the same
 run_dir, e.g. after a kill.
 
-Sizes: the defaults took 428 s on an idle 2-core CPU, most of it training from scratch (the
-base phase: 231 s).
+Sizes: the defaults took 421 s on an idle 2-core CPU, most of it training from scratch (the
+base phase: 228 s).
 `Config.reduced()` is the same loop at CI size (tests/test_demo.py); from the command line:
 `python -c "from critique_jax.pipelines.demo import Config, run;
 run(Config.reduced(run_dir='runs/demo_tiny'))"`. One generation length per kind of output

@@ -72,29 +72,12 @@ def example(task: str, rng: random.Random) -> tuple[list[int], int]:
     if task == "generate":
         return [BOS, a, op, b, EQUALS, c], 5
     right = rng.random() < 0.5
+    verdict = CORRECT if right else WRONG
     if task == "verify":
-        return [
-            BOS,
-            a,
-            op,
-            b,
-            EQUALS,
-            c if right else _off(rng, c),
-            ASK,
-            CORRECT if right else WRONG,
-        ], 7
+        return [BOS, a, op, b, EQUALS, c if right else _off(rng, c), ASK, verdict], 7
     if task == "copy":
         s = rng.randint(1, 21)
-        return [
-            BOS,
-            s,
-            a,
-            op,
-            s if right else _off(rng, s),
-            EQUALS,
-            ASK,
-            CORRECT if right else WRONG,
-        ], 7
+        return [BOS, s, a, op, s if right else _off(rng, s), EQUALS, ASK, verdict], 7
     raise ValueError(f"unknown task {task!r}: generate, verify or copy")
 
 

@@ -257,7 +257,7 @@ class Config(StageConfig):
 
     @classmethod
     def reduced(cls, **changes: Any) -> Config:
-        """The same loop at CI size (under three minutes on a 2-core CPU): levels 1-2, a few
+        """The same loop at CI size (about three minutes on a 2-core CPU): levels 1-2, a few
         dozen questions per phase, tens of training steps after a short base phase. Iteration
         0, critic SFT and self-training share one TrainConfig and optimizer, hence one
         compiled step."""

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from critique_jax.data.critique_format import CritiqueFormat
+
 T = TypeVar("T")
 
 
@@ -77,6 +79,9 @@ class StageConfig:
     stage: str = "demo"
     run_dir: str = "runs/demo"
     seed: int = 0
+    # How critiques are written, prompted for and parsed in this stage: MathCritique's
+    # verdict_first, or reason_first (a check before each verdict) for small critics.
+    critique_format: CritiqueFormat = "verdict_first"
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -88,6 +93,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

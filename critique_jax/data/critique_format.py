@@ -1,6 +1,7 @@
 """Step-level critique text: one writer for annotators and critics, one tolerant parser.
 
-The format (DESIGN.md "Critique format"), as written by `format_critique`:
+Two orders (docs/methods.md, "Critique formats"), chosen by a stage's `critique_format`.
+*verdict_first*, MathCritique's released data:
 
     Step 1 sentence: <step text>
     Correctness of the step: Correct
@@ -9,6 +10,19 @@ The format (DESIGN.md "Critique format"), as written by `format_critique`:
     Step 2 sentence: <step text>
     Correctness of the step: Wrong
     Explanation: <why>
+
+    Correctness of the final answer: Wrong
+    Explanation: <why>
+
+*reason_first*: after each step sentence the critic's own check of the step (it recomputes
+the step from the question and the earlier steps) and only then the verdict; an explanation
+is optional. A small critic cannot check a step inside the single forward pass that writes a
+verdict, but it can recompute the step and then compare two short texts:
+
+    Step 2 sentence: <step text>
+    Check: 12 - 3 = 9
+    Correctness of the step: Wrong
+    Explanation: 12 - 3 = 9, not 8.
 
     Correctness of the final answer: Wrong
     Explanation: <why>
@@ -27,16 +41,22 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+CritiqueFormat = Literal["verdict_first", "reason_first"]
+FORMATS: tuple[str, ...] = get_args(CritiqueFormat)
 
 
 @dataclass(frozen=True)
 class StepVerdict:
-    """The critic's judgement of one solution step; `index` is 1-based."""
+    """The critic's judgement of one solution step; `index` is 1-based. `check` is the
+    critic's own recomputation of the step (reason_first; empty in verdict_first)."""
 
     index: int
     sentence: str
     correct: bool
     explanation: str
+    check: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,7 @@ _HEADER = re.compile(
     r"|(?P<final>correctness\s+of\s+(?:the\s+)?final\s+answer)"
     r"|(?P<verdict>correctness\s+of\s+(?:the\s+)?step(?:\s*\d+)?)"
     r"|(?P<explanation>explanation)"
+    r"|(?P<check>check)"
     r")[\s*_]*:[\s*_]*(?P<value>.*)$",
     re.IGNORECASE,
 )
@@ -88,6 +109,7 @@ class _StepBlock:
     index: int
     sentence: list[str] = field(default_factory=list)
     explanation: list[str] = field(default_factory=list)
+    check: list[str] = field(default_factory=list)
     verdict: bool | None = None
     has_verdict_line: bool = False
 
@@ -134,6 +156,12 @@ def parse_critique(text: str) -> Critique:
             blocks[-1].has_verdict_line = True
             blocks[-1].verdict = _parse_verdict(value)
             target = None
+        elif m.group("check"):
+            if not blocks or blocks[-1].has_verdict_line:  # reason_first: a check opens a step
+                n_step_headers += 1
+                blocks.append(_StepBlock(index=n_step_headers))
+            target = blocks[-1].check
+            target.append(value)
         elif m.group("final"):
             final_seen = True
             final_correct = _parse_verdict(value)
@@ -150,7 +178,7 @@ def parse_critique(text: str) -> Critique:
             target.append(value)
 
     steps = tuple(
-        StepVerdict(b.index, _join(b.sentence), b.verdict, _join(b.explanation))
+        StepVerdict(b.index, _join(b.sentence), b.verdict, _join(b.explanation), _join(b.check))
         for b in blocks
         if b.verdict is not None
     )
@@ -163,26 +191,43 @@ def parse_critique(text: str) -> Critique:
     )
 
 
-def format_critique(
-    steps: Sequence[StepVerdict], final_correct: bool, final_explanation: str
-) -> str:
-    """Render a critique in the canonical format; `parse_critique` inverts it.
+def check_format(fmt: str) -> None:
+    """Raise for a critique format that is not one of FORMATS, naming the choices."""
+    if fmt not in FORMATS:
+        raise ValueError(f"critique_format {fmt!r} unknown; choose one of {list(FORMATS)}")
 
-    A continuation line of a multi-line field that would read as a label (a quoted solution
-    that itself contains critique text) is prefixed with "| ", so the rendered critique
-    always parses back to the verdicts it was given.
+
+def format_critique(
+    steps: Sequence[StepVerdict],
+    final_correct: bool,
+    final_explanation: str,
+    fmt: CritiqueFormat = "verdict_first",
+) -> str:
+    """Render a critique in format `fmt`; `parse_critique` inverts it.
+
+    verdict_first writes every step's explanation (empty ones too, as the released data
+    does) and no check; reason_first writes the check before the verdict and an explanation
+    only when there is one. A continuation line of a multi-line field that would read as a
+    label (a quoted solution that itself contains critique text) is prefixed with "| ", so
+    the rendered critique always parses back to the verdicts it was given.
     """
-    blocks = [
-        f"Step {s.index} sentence: {_quote(s.sentence)}\n"
-        f"Correctness of the step: {_verdict_word(s.correct)}\n"
-        f"Explanation: {_quote(s.explanation)}"
-        for s in steps
-    ]
+    check_format(fmt)
+    blocks = [_step_block(s, fmt) for s in steps]
     blocks.append(
         f"Correctness of the final answer: {_verdict_word(final_correct)}\n"
         f"Explanation: {_quote(final_explanation)}"
     )
     return "\n\n".join(blocks)
+
+
+def _step_block(step: StepVerdict, fmt: CritiqueFormat) -> str:
+    lines = [f"Step {step.index} sentence: {_quote(step.sentence)}"]
+    if fmt == "reason_first":
+        lines.append(f"Check: {_quote(step.check)}")
+    lines.append(f"Correctness of the step: {_verdict_word(step.correct)}")
+    if fmt == "verdict_first" or step.explanation.strip():
+        lines.append(f"Explanation: {_quote(step.explanation)}")
+    return "\n".join(lines)
 
 
 def _quote(value: str) -> str:

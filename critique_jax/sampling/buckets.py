@@ -8,6 +8,7 @@ the largest length bucket is an error, raised before anything runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,17 +23,22 @@ class Buckets:
     """min_length/max_length: prompt-length buckets (max_length None = the model's maximum
     context). min_batch: the smallest prompts-per-call bucket. max_batch: the most decode rows
     (prompts x samples) per call. multiple: every batch is a multiple of it (set to the
-    number of data-parallel devices so rows split evenly over them)."""
+    number of data-parallel devices so rows split evenly over them). share_prefix: prompts of a
+    call that share at least this many leading tokens prefill them once (0: never; see
+    `sampling.prefixes`)."""
 
     min_length: int = 32
     max_length: int | None = None
     min_batch: int = 1
     max_batch: int = 64
     multiple: int = 1
+    share_prefix: int = 32
 
     def __post_init__(self) -> None:
         if self.min_length < 1 or self.min_batch < 1 or self.max_batch < 1 or self.multiple < 1:
             raise ValueError(f"bucket sizes must be positive: {self}")
+        if self.share_prefix < 0:
+            raise ValueError(f"share_prefix={self.share_prefix} must be >= 0 (0 = off)")
         if self.max_length is not None and self.max_length < self.min_length:
             raise ValueError(f"max_length={self.max_length} < min_length={self.min_length}")
         if self.max_batch < self.min_batch:
@@ -73,12 +79,15 @@ class Call:
         return prompt, sample, active
 
 
-def plan_calls(lengths: list[int], n: int, buckets: Buckets) -> list[Call]:
-    """Group prompts (sorted by length, so a call pads little) into calls of at most
-    `max_batch` decode rows; when n alone exceeds max_batch, a prompt's samples are cut
-    into chunks that fill the calls' slots. Rows are keyed by (prompt, sample) index, so
-    the grouping does not change any sample."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def plan_calls(
+    lengths: list[int], n: int, buckets: Buckets, order: Sequence[int] | None = None
+) -> list[Call]:
+    """Group prompts (in `order`, by default sorted by length so a call pads little) into
+    calls of at most `max_batch` decode rows; when n alone exceeds max_batch, a prompt's
+    samples are cut into chunks that fill the calls' slots. Rows are keyed by (prompt,
+    sample) index, so the grouping does not change any sample."""
+    if order is None:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     if n > buckets.max_batch:
         slots = buckets.batch(1, 1)
         fanout = max(buckets.max_batch // slots, 1)

@@ -31,6 +31,7 @@ from critique_jax.models import (
     init_cache,
 )
 from critique_jax.sampling.filters import FilterSpec, row_keys, sample_tokens, token_logprobs
+from critique_jax.sampling.prefixes import SharedPrefill
 from critique_jax.sharding import constrain, named, param_shardings
 
 Params = Any
@@ -51,13 +52,18 @@ def _repeat(x: jax.Array, fanout: int, axis: int) -> jax.Array:
     return x if fanout == 1 else jnp.repeat(x, fanout, axis=axis)
 
 
-def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, token_mask):
-    batch = tokens.shape[0]
-    positions = jnp.maximum(jnp.cumsum(token_mask, axis=-1) - 1, 0).astype(jnp.int32)
-    cache = init_cache(model.cfg, batch, cache_len)
-    cache = {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
+def _positions(token_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+    """Position of each real token of left-padded rows, counting from `start` [B, 1]."""
+    return (start + jnp.maximum(jnp.cumsum(token_mask, axis=-1) - 1, 0)).astype(jnp.int32)
 
-    logits, cache = model.apply(
+
+def _empty_cache(cfg: ModelConfig, batch: int, length: int):
+    cache = init_cache(cfg, batch, length)
+    return {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
+
+
+def _extend(model: Transformer, params, tokens, positions, token_mask, cache):
+    return model.apply(
         {"params": params},
         tokens,
         positions,
@@ -66,6 +72,11 @@ def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, to
         last_only=True,
         method=Transformer.extend,
     )
+
+
+def _fan_out(cache, logits, token_mask, fanout: int):
+    """(cache, last logits [B, V], prompt lengths) with every row repeated `fanout` times:
+    the n samples of a prompt share its prefill."""
     cache = dict(
         k=_repeat(cache["k"], fanout, 1),
         v=_repeat(cache["v"], fanout, 1),
@@ -74,6 +85,56 @@ def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, to
     )
     lengths = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
     return cache, _repeat(logits[:, 0], fanout, 0), _repeat(lengths, fanout, 0)
+
+
+def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, token_mask):
+    cache = _empty_cache(model.cfg, tokens.shape[0], cache_len)
+    logits, cache = _extend(model, params, tokens, _positions(token_mask), token_mask, cache)
+    return _fan_out(cache, logits, token_mask, fanout)
+
+
+def _prefill_shared(
+    model: Transformer,
+    fanout: int,
+    cache_len: int,
+    params,
+    prefix,
+    prefix_mask,
+    group,
+    suffix,
+    suffix_mask,
+    source,
+    token_mask,
+):
+    """Prefill the shared prefixes once, each prompt's remainder on a copy of its prefix's
+    cache rows, then gather every row into the plain prefill's layout (the prompt right-
+    aligned in `width` slots, then the decode slots), so decode cannot tell the two apart."""
+    width = token_mask.shape[1]
+    cache = _empty_cache(model.cfg, prefix.shape[0], prefix.shape[1] + suffix.shape[1])
+    _, cache = _extend(model, params, prefix, _positions(prefix_mask), prefix_mask, cache)
+    cache = dict(
+        k=cache["k"][:, group],
+        v=cache["v"][:, group],
+        mask=cache["mask"][group],
+        index=cache["index"],
+    )
+    start = jnp.sum(prefix_mask, axis=-1, dtype=jnp.int32)[group][:, None]
+    logits, cache = _extend(
+        model, params, suffix, _positions(suffix_mask, start), suffix_mask, cache
+    )
+
+    def relayout(kv):
+        kv = jnp.take_along_axis(kv, source[None, :, None, :, None], axis=3)
+        kv = jnp.pad(kv, ((0, 0), (0, 0), (0, 0), (0, cache_len - width), (0, 0)))
+        return constrain(kv, CACHE_LOGICAL_AXES["k"])
+
+    cache = dict(
+        k=relayout(cache["k"]),
+        v=relayout(cache["v"]),
+        mask=jnp.pad(token_mask, ((0, 0), (0, cache_len - width))),
+        index=jnp.int32(width),
+    )
+    return _fan_out(cache, logits, token_mask, fanout)
 
 
 def _decode(
@@ -244,6 +305,41 @@ class Engine:
             )
 
         return self._call(("prefill", fanout, cache_len), fn, shardings, params, tokens, token_mask)
+
+    def prefill_shared(
+        self,
+        params: Params,
+        shared: SharedPrefill,
+        token_mask: np.ndarray,
+        fanout: int,
+        cache_len: int,
+    ):
+        """`prefill`'s result for the prompts `token_mask` marks, computed in two blocks
+        (see `sampling.prefixes`)."""
+
+        def fn(params, *arrays):
+            return _prefill_shared(self.model, fanout, cache_len, params, *arrays)
+
+        def shardings():
+            rows, row = self._named("batch", "length"), self._named("batch")
+            ins = (self.param_shardings, rows, rows, row, rows, rows, rows, rows)
+            return ins, (
+                self._cache_shardings(),
+                self._named("batch", "vocab"),
+                self._named("batch"),
+            )
+
+        arrays = (
+            shared.prefix,
+            shared.prefix_mask,
+            shared.group,
+            shared.suffix,
+            shared.suffix_mask,
+            shared.source,
+            token_mask,
+        )
+        key = ("prefill_shared", fanout, cache_len)
+        return self._call(key, fn, shardings, params, *arrays)
 
     def decode(
         self,

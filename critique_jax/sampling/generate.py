@@ -11,6 +11,12 @@ from critique_jax.sampling.buckets import Buckets, plan_calls
 from critique_jax.sampling.engine import DecodeOut, Engine, Params
 from critique_jax.sampling.filters import FilterSpec
 from critique_jax.sampling.params import Completion, SamplingParams
+from critique_jax.sampling.prefixes import (
+    SharedPrefill,
+    cluster_prompts,
+    left_pad,
+    plan_shared_prefill,
+)
 
 
 def stop_array(stop_ids: Sequence[int]) -> np.ndarray:
@@ -20,15 +26,6 @@ def stop_array(stop_ids: Sequence[int]) -> np.ndarray:
     out = np.full((size,), -1, np.int32)
     out[: len(stop_ids)] = stop_ids
     return out
-
-
-def _left_pad(prompts: list[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-    tokens = np.zeros((len(prompts), length), np.int32)
-    mask = np.zeros((len(prompts), length), bool)
-    for row, ids in enumerate(prompts):
-        tokens[row, length - len(ids) :] = ids
-        mask[row, length - len(ids) :] = True
-    return tokens, mask
 
 
 @dataclass(frozen=True)
@@ -41,13 +38,38 @@ class CallInputs:
     prompt_index: np.ndarray  # [rows] int32 (-1: padding row)
     sample_index: np.ndarray  # [rows] int32
     active: np.ndarray  # [rows] bool
+    prompts: np.ndarray  # [prompts] int32: request index of each prompt slot (-1: padding)
+    shared: SharedPrefill | None = None  # prefill in two blocks (see `sampling.prefixes`)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Token slots the prefill computes (padding included)."""
+        return self.tokens.size if self.shared is None else self.shared.tokens_computed
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Real prompt tokens of the call's real prompts."""
+        return int(self.token_mask[self.prompts >= 0].sum())
+
+
+def _order(lengths: list[int], clusters: list[int]) -> list[int]:
+    """Prompts by cluster (clusters by their longest member), then by length: calls keep a
+    cluster's prompts together and pad little."""
+    longest: dict[int, int] = {}
+    for c, n in zip(clusters, lengths, strict=True):
+        longest[c] = max(longest.get(c, 0), n)
+    return sorted(
+        range(len(lengths)), key=lambda i: (longest[clusters[i]], clusters[i], lengths[i])
+    )
 
 
 def prepare_calls(
     engine: Engine, prompt_ids: Sequence[Sequence[int]], sp: SamplingParams, buckets: Buckets
 ) -> list[CallInputs]:
     """Validate the prompts and split them into bucketed calls; raises (a prompt too long
-    for the largest bucket, a token outside the vocabulary) before any work is dispatched."""
+    for the largest bucket, a token outside the vocabulary) before any work is dispatched.
+    Prompts sharing a prefix of at least `buckets.share_prefix` tokens go to the same call
+    and prefill it once (not for sliding-window models, whose mask counts cache slots)."""
     vocab = engine.cfg.vocab_size
     for i, ids in enumerate(prompt_ids):
         if len(ids) == 0:
@@ -60,24 +82,46 @@ def prepare_calls(
             )
     lengths = [len(ids) for ids in prompt_ids]
     model_max = engine.cfg.max_position_embeddings
+    share = buckets.share_prefix if engine.cfg.sliding_window is None else 0
+    clusters = (
+        cluster_prompts(prompt_ids, share, max(buckets.max_batch // sp.n, 1))
+        if share
+        else list(range(len(prompt_ids)))
+    )
     calls = []
-    for call in plan_calls(lengths, sp.n, buckets):
+    for call in plan_calls(lengths, sp.n, buckets, _order(lengths, clusters)):
         width = buckets.length(max(lengths[p] for p in call.prompts if p >= 0), model_max)
         block = [prompt_ids[p] if p >= 0 else [0] for p in call.prompts]
-        tokens, mask = _left_pad(block, width)
-        calls.append(CallInputs(tokens, mask, call.fanout, *call.row_indices(sp.n)))
+        tokens, mask = left_pad(block, width)
+        shared = None
+        if share:
+            # A padding slot is a cluster of its own (ids below every real cluster's).
+            ids = [clusters[p] if p >= 0 else -1 - k for k, p in enumerate(call.prompts)]
+            shared = plan_shared_prefill(block, ids, width, buckets, share, model_max)
+        prompts = np.asarray(call.prompts, np.int32)
+        calls.append(
+            CallInputs(tokens, mask, call.fanout, *call.row_indices(sp.n), prompts, shared)
+        )
     return calls
 
 
-def run_call(
-    engine: Engine, params: Params, call: CallInputs, sp: SamplingParams, stop_ids: Sequence[int]
+def prefill_call(engine: Engine, params: Params, call: CallInputs, sp: SamplingParams):
+    """Dispatch one call's prefill (the cache and the first logits, not waited for)."""
+    cache_len = call.tokens.shape[1] + sp.max_new_tokens
+    if call.shared is None:
+        return engine.prefill(params, call.tokens, call.token_mask, call.fanout, cache_len)
+    return engine.prefill_shared(params, call.shared, call.token_mask, call.fanout, cache_len)
+
+
+def decode_call(
+    engine: Engine,
+    params: Params,
+    prefilled,
+    call: CallInputs,
+    sp: SamplingParams,
+    stop_ids: Sequence[int],
 ) -> DecodeOut:
-    """Dispatch one prefill + decode; returns device arrays without waiting for them.
-    `params` must have gone through `engine.prepare`."""
-    width = call.tokens.shape[1]
-    prefilled = engine.prefill(
-        params, call.tokens, call.token_mask, call.fanout, width + sp.max_new_tokens
-    )
+    """Dispatch one call's decode from its `prefill_call` output (whose cache it donates)."""
     return engine.decode(
         params,
         prefilled,
@@ -92,6 +136,32 @@ def run_call(
         sp.top_p,
         sp.min_p,
     )
+
+
+def run_call(
+    engine: Engine, params: Params, call: CallInputs, sp: SamplingParams, stop_ids: Sequence[int]
+) -> DecodeOut:
+    """Dispatch one prefill + decode; returns device arrays without waiting for them.
+    `params` must have gone through `engine.prepare`."""
+    prefilled = prefill_call(engine, params, call, sp)
+    return decode_call(engine, params, prefilled, call, sp, stop_ids)
+
+
+def collect(
+    engine: Engine, pending: Sequence[tuple[CallInputs, DecodeOut]], num_prompts: int, n: int
+) -> list[list[Completion]]:
+    """Fetch every call's output and arrange the samples by (prompt, sample) index."""
+    results: list[list[Completion | None]] = [[None] * n for _ in range(num_prompts)]
+    for call, out in pending:
+        out = engine.fetch(out)
+        for row in np.flatnonzero(call.active):
+            length = int(out.lengths[row])
+            results[call.prompt_index[row]][call.sample_index[row]] = Completion(
+                token_ids=tuple(out.tokens[row, :length].tolist()),
+                logprobs=tuple(out.logprobs[row, :length].tolist()),
+                finish_reason="stop" if out.stopped[row] else "length",
+            )
+    return results  # type: ignore[return-value]
 
 
 def generate_tokens(
@@ -110,14 +180,4 @@ def generate_tokens(
     calls = prepare_calls(engine, prompt_ids, sp, buckets)
     params = engine.prepare(params)
     pending = [(call, run_call(engine, params, call, sp, stop_ids)) for call in calls]
-    results: list[list[Completion | None]] = [[None] * sp.n for _ in prompt_ids]
-    for call, out in pending:
-        out = engine.fetch(out)
-        for row in np.flatnonzero(call.active):
-            n = int(out.lengths[row])
-            results[call.prompt_index[row]][call.sample_index[row]] = Completion(
-                token_ids=tuple(out.tokens[row, :n].tolist()),
-                logprobs=tuple(out.logprobs[row, :n].tolist()),
-                finish_reason="stop" if out.stopped[row] else "length",
-            )
-    return results  # type: ignore[return-value]
+    return collect(engine, pending, len(prompt_ids), sp.n)

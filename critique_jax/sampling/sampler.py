@@ -83,11 +83,21 @@ class Sampler:
         strings are not allowed."""
         if sp.stop_strings and self.tokenizer is None:
             raise ValueError("stop_strings need a tokenizer: pass one to Sampler(...).")
-        stop_ids = self.default_stop_ids() if sp.stop_token_ids is None else sp.stop_token_ids
+        stop_ids = self.stop_ids(sp)
         results = generate_tokens(self.engine, params, prompt_ids, sp, stop_ids, self.buckets)
+        return self.finish(results, sp)
+
+    def stop_ids(self, sp: SamplingParams) -> tuple[int, ...]:
+        """The stop ids a request decodes with (its own, else the default ones)."""
+        return self.default_stop_ids() if sp.stop_token_ids is None else sp.stop_token_ids
+
+    def finish(self, results: list[list[Completion]], sp: SamplingParams) -> list[list[Completion]]:
+        """Token-level results with their text (and stop strings applied) when there is a
+        tokenizer; unchanged without one."""
         if self.tokenizer is None:
             return results
-        return [[self._finish(c, sp, set(stop_ids)) for c in samples] for samples in results]
+        stop_ids = set(self.stop_ids(sp))
+        return [[self._finish(c, sp, stop_ids) for c in samples] for samples in results]
 
     def _finish(self, c: Completion, sp: SamplingParams, stop_ids: set[int]) -> Completion:
         ends_on_stop = c.finish_reason == "stop" and c.token_ids and c.token_ids[-1] in stop_ids

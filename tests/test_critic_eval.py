@@ -21,7 +21,9 @@ PROBLEMS = generate_problems(6, seed=3, levels=(1, 2, 3))
 QUESTIONS = {p.question: p for p in PROBLEMS}
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
 ORACLE = OracleCritic(QUESTIONS, templated_critique)
-ALWAYS_CORRECT = OracleCritic(QUESTIONS, lambda p, s: format_critique([], True, "Looks right."))
+ALWAYS_CORRECT = OracleCritic(
+    QUESTIONS, lambda p, s, fmt: format_critique([], True, "Looks right.", fmt)
+)
 
 
 @pytest.fixture(scope="module")

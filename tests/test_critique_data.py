@@ -269,7 +269,8 @@ def test_critique_text_stops_at_the_first_wrong_step():
     ]
     from critique_jax.data.critique_format import format_critique
 
-    cut = parse_critique(cd.critique_text(parse_critique(format_critique(steps, False, "no"))))
+    text = format_critique(steps, False, "no")
+    cut = parse_critique(cd.critique_text(parse_critique(text), "verdict_first"))
     assert [s.index for s in cut.steps] == [1, 2] and cut.final_correct is False
 
 

@@ -10,7 +10,7 @@ from critique_jax.config import ConfigError, ModelSpec, from_dict
 from critique_jax.data.critique_format import StepVerdict, format_critique
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import generate_problems
-from critique_jax.data.prompts import CRITIQUE_FORMAT
+from critique_jax.data.prompts import CRITIQUE_INSTRUCTIONS
 from critique_jax.pipelines.judges import (
     JudgeConfig,
     ModelJudge,
@@ -137,7 +137,8 @@ def test_model_judge_runs_a_local_checkpoint(tmp_path):
     problems = generate_problems(20, 0)
     tok_dir = tmp_path / "tok"
     build_demo_tokenizer(
-        [p.question + "\n" + p.solution for p in problems] + [CRITIQUE_FORMAT], str(tok_dir)
+        [p.question + "\n" + p.solution for p in problems] + [*CRITIQUE_INSTRUCTIONS.values()],
+        str(tok_dir),
     )
     spec = ModelSpec(preset="tiny", tokenizer=str(tok_dir), overrides={"vocab_size": 512})
     judge = make_judge(JudgeConfig(kind="model", model=spec, max_new_tokens=4))

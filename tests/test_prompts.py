@@ -6,9 +6,10 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from critique_jax.data.critique_format import FORMATS
 from critique_jax.data.prompts import (
     ANSWER_FORMAT,
-    CRITIQUE_FORMAT,
+    CRITIQUE_INSTRUCTIONS,
     critique_messages,
     insert_error_messages,
     refine_messages,
@@ -43,7 +44,7 @@ def make_tokenizer(chat_template: str | None) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def test_critique_format_is_the_design_format() -> None:
+def test_critique_instructions_name_their_format() -> None:
     for line in (
         "Step k sentence:",
         "Correctness of the step: Correct or Wrong",
@@ -51,7 +52,20 @@ def test_critique_format_is_the_design_format() -> None:
         "Correctness of the final answer: Correct or Wrong",
         "stop at the first wrong step",
     ):
-        assert line in CRITIQUE_FORMAT
+        assert all(line in text for text in CRITIQUE_INSTRUCTIONS.values())
+    verdict_first, reason_first = (CRITIQUE_INSTRUCTIONS[f] for f in FORMATS)
+    assert "Check:" not in verdict_first
+    check = reason_first.index("Check:")
+    assert reason_first.index("Step k sentence:") < check
+    assert check < reason_first.index("Correctness of the step:")
+
+
+def test_critique_prompt_takes_its_format() -> None:
+    for fmt in FORMATS:
+        [msg] = critique_messages(QUESTION, SOLUTION, fmt=fmt)
+        assert msg["content"].endswith(CRITIQUE_INSTRUCTIONS[fmt])
+    with pytest.raises(ValueError, match="reason_first"):
+        critique_messages(QUESTION, SOLUTION, fmt="verdict_last")
 
 
 def test_templates_contain_their_inputs_once() -> None:
@@ -60,7 +74,7 @@ def test_templates_contain_their_inputs_once() -> None:
 
     [annotate] = critique_messages(QUESTION, SOLUTION, reference_answer="3")
     assert annotate["role"] == "user"
-    for part in (QUESTION, SOLUTION, "Reference answer: 3", CRITIQUE_FORMAT):
+    for part in (QUESTION, SOLUTION, "Reference answer: 3", CRITIQUE_INSTRUCTIONS["verdict_first"]):
         assert annotate["content"].count(part) == 1
     [critic] = critique_messages(QUESTION, SOLUTION)
     assert "Reference answer" not in critic["content"]
@@ -73,8 +87,9 @@ def test_templates_contain_their_inputs_once() -> None:
 
 def test_prompts_stay_compact() -> None:
     # the demo model has a small context: instructions must not dwarf the content
-    overhead = len(critique_messages("", "")[0]["content"])
-    assert overhead < 400, overhead
+    for fmt in FORMATS:
+        overhead = len(critique_messages("", "", fmt=fmt)[0]["content"])
+        assert overhead < 400, (fmt, overhead)
     assert len(ANSWER_FORMAT) < 100
 
 

@@ -16,7 +16,7 @@ import pytest
 from critique_jax.config import ConfigError, from_dict
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import generate_problems, inject_error, templated_critique
-from critique_jax.data.prompts import ANSWER_FORMAT, CRITIQUE_FORMAT
+from critique_jax.data.prompts import ANSWER_FORMAT, CRITIQUE_INSTRUCTIONS
 from critique_jax.models import Transformer, init_params, preset
 from critique_jax.models.hf import save_hf
 from critique_jax.pipelines import dpco, rco_collect, rco_eval, rco_train
@@ -41,7 +41,9 @@ def world(tmp_path_factory):
     problems = generate_problems(GROUPS, 0)
     texts = [p.question + "\n" + p.solution for p in problems]
     texts += [templated_critique(p, inject_error(p, 1, 0)) for p in problems]
-    tok = build_demo_tokenizer(texts + [CRITIQUE_FORMAT, ANSWER_FORMAT], str(root / "tok"))
+    tok = build_demo_tokenizer(
+        texts + [*CRITIQUE_INSTRUCTIONS.values(), ANSWER_FORMAT], str(root / "tok")
+    )
     cfg = preset("demo")
     params = init_params(cfg, jax.random.key(0))
     save_hf(cfg, params, root / "critic", tok)

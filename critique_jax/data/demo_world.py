@@ -28,7 +28,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from critique_jax.data.critique_format import StepVerdict, format_critique, split_steps
+from critique_jax.data.critique_format import (
+    CritiqueFormat,
+    StepVerdict,
+    format_critique,
+    split_steps,
+)
 from critique_jax.data.records import Problem
 
 MAX_LEVEL = 5
@@ -240,43 +245,55 @@ def _final_answer(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def _check_step(step: str, ref: _Calc) -> str | None:
-    """None when `step` computes `ref` correctly, else a short explanation of the error."""
+def _check_step(step: str, ref: _Calc) -> tuple[str, str | None]:
+    """(the step recomputed, None when `step` computes `ref` correctly or else a short
+    explanation of the error). The recomputation keeps the step's own operand order when
+    it swapped the operands of + or *, so a right step's check repeats its equation."""
     m = _EQUATION.search(step)
     if m is None:
-        return f"There is no calculation here; this step should compute {ref.expr()}."
+        return f"{ref.expr()} = {ref.result}", (
+            f"There is no calculation here; this step should compute {ref.expr()}."
+        )
     left, op, right, result = int(m[1]), m[2], int(m[3]), int(m[4])
     op = "*" if op in "x×" else op
-    swapped = op in "+*" and (right, left) == (ref.left, ref.right)
+    swapped = op == ref.op and op in "+*" and (right, left) == (ref.left, ref.right)
+    check = f"{right} {op} {left}" if swapped else ref.expr()
+    check = f"{check} = {ref.result}"
     if op != ref.op or ((left, right) != (ref.left, ref.right) and not swapped):
-        return f"It should be {ref.expr()} = {ref.result}, not {left} {op} {right}."
+        return check, f"It should be {ref.expr()} = {ref.result}, not {left} {op} {right}."
     if result != ref.result:
-        return f"{left} {op} {right} = {ref.result}, not {result}."
-    return None
+        return check, f"{left} {op} {right} = {ref.result}, not {result}."
+    return check, None
 
 
-def templated_critique(problem: Problem, solution_text: str) -> str:
+def templated_critique(
+    problem: Problem, solution_text: str, fmt: CritiqueFormat = "verdict_first"
+) -> str:
     """The oracle critic: check each step of any solution text against the true computation.
 
     Step k of `split_steps(solution_text)` must compute step k of the reference (operands
     of + and * in either order); the critique stops at the first wrong step. The final
-    verdict compares the stated final answer ("The answer is N") with the gold answer.
+    verdict compares the stated final answer ("The answer is N") with the gold answer. In
+    reason_first each step carries its recomputation (`Check: a op b = c`, the true one)
+    before the verdict, and only wrong steps an explanation.
     """
     calcs = _reference_calcs(problem)
     verdicts: list[StepVerdict] = []
     for i, step in enumerate(split_steps(solution_text), start=1):
         if i > len(calcs):
+            check = f"the problem has only {len(calcs)} steps"
             error = f"The problem needs only {len(calcs)} steps; this step is extra."
         else:
-            error = _check_step(step, calcs[i - 1])
-        verdicts.append(StepVerdict(i, step, error is None, error or _CORRECT_STEP))
+            check, error = _check_step(step, calcs[i - 1])
+        explanation = error or ("" if fmt == "reason_first" else _CORRECT_STEP)
+        verdicts.append(StepVerdict(i, step, error is None, explanation, check))
         if error is not None:
             break
 
     answer = _final_answer(solution_text)
     final_correct = answer == int(problem.answer)
     explanation = _final_explanation(calcs, verdicts, answer, final_correct)
-    return format_critique(verdicts, final_correct, explanation)
+    return format_critique(verdicts, final_correct, explanation, fmt)
 
 
 def _final_explanation(

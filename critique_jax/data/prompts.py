@@ -11,18 +11,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from critique_jax.data.critique_format import CritiqueFormat, check_format
+
 # How every solution must end, so that ``extract_answer`` finds its final answer.
 ANSWER_FORMAT = 'Solve step by step, one step per line. End with "The answer is X."'
 
-# The step-level critique format (DESIGN.md), shared by the critic prompt and whatever
-# parses critiques; the annotator and the critic see the same wording.
-CRITIQUE_FORMAT = """Check the solution step by step. For each step k write:
+# The step-level critique formats (data/critique_format.py), one instruction each, shared by
+# the critic prompt and whatever parses critiques; the annotator and the critic see the
+# same wording.
+CRITIQUE_INSTRUCTIONS: dict[CritiqueFormat, str] = {
+    "verdict_first": """Check the solution step by step. For each step k write:
 Step k sentence: <the step>
 Correctness of the step: Correct or Wrong
 Explanation: <why>
 You may stop at the first wrong step. Then write:
 Correctness of the final answer: Correct or Wrong
-Explanation: <why>"""
+Explanation: <why>""",
+    "reason_first": """Check the solution step by step. For each step k write:
+Step k sentence: <the step>
+Check: <redo the step from the question and the earlier steps>
+Correctness of the step: Correct or Wrong
+You may stop at the first wrong step. Then write:
+Correctness of the final answer: Correct or Wrong
+Explanation: <why>""",
+}
 
 # Used when the tokenizer has no chat template: "User: ...\n\nAssistant: ...\n\n".
 FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -36,17 +48,21 @@ def solve_messages(question: str) -> Messages:
 
 
 def critique_messages(
-    question: str, solution: str, reference_answer: str | None = None
+    question: str,
+    solution: str,
+    reference_answer: str | None = None,
+    fmt: CritiqueFormat = "verdict_first",
 ) -> Messages:
-    """Ask a critic for a step-level critique of ``solution``.
+    """Ask a critic for a step-level critique of ``solution`` in format ``fmt``.
 
     ``reference_answer`` is for the annotator in AutoMathCritique, which critiques knowing
     the gold answer; a critic being trained or used at test time gets none.
     """
+    check_format(fmt)
     parts = [f"Question: {question.strip()}", f"Solution:\n{solution.strip()}"]
     if reference_answer is not None:
         parts.append(f"Reference answer: {reference_answer.strip()}")
-    parts.append(CRITIQUE_FORMAT)
+    parts.append(CRITIQUE_INSTRUCTIONS[fmt])
     return [{"role": "user", "content": "\n\n".join(parts)}]
 
 

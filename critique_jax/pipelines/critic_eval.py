@@ -374,6 +374,7 @@ def run(cfg: Config) -> dict[str, Any]:
         mesh_from_config(cfg.mesh),
         cfg.seed,
         Path(cfg.run_dir) / "demo_tokenizer",
+        cfg.critique_format,
     )
     assert critic is not None
     records = load_eval_set(cfg, problems, actor)

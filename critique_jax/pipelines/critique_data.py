@@ -41,7 +41,12 @@ from typing import Any
 import jax
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
-from critique_jax.data.critique_format import Critique, format_critique, split_steps
+from critique_jax.data.critique_format import (
+    Critique,
+    CritiqueFormat,
+    format_critique,
+    split_steps,
+)
 from critique_jax.data.demo_world import inject_error
 from critique_jax.data.math import extract_answer, is_equiv
 from critique_jax.data.prompts import insert_error_messages
@@ -162,12 +167,12 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def critique_text(critique: Critique) -> str:
-    """A parsed critique in the canonical format, cut after its first wrong step (critiques
-    stop at the first error, DESIGN.md)."""
+def critique_text(critique: Critique, fmt: CritiqueFormat) -> str:
+    """A parsed critique rewritten in format `fmt`, cut after its first wrong step (critiques
+    stop at the first error)."""
     first = critique.first_wrong_step
     steps = [s for s in critique.steps if first is None or s.index <= first]
-    return format_critique(steps, bool(critique.final_correct), critique.final_explanation)
+    return format_critique(steps, bool(critique.final_correct), critique.final_explanation, fmt)
 
 
 def refine_verified(
@@ -369,7 +374,7 @@ def annotate(
         for i, c in enumerate(comps):
             crit = parsed(c)
             verdict = crit.final_correct if crit.parseable else None
-            text = critique_text(crit) if crit.parseable else (c.text or "")
+            text = critique_text(crit, annotator.critique_format) if crit.parseable else c.text
             if text in seen:
                 continue
             seen.add(text)
@@ -607,6 +612,7 @@ def run(cfg: Config) -> dict[str, Any]:
         mesh_from_config(cfg.mesh),
         cfg.seed,
         Path(cfg.run_dir) / "demo_tokenizer",
+        cfg.critique_format,
     )
     assert actor is not None and annotator is not None
     return collect(cfg, problems, actor, annotator)

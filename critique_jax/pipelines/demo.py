@@ -74,6 +74,7 @@ from critique_jax.config import (
     StageConfig,
     TrainConfig,
 )
+from critique_jax.data.critique_format import CritiqueFormat
 from critique_jax.data.demo_world import inject_error, templated_critique
 from critique_jax.data.prompts import critique_messages, solve_messages
 from critique_jax.data.records import Problem
@@ -122,7 +123,7 @@ class GenerationConfig:
     the compiled sampler programs few."""
 
     solution_tokens: int = 80  # solutions and refinements (a 3-step solution is <= 68 tokens)
-    critique_tokens: int = 160  # critiques (a 3-step critique of a right one is <= 146)
+    critique_tokens: int = 208  # critiques (reason_first, 3 steps: <= 203)
     temperature: float = 0.7  # sampled solutions and refinements
     critique_temperature: float = 1.0  # RCO's sampled critiques: the critic's own distribution
     chunk_size: int = 128  # questions per sampling chunk: the unit of batching and resume
@@ -220,6 +221,7 @@ class SelfTrainPhase:
 class Config(StageConfig):
     stage: str = "demo"
     run_dir: str = "runs/demo"
+    critique_format: CritiqueFormat = "reason_first"  # a small critic recomputes, then judges
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
     world: WorldConfig = field(default_factory=WorldConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -265,7 +267,7 @@ class Config(StageConfig):
         optim = ActorPhase().optim
         cfg = cls(
             world=WorldConfig(train_size=1000, test_size=32, levels=[1, 2]),
-            generation=GenerationConfig(solution_tokens=56, critique_tokens=112, chunk_size=64),
+            generation=GenerationConfig(solution_tokens=56, critique_tokens=144, chunk_size=64),
             base=BasePhase(train=_train(200, 8, 384)),
             actor=ActorPhase(problems=64, train=step, optim=optim),
             critic=CriticPhase(problems=32, samples=1, train=step, optim=optim),
@@ -335,6 +337,7 @@ def self_train_config(cfg: Config, run_dir: Path, actor: ModelSpec) -> st.Config
     return st.Config(
         run_dir=str(run_dir),
         seed=cfg.seed,
+        critique_format=cfg.critique_format,
         actor=actor,
         critic=None,
         train_problems=_source(cfg, "train"),
@@ -368,18 +371,21 @@ def _at(points: list[dict[str, Any]], key: str, value: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- phases
 
 
-def base_records(train: list[Problem], share: float, seed: int) -> list[dict[str, Any]]:
+def base_records(
+    train: list[Problem], share: float, seed: int, fmt: CritiqueFormat
+) -> list[dict[str, Any]]:
     """The base model's texts as chat records: every question with its solution and, for a
-    `share` of the questions, a critique of its reference solution or of an injected error
-    (alternately, so right and wrong solutions are balanced)."""
+    `share` of the questions, a critique (in format `fmt`) of its reference solution or of
+    an injected error (alternately, so right and wrong solutions are balanced)."""
     rng = random.Random(f"demo-base:{seed}")
     records, wrong = [], False
     for p in train:
         records.append({"messages": [*solve_messages(p.question), _assistant(p.solution)]})
         if rng.random() < share:
             y = inject_error(p, rng.randint(1, p.level), seed) if wrong else p.solution
-            critique = templated_critique(p, y)
-            records.append({"messages": [*critique_messages(p.question, y), _assistant(critique)]})
+            critique = templated_critique(p, y, fmt)
+            prompt = critique_messages(p.question, y, fmt=fmt)
+            records.append({"messages": [*prompt, _assistant(critique)]})
             wrong = not wrong
     rng.shuffle(records)
     return records
@@ -395,13 +401,14 @@ def base_sft(cfg: Config, run_dir: Path, spec: ModelSpec, train: list[Problem]) 
     out = run_dir / "base"
     if _done(out / "results.json") is None:
         data = run_dir / "world" / "base.jsonl"
-        records = base_records(train, cfg.base.critique_share, cfg.seed)
+        records = base_records(train, cfg.base.critique_share, cfg.seed, cfg.critique_format)
         if _primary():
             atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in records))
         sft.run(
             sft.Config(
                 run_dir=str(out),
                 seed=cfg.seed,
+                critique_format=cfg.critique_format,
                 model=spec,
                 data=sft.SFTData(path=str(data), format="chat"),
                 train=cfg.base.train,
@@ -422,6 +429,7 @@ def collect_critiques(
     collect_cfg = critique_data.Config(
         run_dir=str(run_dir / "critic_data"),
         seed=cfg.seed,
+        critique_format=cfg.critique_format,
         problems=_source(cfg, "train", c.problems),
         actor=ModelSpec(path=str(actor_hf)),
         annotator=CriticSpec(oracle="demo"),
@@ -439,7 +447,7 @@ def collect_critiques(
         chunk_size=g.chunk_size,
         mesh=cfg.mesh,
     )
-    annotator = make_critic(CriticSpec(oracle="demo"), None, problems, mesh)
+    annotator = make_critic(CriticSpec(oracle="demo"), None, problems, mesh, cfg.critique_format)
     done = _done(run_dir / "critic_data" / "summary.json")
     return done or critique_data.collect(collect_cfg, problems, actor, annotator)
 
@@ -452,6 +460,7 @@ def train_critic(cfg: Config, run_dir: Path, base_hf: Path) -> Path:
             sft.Config(
                 run_dir=str(out),
                 seed=cfg.seed,
+                critique_format=cfg.critique_format,
                 model=ModelSpec(path=str(base_hf)),
                 data=sft.SFTData(path=str(run_dir / "critic_data" / "critic_sft.jsonl")),
                 train=cfg.critic.train,
@@ -488,6 +497,7 @@ def evaluate_critic(
     eval_cfg = critic_eval.Config(
         run_dir=str(out),
         seed=cfg.seed,
+        critique_format=cfg.critique_format,
         critic=CriticSpec(model=ModelSpec(path=str(critic_hf))),
         eval_set=critic_eval.EvalSetConfig(path=str(eval_set)),
         critique_sampling=_sp(g.critique_tokens, 0.0),
@@ -517,6 +527,7 @@ def rco_phase(
         rco_collect.Config(
             run_dir=str(collect_dir),
             seed=cfg.seed,
+            critique_format=cfg.critique_format,
             model=ModelSpec(path=str(critic_hf)),
             problems=_source(cfg, "train", r.problems),
             initial=initial,
@@ -536,6 +547,7 @@ def rco_phase(
         rco_train.Config(
             run_dir=str(train_dir),
             seed=cfg.seed,
+            critique_format=cfg.critique_format,
             collect_dir=str(collect_dir),
             model=ModelSpec(path=str(critic_hf)),
             beta=r.beta,
@@ -548,6 +560,7 @@ def rco_phase(
         rco_eval.Config(
             run_dir=str(run_dir / "rco_eval"),
             seed=cfg.seed,
+            critique_format=cfg.critique_format,
             critics=[
                 rco_eval.CriticEntry("sft", ModelSpec(path=str(critic_hf))),
                 rco_eval.CriticEntry("rco", ModelSpec(path=str(train_dir / "hf"))),
@@ -579,7 +592,7 @@ def choose_self_train_critic(
         choice = "trained" if beats else "oracle"
     if choice == "trained":
         return "trained", critic
-    return "oracle", make_critic(CriticSpec(oracle="demo"), None, train, mesh)
+    return "oracle", make_critic(CriticSpec(oracle="demo"), None, train, mesh, cfg.critique_format)
 
 
 # --------------------------------------------------------------------------- results
@@ -668,7 +681,8 @@ def run(cfg: Config) -> dict[str, Any]:
         collection = collect_critiques(cfg, run_dir, train, actor, actor_hf, mesh)
     with clock("critic_sft"):
         critic_hf = train_critic(cfg, run_dir, base_hf)
-    critic = models.agent(critic_hf)  # shares the actor's tokenizer object and sampler
+    # shares the actor's tokenizer object and sampler
+    critic = dataclasses.replace(models.agent(critic_hf), critique_format=cfg.critique_format)
     with clock("critic_eval"):
         verdicts = evaluate_critic(cfg, run_dir, test, actor, critic, critic_hf)
 

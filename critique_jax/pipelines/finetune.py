@@ -16,6 +16,7 @@ import jax
 
 from critique_jax.config import MeshConfig, OptimConfig, TrainConfig
 from critique_jax.data.batching import BatchIterator, pack_examples, pad_batch, tokenize_example
+from critique_jax.data.critique_format import CritiqueFormat
 from critique_jax.data.prompts import (
     Messages,
     critique_messages,
@@ -30,25 +31,37 @@ log = logging.getLogger(__name__)
 
 Example = tuple[Messages, str]  # (prompt messages, completion text)
 
-# format -> (fields a record needs, how it becomes messages + completion)
+# format -> (fields a record needs, how it becomes messages + completion given the critique
+# format that critique prompts are written in)
 FORMATS = {
-    "solve": (("question", "solution"), lambda r: (solve_messages(r["question"]), r["solution"])),
+    "solve": (
+        ("question", "solution"),
+        lambda r, cf: (solve_messages(r["question"]), r["solution"]),
+    ),
     "critique": (
         ("question", "solution", "critique"),
-        lambda r: (critique_messages(r["question"], r["solution"]), r["critique"]),
+        lambda r, cf: (critique_messages(r["question"], r["solution"], fmt=cf), r["critique"]),
     ),
     "refine": (
         ("question", "solution", "critique", "refinement"),
-        lambda r: (refine_messages(r["question"], r["solution"], r["critique"]), r["refinement"]),
+        lambda r, cf: (
+            refine_messages(r["question"], r["solution"], r["critique"]),
+            r["refinement"],
+        ),
     ),
-    "chat": (("messages",), lambda r: (r["messages"][:-1], r["messages"][-1]["content"])),
+    "chat": (("messages",), lambda r, cf: (r["messages"][:-1], r["messages"][-1]["content"])),
 }
 
 
 def examples_from_records(
-    records: Iterable[dict[str, Any]], fmt: str, locations: Sequence[str] | None = None
+    records: Iterable[dict[str, Any]],
+    fmt: str,
+    locations: Sequence[str] | None = None,
+    critique_format: CritiqueFormat = "verdict_first",
 ) -> list[Example]:
-    """Turn data records into SFT examples; a bad record is named (file and line) with the fix."""
+    """Turn data records into SFT examples; a bad record is named (file and line) with the fix.
+    `critique` records are prompted with the instruction of `critique_format`, the format
+    their critiques are written in."""
     if fmt not in FORMATS:
         raise ValueError(f"data format {fmt!r} unknown; choose one of {sorted(FORMATS)}")
     fields, build = FORMATS[fmt]
@@ -66,7 +79,7 @@ def examples_from_records(
                 f"{where}: a chat record must end with an assistant "
                 "message (the completion to learn)"
             )
-        out.append(build(r))
+        out.append(build(r, critique_format))
     return out
 
 

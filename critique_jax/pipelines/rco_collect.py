@@ -43,6 +43,7 @@ from jax.sharding import Mesh
 from critique_jax import scoring
 from critique_jax.config import MeshConfig, ModelSpec, StageConfig, from_dict, load_yaml
 from critique_jax.data.batching import Example, pad_batch
+from critique_jax.data.critique_format import CritiqueFormat
 from critique_jax.data.loaders import read_records
 from critique_jax.data.prompts import critique_messages, refine_messages, solve_messages
 from critique_jax.data.sources import ProblemSource, load_problems
@@ -130,14 +131,18 @@ class Group:
 
 
 def load_agent(
-    spec: ModelSpec, mesh: Mesh | None, seed: int, role: str
+    spec: ModelSpec,
+    mesh: Mesh | None,
+    seed: int,
+    role: str,
+    critique_format: CritiqueFormat = "verdict_first",
 ) -> tuple[LoadedModel, Agent]:
-    """The model and its agent; checkpoints of one architecture and tokenizer share one
-    compiled sampler (`make_agent`)."""
+    """The model and its agent (prompted for critiques in `critique_format`); checkpoints of
+    one architecture and tokenizer share one compiled sampler (`make_agent`)."""
     model = load_model(spec, mesh=mesh, seed=seed)
     if model.tokenizer is None:
         raise ValueError(f"the {role} model needs a tokenizer: set its `tokenizer` (or `path`)")
-    return model, make_agent(model, mesh)
+    return model, make_agent(model, mesh, critique_format)
 
 
 # --------------------------------------------------------------------------- initial responses
@@ -222,7 +227,10 @@ def critique_and_refine(
     """Group records (without reference log-probs): N critiques per group, M refinements per
     critique, PS of each refinement against y0 and CU of each critique. Two sampler calls
     for all groups: critiques with fan-out N, then refinements with fan-out M."""
-    prompt_ids = [critic.sampler.encode(critique_messages(g.question, g.solution)) for g in groups]
+    prompt_ids = [
+        critic.sampler.encode(critique_messages(g.question, g.solution, fmt=critic.critique_format))
+        for g in groups
+    ]
     critiques = critic.sampler.generate_ids(
         critic.params, prompt_ids, critique_sp.replace(n=num_critiques)
     )
@@ -412,7 +420,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     mesh = mesh_from_config(cfg.mesh)
     rules = rules_from_config(cfg.mesh.rules)
-    critic_model, critic = load_agent(cfg.model, mesh, cfg.seed, "critic")
+    critic_model, critic = load_agent(cfg.model, mesh, cfg.seed, "critic", cfg.critique_format)
     if actor is None:
         actor = critic
         if cfg.actor is not None:

@@ -177,7 +177,9 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         raise ValueError("judge.kind: verifier needs gold answers for every (x, y0)")
     results = []
     for entry in cfg.critics:
-        critic_model, critic = load_agent(entry.model, mesh, cfg.seed, f"critic {entry.name!r}")
+        critic_model, critic = load_agent(
+            entry.model, mesh, cfg.seed, f"critic {entry.name!r}", cfg.critique_format
+        )
 
         def compute(chunk: list[Group], index: int, critic=critic) -> list[dict[str, Any]]:
             records = sample_chunk(cfg, critic, actor, judge, chunk, index)

@@ -20,13 +20,13 @@ from typing import Any, Protocol
 from jax.sharding import Mesh
 
 from critique_jax.config import ConfigError, ModelSpec
-from critique_jax.data.critique_format import Critique, parse_critique
+from critique_jax.data.critique_format import Critique, CritiqueFormat, parse_critique
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import templated_critique
 from critique_jax.data.math import extract_answer, is_equiv
 from critique_jax.data.prompts import (
     ANSWER_FORMAT,
-    CRITIQUE_FORMAT,
+    CRITIQUE_INSTRUCTIONS,
     critique_messages,
     refine_messages,
     solve_messages,
@@ -39,10 +39,12 @@ from critique_jax.sampling import Completion, Sampler, SamplingParams
 
 @dataclass
 class Agent:
-    """Parameters plus the sampler that runs them."""
+    """Parameters plus the sampler that runs them; as a critic it is prompted for critiques
+    in `critique_format`."""
 
     params: Any
     sampler: Sampler
+    critique_format: CritiqueFormat = "verdict_first"
 
     @property
     def tokenizer(self) -> Any:
@@ -63,7 +65,7 @@ class Agent:
         refs = references if references is not None else [None] * len(questions)
         return self.chat(
             [
-                critique_messages(q, s, r)
+                critique_messages(q, s, r, self.critique_format)
                 for q, s, r in zip(questions, solutions, refs, strict=True)
             ],
             sp,
@@ -71,6 +73,8 @@ class Agent:
 
 
 class Critic(Protocol):
+    critique_format: CritiqueFormat
+
     def critique(
         self,
         questions: Sequence[str],
@@ -82,11 +86,12 @@ class Critic(Protocol):
 
 @dataclass
 class OracleCritic:
-    """A critic from a function (problem, solution) -> critique text, e.g. the demo's
+    """A critic from a function (problem, solution, format) -> critique text, e.g. the demo's
     templated critic; it generates no tokens, so it costs no inference compute."""
 
     problems: dict[str, Problem]  # question -> problem
-    critique_fn: Callable[[Problem, str], str]
+    critique_fn: Callable[[Problem, str, CritiqueFormat], str]
+    critique_format: CritiqueFormat = "verdict_first"
 
     def critique(
         self,
@@ -96,7 +101,12 @@ class OracleCritic:
         references: Sequence[str] | None = None,
     ) -> list[list[Completion]]:
         return [
-            [Completion((), (), "stop", self.critique_fn(self.problems[q], s))] * sp.n
+            [
+                Completion(
+                    (), (), "stop", self.critique_fn(self.problems[q], s, self.critique_format)
+                )
+            ]
+            * sp.n
             for q, s in zip(questions, solutions, strict=True)
         ]
 
@@ -171,20 +181,22 @@ def tokenizer_key(tokenizer: Any) -> str | None:
 _SAMPLERS: dict[tuple, Sampler] = {}
 
 
-def make_agent(model: LoadedModel, mesh: Mesh | None = None) -> Agent:
+def make_agent(
+    model: LoadedModel, mesh: Mesh | None = None, critique_format: CritiqueFormat = "verdict_first"
+) -> Agent:
     """An Agent over a sampler shared by every model of the same architecture, tokenizer
     (by `tokenizer_key`, so reloading a tokenizer reuses its samplers) and mesh, so the
     actor, the critic and every checkpoint of a stage compile once."""
     key = (model.cfg, tokenizer_key(model.tokenizer), mesh)
     if key not in _SAMPLERS:
         _SAMPLERS[key] = Sampler(model.cfg, model.tokenizer, mesh)
-    return Agent(model.params, _SAMPLERS[key])
+    return Agent(model.params, _SAMPLERS[key], critique_format)
 
 
 # --------------------------------------------------------------------------- critics and loading
 
-# Oracle critics by name: functions (problem, solution text) -> critique text.
-ORACLES: dict[str, Callable[[Problem, str], str]] = {"demo": templated_critique}
+# Oracle critics by name: functions (problem, solution text, format) -> critique text.
+ORACLES: dict[str, Callable[[Problem, str, CritiqueFormat], str]] = {"demo": templated_critique}
 
 
 @dataclass
@@ -213,9 +225,10 @@ def with_demo_tokenizer(spec: ModelSpec, problems: Sequence[Problem], out_dir: P
             f"model preset {spec.preset!r} has no tokenizer: set its `tokenizer:` to a tokenizer "
             "directory (only demo-world problems get the demo tokenizer built automatically)"
         )
-    texts = [ANSWER_FORMAT, CRITIQUE_FORMAT]
+    texts = [ANSWER_FORMAT, *CRITIQUE_INSTRUCTIONS.values()]
     for p in problems:
-        texts += [p.question, p.solution, templated_critique(p, p.solution)]
+        texts += [p.question, p.solution]
+        texts += [templated_critique(p, p.solution, fmt) for fmt in CRITIQUE_INSTRUCTIONS]
     vocab = preset(spec.preset, **spec.overrides).vocab_size
     build_demo_tokenizer(texts, str(out_dir), vocab_size=vocab)
     return dataclasses.replace(spec, tokenizer=str(out_dir))
@@ -235,13 +248,18 @@ def load_models(
 
 
 def make_critic(
-    spec: CriticSpec, model: LoadedModel | None, problems: Sequence[Problem], mesh: Mesh | None
+    spec: CriticSpec,
+    model: LoadedModel | None,
+    problems: Sequence[Problem],
+    mesh: Mesh | None,
+    critique_format: CritiqueFormat = "verdict_first",
 ) -> Critic:
     if spec.oracle is not None:
-        return OracleCritic({p.question: p for p in problems}, ORACLES[spec.oracle])
+        oracle = ORACLES[spec.oracle]
+        return OracleCritic({p.question: p for p in problems}, oracle, critique_format)
     if model is None:
         raise ValueError("a model critic needs its loaded model")
-    return make_agent(model, mesh)
+    return make_agent(model, mesh, critique_format)
 
 
 def load_roles(
@@ -251,10 +269,11 @@ def load_roles(
     mesh: Mesh | None = None,
     seed: int = 0,
     tokenizer_dir: str | Path | None = None,
+    critique_format: CritiqueFormat = "verdict_first",
 ) -> tuple[Agent | None, Critic | None]:
-    """The actor and the critic of a stage (None where its spec is None). An oracle must
-    know every problem it judges; with `tokenizer_dir`, preset models on demo problems get
-    the demo tokenizer built there."""
+    """The actor and the critic of a stage (None where its spec is None); the critic writes
+    `critique_format`. An oracle must know every problem it judges; with `tokenizer_dir`,
+    preset models on demo problems get the demo tokenizer built there."""
     if tokenizer_dir is not None:
         out = Path(tokenizer_dir)
         if actor is not None:
@@ -265,4 +284,6 @@ def load_roles(
             )
     actor_model, critic_model = load_models(actor, critic, mesh, seed)
     agent = make_agent(actor_model, mesh) if actor_model is not None else None
-    return agent, None if critic is None else make_critic(critic, critic_model, problems, mesh)
+    if critic is None:
+        return agent, None
+    return agent, make_critic(critic, critic_model, problems, mesh, critique_format)

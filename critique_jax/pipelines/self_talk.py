@@ -52,7 +52,7 @@ from critique_jax.config import (
     StageConfig,
     TrainConfig,
 )
-from critique_jax.data.critique_format import parse_critique
+from critique_jax.data.critique_format import CritiqueFormat, parse_critique
 from critique_jax.data.demo_world import inject_error, templated_critique
 from critique_jax.data.math import extract_answer, is_equiv
 from critique_jax.data.prompts import solve_messages
@@ -116,9 +116,13 @@ def trajectory_from_record(record: dict[str, Any]) -> str | None:
 
 
 def demo_records(
-    problems: Sequence[Problem], correct_share: float, seed: int = 0
+    problems: Sequence[Problem],
+    correct_share: float,
+    seed: int = 0,
+    critique_format: CritiqueFormat = "verdict_first",
 ) -> list[dict[str, Any]]:
-    """Demo-world (question, solution, critique, refinement) records from the oracle."""
+    """Demo-world (question, solution, critique, refinement) records from the oracle, its
+    critiques in `critique_format`."""
     rng = random.Random(seed)
     records = []
     for p in problems:
@@ -130,7 +134,7 @@ def demo_records(
             {
                 "question": p.question,
                 "solution": y0,
-                "critique": templated_critique(p, y0),
+                "critique": templated_critique(p, y0, critique_format),
                 "refinement": refinement,
             }
         )
@@ -225,7 +229,7 @@ def run(cfg: Config) -> dict[str, Any]:
         records, _ = load_sft_records(cfg.data)
     else:
         train = load_problems(cfg.train_problems)
-        records = demo_records(train, cfg.correct_share, cfg.seed)
+        records = demo_records(train, cfg.correct_share, cfg.seed, cfg.critique_format)
         seen = {p.question for p in train}
         test = [p for p in test if p.question not in seen]  # held-out questions only
     pairs = trajectories(records)

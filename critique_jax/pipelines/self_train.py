@@ -65,7 +65,7 @@ from critique_jax.config import (
     StageConfig,
     TrainConfig,
 )
-from critique_jax.data.critique_format import split_steps
+from critique_jax.data.critique_format import CritiqueFormat, split_steps
 from critique_jax.data.demo_world import inject_error, templated_critique
 from critique_jax.data.prompts import refine_messages, solve_messages
 from critique_jax.data.records import Problem
@@ -344,11 +344,15 @@ KEEP_SHARE = 0.5
 
 
 def iteration0_examples(
-    problems: Sequence[Problem], refine_data: SFTData | None, seed: int = 0
+    problems: Sequence[Problem],
+    refine_data: SFTData | None,
+    seed: int = 0,
+    critique_format: CritiqueFormat = "verdict_first",
 ) -> list[Example]:
     """Reference solutions (x -> y) plus refinement examples (x, y0, c -> y'): demo ones
-    from injected errors and the oracle critique (and, for KEEP_SHARE of the questions, the
-    correct reference solution kept as it is), otherwise from `refine_data`."""
+    from injected errors and the oracle critique in `critique_format` (and, for KEEP_SHARE
+    of the questions, the correct reference solution kept as it is), otherwise from
+    `refine_data`."""
     examples: list[Example] = [
         (solve_messages(p.question), p.solution) for p in problems if p.solution
     ]
@@ -356,16 +360,10 @@ def iteration0_examples(
         rng = random.Random(seed)
         for p in problems:
             flawed = inject_error(p, rng.randint(1, p.level or 1), seed)
-            examples.append(
-                (refine_messages(p.question, flawed, templated_critique(p, flawed)), p.solution)
-            )
-            if rng.random() < KEEP_SHARE:
-                examples.append(
-                    (
-                        refine_messages(p.question, p.solution, templated_critique(p, p.solution)),
-                        p.solution,
-                    )
-                )
+            kept = [p.solution] if rng.random() < KEEP_SHARE else []
+            for y0 in (flawed, *kept):
+                critique = templated_critique(p, y0, critique_format)
+                examples.append((refine_messages(p.question, y0, critique), p.solution))
     elif refine_data is not None:
         records, where = load_sft_records(refine_data)
         examples += examples_from_records(records, "refine", where)
@@ -465,7 +463,7 @@ def iteration_zero(
 ) -> dict[str, Any]:
     if (done := _finished(out)) is not None:
         return done
-    examples = iteration0_examples(train, cfg.refine_data, cfg.seed)
+    examples = iteration0_examples(train, cfg.refine_data, cfg.seed, cfg.critique_format)
     if not (out / "hf" / "config.json").exists():
         _train_and_export(models, None, examples, cfg.sft0, cfg, out)
     results = {
@@ -605,7 +603,9 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.critic is None or cfg.baseline:
         arms["vanilla"] = None
     if cfg.critic is not None:
-        arms["critique"] = load_roles(None, cfg.critic, train, mesh, cfg.seed, tokenizer_dir)[1]
+        arms["critique"] = load_roles(
+            None, cfg.critic, train, mesh, cfg.seed, tokenizer_dir, cfg.critique_format
+        )[1]
     rows = [iteration_zero(cfg, models, train, test, run_dir / "iter_0")]
     _write_comparison(run_dir, rows, cfg)
     for t in range(1, cfg.iterations + 1):

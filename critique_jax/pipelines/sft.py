@@ -63,7 +63,7 @@ def run(cfg: Config) -> dict[str, Any]:
     model = load_model(cfg.model, mesh=mesh, seed=cfg.seed)
     fmt = cfg.data.format.removeprefix("mathcritique-")
     records, locations = load_sft_records(cfg.data)
-    examples = examples_from_records(records, fmt, locations)
+    examples = examples_from_records(records, fmt, locations, cfg.critique_format)
     params = finetune(model, examples, cfg.train, cfg.optim, cfg.mesh, run_dir, cfg.seed)
     out = save_hf(model.cfg, params, run_dir / "hf", model.tokenizer)
     result = {"examples": len(examples), "hf_dir": str(out)}

@@ -480,6 +480,7 @@ def run(cfg: Config) -> dict[str, Any]:
         mesh_from_config(cfg.mesh),
         cfg.seed,
         run_dir / "demo_tokenizer",
+        cfg.critique_format,
     )
     assert actor is not None
     title = f"{cfg.problems.kind}: {len(problems)} questions"

@@ -23,9 +23,19 @@ TOLERANCES = {
 }
 
 
+TORCH_MISSING = (
+    "check_hf compares against transformers' PyTorch model and torch is not installed: "
+    "pip install torch==2.13.0 (the CPU build; or pip install -e '.[test]')"
+)
+
+
 def compare(hf_dir: str, prompt: str, dtype: str = "float32") -> dict:
     import jax.numpy as jnp
-    import torch
+
+    try:
+        import torch
+    except ImportError as e:
+        raise ModuleNotFoundError(TORCH_MISSING) from e
     from transformers import AutoModelForCausalLM
 
     from critique_jax.models import Transformer
@@ -82,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCES))
     args = parser.parse_args(argv)
-    result = compare(args.hf_dir, args.prompt, args.dtype)
+    try:
+        result = compare(args.hf_dir, args.prompt, args.dtype)
+    except ModuleNotFoundError as e:
+        if str(e) != TORCH_MISSING:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result["ok"] = within_tolerance(result, args.dtype)
     print(json.dumps(result))
     return 0 if result["ok"] else 1

@@ -116,3 +116,8 @@ def test_yaml_is_the_embedded_default():
     _, from_yaml = build_config(str(ROOT / "configs" / "demo.yaml"), [])
     _, embedded = build_config(None, [])
     assert from_yaml == embedded == Config()
+
+
+def test_reduced_yaml_is_the_reduced_config():
+    _, from_yaml = build_config(str(ROOT / "configs" / "demo_reduced.yaml"), [])
+    assert from_yaml == Config.reduced(run_dir="runs/demo_reduced")

@@ -82,6 +82,7 @@ from critique_jax.data.sources import ProblemSource
 from critique_jax.models.config import preset
 from critique_jax.pipelines import critic_eval, critique_data, rco_collect, rco_eval, rco_train, sft
 from critique_jax.pipelines import self_train as st
+from critique_jax.pipelines.demo_claims import claims, claims_table, over_seeds, seeds_table
 from critique_jax.pipelines.judges import JudgeConfig
 from critique_jax.pipelines.roles import (
     Agent,
@@ -189,7 +190,7 @@ class CriticPhase:
 @dataclass
 class TTSPhase:
     k: int = 4  # parallel samples per question (votes at every power of 2 up to K)
-    rounds: int = 1  # sequential critique -> refine rounds
+    rounds: int = 2  # sequential critique -> refine rounds (claim (e) compares 2 with 1)
 
 
 @dataclass
@@ -222,6 +223,7 @@ class Config(StageConfig):
     stage: str = "demo"
     run_dir: str = "runs/demo"
     critique_format: CritiqueFormat = "reason_first"  # a small critic recomputes, then judges
+    seeds: int = 1  # > 1: the demo for seeds 0..seeds-1 (run_dir/seed_<s>) and their summary
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="demo"))
     world: WorldConfig = field(default_factory=WorldConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -236,8 +238,10 @@ class Config(StageConfig):
     def __post_init__(self) -> None:
         if self.model.preset is None:
             raise ConfigError("demo: model must be a preset (trained from scratch on the world)")
-        if self.tts.k < 1 or self.tts.rounds < 1:
-            raise ConfigError("demo: tts.k and tts.rounds must be >= 1")
+        if self.tts.k < 1 or self.tts.rounds < 2:
+            raise ConfigError("demo: tts.k must be >= 1 and tts.rounds >= 2 (claim (e))")
+        if self.seeds < 1:
+            raise ConfigError(f"demo: seeds must be >= 1, got {self.seeds}")
         if self.self_train.critic not in SELF_TRAIN_CRITICS:
             raise ConfigError(
                 f"self_train.critic {self.self_train.critic!r}: choose one of "
@@ -600,6 +604,7 @@ def choose_self_train_critic(
 ROWS = (
     ("actor_accuracy", "actor (SFT), greedy"),
     ("refine_accuracy", "actor + 1 critique -> refine round"),
+    ("second_round_accuracy", "actor + 2 critique -> refine rounds"),
     ("critic_verdict_accuracy", "critic verdict accuracy (held-out)"),
     ("critic_verdict_chance", "  chance (majority label)"),
     ("critic_balanced_accuracy", "critic balanced accuracy (chance 0.5)"),
@@ -643,6 +648,7 @@ def results_table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {title} | " + " | ".join(table_cell(results[key].get(lv)) for lv in levels) + " |"
         )
+    lines += ["", *claims_table(results["claims"])]
     times = results["timings"]
     lines += ["", "| phase | wall s | CPU s |", "|---|---:|---:|"]
     lines += [f"| {name} | {t['wall_s']} | {t['cpu_s']} |" for name, t in times.items()]
@@ -653,6 +659,29 @@ def results_table(results: dict[str, Any]) -> str:
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    """The demo for one seed, or (seeds > 1) for seeds 0..seeds-1 and their summary."""
+    return run_one(cfg) if cfg.seeds == 1 else run_seeds(cfg)
+
+
+def run_seeds(cfg: Config) -> dict[str, Any]:
+    """Each seed in run_dir/seed_<s> (resumable like one run), then mean +- sd per metric
+    and the claims' per-seed paired differences, read back from each seed's results.json."""
+    runs = []
+    for seed in range(cfg.seeds):
+        one = dataclasses.replace(cfg, seed=seed, seeds=1, run_dir=f"{cfg.run_dir}/seed_{seed}")
+        run_one(one)
+        runs.append(json.loads((Path(one.run_dir) / "results.json").read_text()))
+    summary = over_seeds(runs, [key for key, _ in ROWS])
+    table = seeds_table(summary, ROWS)
+    run_dir = Path(cfg.run_dir)
+    if _primary():
+        atomic_write_json(run_dir / "results.json", summary)
+        atomic_write_text(run_dir / "results.md", table)
+        print(table)
+    return {"claims": summary["claims"], "results": str(run_dir / "results.json")}
+
+
+def run_one(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     clock = Clock()
     start = time.perf_counter()
@@ -728,7 +757,9 @@ def run(cfg: Config) -> dict[str, Any]:
         "critic_unparseable_rate": verdicts["unparseable_rate"],
         "refine_accuracy": refined["accuracy"],
         "refine_accuracy_by_difficulty": refined["by_level"],
+        "second_round_accuracy": _at(seq, "rounds", 2)["accuracy"],
         "tts_initial_accuracy": _at(seq, "rounds", 0)["accuracy"],
+        "sequential_accuracy_by_rounds": {str(p["rounds"]): p["accuracy"] for p in seq},
         "majority_vote_accuracy": _at(par["majority"], "k", k)["accuracy"],
         "critique_majority_vote_accuracy": _at(par["refine_vote"], "k", k)["accuracy"],
         "critic_weighted_vote_accuracy": _at(par["critic_weighted"], "k", k)["accuracy"],
@@ -768,6 +799,7 @@ def run(cfg: Config) -> dict[str, Any]:
             "rco_table": str(run_dir / "rco_eval" / "comparison.md"),
         },
     }
+    results["claims"] = claims(results)
     table = results_table(results)
     if _primary():
         atomic_write_json(run_dir / "results.json", results)

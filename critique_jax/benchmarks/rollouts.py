@@ -18,9 +18,10 @@ the same critique and refinement prompts checks the outputs are token-identical.
 Reported per side: generated tokens / s over the sampled workload (prefill + decode), the
 prefill tokens computed (padded rows x width, what the device runs) and the real prompt
 tokens, the prefill / decode time split, and peak memory (host RSS during the side's run;
-device peak on an accelerator). Ours is timed on its second run of the workload (the first
-compiles; `compile_s` is the difference). The last line printed is one JSON object; with no
-data file it prints a JSON object with `skipped` and exits 0.
+device peak on an accelerator) and the 1-minute load average before and after it (the
+machine's other load, which both sides share). Ours is timed on its second run of the
+workload (the first compiles; `compile_s` is the difference). The last line printed is one
+JSON object; with no data file it prints a JSON object with `skipped` and exits 0.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def run_ours(
         )
         stage.decode_s += time.perf_counter() - start
         stage.prefill_tokens += call.prefill_tokens
-        stage.prompt_tokens += int(call.token_mask[call.prompt_mask].sum())
+        stage.prompt_tokens += call.prompt_tokens * call.fanout
     start = time.perf_counter()
     results = sampler.finish(collect(engine, pending, len(prompts), sp.n), sp)
     stage.decode_s += time.perf_counter() - start
@@ -292,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     workload(sampler, params, problems, critique_sp, refine_sp)
     first = time.perf_counter() - start
+    load_before = os.getloadavg()[0]
     with PeakRSS() as ours_mem:
         crit_prompts, ref_prompts, crit, ref = workload(
             sampler, params, problems, critique_sp, refine_sp
@@ -316,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
             compile_s=first - (ours.prefill_s + ours.decode_s),
             peak_rss_mb=ours_mem.mb,
             device_peak_mb=device_peak_mb(),
+            load_avg=[load_before, os.getloadavg()[0]],
         ),
     )
     greedy_sp = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         model = AutoModelForCausalLM.from_pretrained(
             args.model, dtype=getattr(torch, args.dtype)
         ).to(device)
@@ -338,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         run_hf(model, crit_prompts[:1], greedy_sp.replace(max_new_tokens=2), stop_ids, pad, rows)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        load_before = os.getloadavg()[0]
         with PeakRSS() as hf_mem:
             hf = run_hf(model, crit_prompts, critique_sp, stop_ids, pad, rows)
             hf.add(run_hf(model, ref_prompts, refine_sp, stop_ids, pad, rows))
@@ -346,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
             peak_rss_mb=hf_mem.mb,
             device_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
             torch_threads=torch.get_num_threads(),
+            load_avg=[load_before, os.getloadavg()[0]],
         )
         result["ratio"] = (
             ours.generated
@@ -360,8 +365,6 @@ def main(argv: list[str] | None = None) -> None:
                 rows=len(same),
                 rows_identical=sum(same),
                 outputs_identical=all(same),
-                ours_tokens_per_s=greedy_ours.summary()["tokens_per_s"],
-                hf_tokens_per_s=greedy_hf.summary()["tokens_per_s"],
             )
     print(json.dumps(result))
 

@@ -2,10 +2,10 @@
 
     python -m critique_jax.benchmarks.sampling --model HF_DIR --batch 16 --new-tokens 128
 
-Same checkpoint (float32), same token ids, greedy, eos ignored so every row makes exactly
-`--new-tokens` tokens; checks the outputs are identical. Throughput counts prefill + decode of
-the second (compiled) call; `compile_s` is the first call's extra time. The last line printed
-is one JSON object.
+Same checkpoint and dtype (--dtype, float32 by default), same token ids, greedy, eos ignored
+so every row makes exactly `--new-tokens` tokens; checks the outputs are identical.
+Throughput counts prefill + decode of the second (compiled) call; `compile_s` is the first
+call's extra time. The last line printed is one JSON object.
 
 On an accelerator it also reports the decode roofline fraction: the bytes one decode step
 must read (all parameters + the whole KV cache, which the masked attention reads every step)
@@ -67,8 +67,8 @@ def make_prompts(tokenizer, batch: int) -> list[list[int]]:
     return [tokenizer(t)["input_ids"] for t in texts]
 
 
-def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int) -> dict:
-    cfg, params = load_hf(model_dir, dtype="float32")
+def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> dict:
+    cfg, params = load_hf(model_dir, dtype=dtype, param_dtype=dtype)
     sampler = Sampler(cfg, buckets=Buckets(max_batch=max(64, len(prompts))))
     sp = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
     start = time.perf_counter()
@@ -109,7 +109,8 @@ def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int) -> dict:
     step_s = decode_s / max(new_tokens - 1, 1)
     rows, cache_len = len(call.prompt_index), width + new_tokens
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    kv_bytes = 2 * cfg.num_layers * rows * cache_len * cfg.num_kv_heads * cfg.head_dim * 4
+    itemsize = np.dtype(cfg.jnp_dtype).itemsize
+    kv_bytes = 2 * cfg.num_layers * rows * cache_len * cfg.num_kv_heads * cfg.head_dim * itemsize
     device = jax.devices()[0]
     peak = peak_bandwidth(device) if device.platform != "cpu" else None
     return dict(
@@ -125,11 +126,15 @@ def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int) -> dict:
     )
 
 
-def run_hf(model_dir: str, prompts: list[list[int]], new_tokens: int, pad_id: int) -> dict:
+def run_hf(
+    model_dir: str, prompts: list[list[int]], new_tokens: int, pad_id: int, dtype: str
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model = model.to(device).eval()
     model.generation_config.eos_token_id = None  # exactly new_tokens per row, like ours
     width = max(map(len, prompts))
     ids = np.full((len(prompts), width), pad_id, np.int64)
@@ -137,8 +142,8 @@ def run_hf(model_dir: str, prompts: list[list[int]], new_tokens: int, pad_id: in
     for r, p in enumerate(prompts):
         ids[r, width - len(p) :], mask[r, width - len(p) :] = p, 1
     kw = dict(
-        input_ids=torch.tensor(ids),
-        attention_mask=torch.tensor(mask),
+        input_ids=torch.tensor(ids, device=device),
+        attention_mask=torch.tensor(mask, device=device),
         do_sample=False,
         pad_token_id=pad_id,
     )
@@ -146,6 +151,7 @@ def run_hf(model_dir: str, prompts: list[list[int]], new_tokens: int, pad_id: in
         model.generate(**kw, max_new_tokens=2)  # warm-up
         start = time.perf_counter()
         out = model.generate(**kw, max_new_tokens=new_tokens)
+        out = out.cpu()
         seconds = time.perf_counter() - start
     return dict(
         tokens=out[:, width:].tolist(),
@@ -159,22 +165,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="HF checkpoint directory")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--dtype", default="float32", help="both sides' parameters and compute")
     p.add_argument("--skip-hf", action="store_true", help="only time critique_jax")
     args = p.parse_args(argv)
 
     tokenizer = load_tokenizer(args.model)
     prompts = make_prompts(tokenizer, args.batch)
-    ours = run_ours(args.model, prompts, args.new_tokens)
+    ours = run_ours(args.model, prompts, args.new_tokens, args.dtype)
     result = dict(
         model=args.model,
         batch=args.batch,
         new_tokens=args.new_tokens,
+        dtype=args.dtype,
         prompt_tokens=[min(map(len, prompts)), max(map(len, prompts))],
     )
     hf_tokens = None
     if not args.skip_hf:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        hf = run_hf(args.model, prompts, args.new_tokens, pad)
+        hf = run_hf(args.model, prompts, args.new_tokens, pad, args.dtype)
         hf_tokens = hf.pop("tokens")
         result.update(hf)
     ours_tokens = ours.pop("tokens")

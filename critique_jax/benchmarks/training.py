@@ -219,12 +219,14 @@ def main() -> None:
     mesh = tuple(int(x) for x in args.mesh.split(","))
     batch = random_batch(cfg.vocab_size, args.batch, args.seq)
     peak = args.peak_flops or peak_flops_per_device()
-    ours = run_ours(cfg, batch, args.steps, args.warmup, mesh, peak)
-    print(f"critique_jax: {ours}", flush=True)
+    # PyTorch first: its child exits and frees the device, while JAX's allocator keeps the
+    # memory it grew to (an accelerator would otherwise have none left for the child).
     theirs = None
     if not args.no_torch:
         theirs = torch_in_child(cfg, args.model, batch, args.steps, args.warmup)
         print(f"transformers/torch: {theirs}", flush=True)
+    ours = run_ours(cfg, batch, args.steps, args.warmup, mesh, peak)
+    print(f"critique_jax: {ours}", flush=True)
     torch_tps = theirs["tokens_per_s"] if theirs else None
     print(
         json.dumps(

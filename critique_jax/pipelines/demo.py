@@ -173,7 +173,11 @@ class ActorPhase:
 class CriticPhase:
     problems: int = 512  # training questions whose solutions are critiqued
     samples: int = 1  # actor samples per question (temperature > 0)
-    correct_share: float = 0.4  # share of correct solutions among the critiqued ones
+    correct_share: float = 0.3  # share of correct solutions among the critiqued ones
+    # injected errors per question (known first-error step); 3 instead of 1, with 160 steps
+    # instead of 60, took first-error-step accuracy from 0.17 to 0.56 and verbatim quotes
+    # from 0.55 to 0.64 (seed 0)
+    insertions: int = 3
     # Monte Carlo soft filter: M refinements per critique of a wrong solution, kept when at
     # least tau verify. It exists to drop wrong annotator critiques; the oracle's are right by
     # construction, and with a weak actor the filter would drop most critiques of wrong
@@ -181,7 +185,7 @@ class CriticPhase:
     refinements: int = 0
     tau: float = 0.5
     eval_samples: int = 1  # eval set: actor samples per test question (+ reference, insertion)
-    train: TrainConfig = field(default_factory=lambda: _train(60, 8, 512))
+    train: TrainConfig = field(default_factory=lambda: _train(160, 8, 512))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=8, weight_decay=0.01)
     )
@@ -443,7 +447,7 @@ def collect_critiques(
             correct_share=c.correct_share,
             include_reference=True,
         ),
-        insertion=critique_data.InsertionConfig(method="demo", per_question=1),
+        insertion=critique_data.InsertionConfig(method="demo", per_question=c.insertions),
         critiques=critique_data.CritiqueConfig(per_solution=1),
         filter=critique_data.FilterConfig(
             refinements=c.refinements, tau=c.tau, sampling=_sp(g.solution_tokens, g.temperature)

@@ -6,11 +6,18 @@ iterator's position and anything else the driver needs to continue exactly). orb
 step into a temporary directory and renames it when complete, so a killed save leaves no
 step behind; a step directory that is there but cannot be read (copied partially, disk
 trouble) is moved aside with a warning on resume and the previous step is used instead.
+
+A checkpoint directory that cannot be written is refused when the `Checkpointer` is made,
+before any training; a save that fails later (a full disk) raises `CheckpointWriteError`
+naming the directory, and `close()` always shuts orbax's manager down, so a failed save ends
+the process instead of leaving orbax's background threads waiting.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,13 +26,43 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from critique_jax.errors import UserError
+
 
 class CheckpointWarning(UserWarning):
     """A checkpoint step was unreadable and skipped."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A readable checkpoint holds a differently shaped state (another model or optimizer)."""
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (permissions, a full disk)."""
+
+
+def _async_options() -> ocp.AsyncOptions:
+    # Step directories are made synchronously in save(): made asynchronously, a directory
+    # that cannot be created leaves orbax's writer threads (non-daemon) waiting ~20 min for
+    # it, so the process hangs at exit instead of reporting the error.
+    try:
+        return ocp.AsyncOptions(create_directories_asynchronously=False)
+    except TypeError:  # an orbax without the option
+        return ocp.AsyncOptions()
+
+
+def check_writable(directory: Path) -> None:
+    """Create `directory` and a probe file in it, or raise `CheckpointWriteError`."""
+    probe = directory / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"checkpoint directory {directory} is not writable ({type(e).__name__}: "
+            f"{e.strerror or e}); make it writable, or pass another run_dir"
+        ) from e
 
 
 class Checkpointer:
@@ -35,6 +72,8 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep_checkpoints={keep}: keep at least 1 checkpoint.")
         self.directory = Path(directory).absolute()
+        if jax.process_index() == 0:
+            check_writable(self.directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -42,6 +81,7 @@ class Checkpointer:
                 enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True,
                 create=True,
+                async_options=_async_options(),
             ),
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
@@ -59,13 +99,16 @@ class Checkpointer:
         """Start saving `state` and `data` at `step` (asynchronously when configured)."""
         if step in self._manager.all_steps():
             return
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data or {})
-            ),
-            force=True,
-        )
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data or {})
+                ),
+                force=True,
+            )
+        except OSError as e:
+            raise self._write_error(step, e) from e
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, data) of the newest readable step, or None when there is none.
@@ -117,12 +160,38 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Block until pending async saves are on disk."""
-        self._manager.wait_until_finished()
+        """Block until pending async saves are on disk; `CheckpointWriteError` if one failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax re-raises the writer's error as is
+            raise self._write_error(None, e) from e
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for pending saves, then shut the manager down, even when a save failed."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self._manager.close()
+            except Exception:  # noqa: BLE001 - the failed save was reported by wait()
+                pass
+
+    def _write_error(self, step: int | None, error: Exception) -> CheckpointWriteError:
+        latest = None
+        with_steps = ""
+        try:
+            self._manager.reload()
+            latest = self._manager.latest_step()
+        except Exception:  # noqa: BLE001 - only for the message
+            pass
+        if latest is not None:
+            with_steps = f"; the last complete checkpoint is step {latest}"
+        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        return CheckpointWriteError(
+            f"saving {what} in {self.directory} failed ({reason}){with_steps}; free disk "
+            "space or fix the directory's permissions, then rerun to resume"
+        )
 
 
 def _shapes(tree: Any) -> list[tuple[tuple[int, ...], str]]:

@@ -8,6 +8,7 @@ a message that names the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,12 +18,62 @@ from typing import Any, TypeVar
 import yaml
 
 from critique_jax.data.critique_format import CritiqueFormat
+from critique_jax.errors import UserError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that cannot be used as written."""
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, lt=None, **kw):
+    """A dataclass field with a range (`ge` <=, `gt` <, `lt` >): checked by `check_ranges`
+    for every config built by `from_dict` (with the key's full name) and in `__post_init__`
+    of the sections that call it."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "lt": lt, **kw})
+
+
+def _range_text(meta: dict[str, Any]) -> str:
+    parts = []
+    if meta.get("gt") is not None:
+        parts.append(f"> {meta['gt']}")
+    if meta.get("ge") is not None:
+        parts.append(f">= {meta['ge']}")
+    if meta.get("lt") is not None:
+        parts.append(f"< {meta['lt']}")
+    return " and ".join(parts)
+
+
+def check_ranges(cls: type, values: dict[str, Any], where: str = "") -> None:
+    """Raise `ConfigError` naming `where.key` for a value outside its field's range (numbers
+    must also be finite), or a `choices` field given something else."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or not f.metadata:
+            continue
+        value, meta = values[f.name], f.metadata
+        key = f"{where}.{f.name}" if where else f.name
+        if "choices" in meta:
+            if value not in meta["choices"]:
+                raise ConfigError(f"{key}={value!r}: choose one of {list(meta['choices'])}")
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        ok = math.isfinite(value)
+        ok = ok and (meta.get("ge") is None or value >= meta["ge"])
+        ok = ok and (meta.get("gt") is None or value > meta["gt"])
+        ok = ok and (meta.get("lt") is None or value < meta["lt"])
+        if not ok:
+            hint = f" ({meta['hint']})" if meta.get("hint") else ""
+            raise ConfigError(
+                f"{key}={value!r} is out of range: it must be {_range_text(meta)}"
+                f"{' and finite' if not math.isfinite(value) else ''}{hint}; set {key} to a "
+                "value in range"
+            )
+
+
+def _check_self(obj: Any, where: str) -> None:
+    check_ranges(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where)
 
 
 @dataclass
@@ -47,29 +98,36 @@ class MeshConfig:
 
 @dataclass
 class OptimConfig:
-    learning_rate: float = 3e-4
-    schedule: str = "cosine"  # cosine | linear | constant, after linear warmup
-    warmup_steps: int = 0
-    end_lr_ratio: float = 0.1
-    weight_decay: float = 0.0  # never applied to norms and biases
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    learning_rate: float = bounded(3e-4, gt=0, hint="a negative rate trains by gradient ascent")
+    # cosine | linear | constant, after linear warmup
+    schedule: str = bounded("cosine", choices=("cosine", "linear", "constant"))
+    warmup_steps: int = bounded(0, ge=0)
+    end_lr_ratio: float = bounded(0.1, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)  # never applied to norms and biases
+    b1: float = bounded(0.9, ge=0, lt=1)
+    b2: float = bounded(0.95, ge=0, lt=1)
+    eps: float = bounded(1e-8, gt=0)
+    grad_clip: float = bounded(1.0, ge=0, hint="0 turns clipping off")
+
+    def __post_init__(self) -> None:
+        _check_self(self, "optim")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
-    batch_size: int = 8  # global, in sequences (rows)
-    seq_len: int = 512
-    microbatches: int = 1  # gradient accumulation
+    steps: int = bounded(100, ge=0)
+    batch_size: int = bounded(8, ge=1)  # global, in sequences (rows)
+    seq_len: int = bounded(512, ge=1)
+    microbatches: int = bounded(1, ge=1)  # gradient accumulation
     pack: bool = True  # pack several examples per row (segment ids)
-    log_every: int = 10
-    checkpoint_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2
+    log_every: int = bounded(10, ge=1)
+    checkpoint_every: int = bounded(0, ge=0, hint="0 saves only at the end")
+    keep_checkpoints: int = bounded(2, ge=1)
     async_checkpoint: bool = True
     resume: bool = True
+
+    def __post_init__(self) -> None:
+        _check_self(self, "train")
 
 
 @dataclass
@@ -78,7 +136,7 @@ class StageConfig:
 
     stage: str = "demo"
     run_dir: str = "runs/demo"
-    seed: int = 0
+    seed: int = bounded(0, ge=0, lt=2**32, hint="numpy and JAX seeds are unsigned 32-bit")
     # How critiques are written, prompted for and parsed in this stage: MathCritique's
     # verdict_first, or reason_first (a check before each verdict) for small critics.
     critique_format: CritiqueFormat = "verdict_first"
@@ -162,6 +220,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"{' under ' + where if where else ''}: {sorted(fields)}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    check_ranges(cls, kwargs, where)
+    if "run_dir" in kwargs and issubclass(cls, StageConfig) and not kwargs["run_dir"].strip():
+        raise ConfigError("run_dir is empty; set run_dir to the directory this run writes into")
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -181,14 +242,56 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that rejects a key given twice in one mapping (PyYAML keeps the last one
+    silently, dropping the first block)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {seen[key].line + 1}); "
+                    "keep one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: 'line N: problem'."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML -> data, like yaml.safe_load, but a duplicate key is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass --config configs/<name>.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --config configs/<name>.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from e
+    if data is None:
+        raise ConfigError(
+            f"config file {path} is empty; give at least `stage:` and its sections "
+            "(see configs/*.yaml), or drop --config to run the demo"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -202,12 +305,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key; write key.subkey=value")
         node = data
         for p in parts[:-1]:
             child = node.get(p)
             node[p] = dict(child) if isinstance(child, dict) else {}
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = parse_yaml(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})"
+            ) from e
     return data
 
 

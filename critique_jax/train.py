@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from critique_jax.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml
+from critique_jax.errors import DEBUG_ENV, debug_requested, run_cli
 
 STAGES = {
     "demo": "critique_jax.pipelines.demo",  # the whole loop on the embedded arithmetic world
@@ -48,19 +49,22 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML config (default: the embedded demo)")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"tracebacks for user errors too (or {DEBUG_ENV}=1)"
+    )
     parser.add_argument("overrides", nargs="*", help="key.subkey=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax"):  # their INFO logs drown the run's own progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_cli(lambda: _train(args.config, args.overrides), debug_requested(args.debug))
+
+
+def _train(config: str | None, overrides: list[str]) -> int:
     from critique_jax.distributed import initialize_distributed
 
     initialize_distributed()  # before any stage import touches a JAX backend
-    try:
-        module, cfg = build_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    module, cfg = build_config(config, overrides)
 
     import jax
 

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from critique_jax.config import MeshConfig, ModelSpec, OptimConfig, StageConfig, TrainConfig
+from critique_jax.config import (
+    ConfigError,
+    MeshConfig,
+    ModelSpec,
+    OptimConfig,
+    StageConfig,
+    TrainConfig,
+)
 from critique_jax.data.loaders import load_chat_records, load_mathcritique, read_records
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import load_model
@@ -39,11 +46,18 @@ class Config(StageConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
+    def __post_init__(self) -> None:
+        if self.train.steps < 1:
+            raise ConfigError(
+                f"train.steps={self.train.steps}: the sft stage must train at least one step "
+                "(0 would export the starting model unchanged); set train.steps >= 1"
+            )
+
 
 def load_sft_records(data: SFTData) -> tuple[list[dict[str, Any]], list[str]]:
     """(records, their locations); `mathcritique-*` formats read MathCritique release files."""
     if not data.path:
-        raise ValueError("data.path is empty: point it at a JSONL/JSON file of records")
+        raise ConfigError("data.path is empty: point it at a JSONL/JSON file of records")
     if data.format.startswith("mathcritique-"):
         records = load_mathcritique(data.path)
         where = [f"{data.path} record {i}" for i in range(len(records))]
@@ -60,10 +74,10 @@ def load_sft_records(data: SFTData) -> tuple[list[dict[str, Any]], list[str]]:
 def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     mesh = mesh_from_config(cfg.mesh)
-    model = load_model(cfg.model, mesh=mesh, seed=cfg.seed)
     fmt = cfg.data.format.removeprefix("mathcritique-")
-    records, locations = load_sft_records(cfg.data)
+    records, locations = load_sft_records(cfg.data)  # data errors before the model loads
     examples = examples_from_records(records, fmt, locations, cfg.critique_format)
+    model = load_model(cfg.model, mesh=mesh, seed=cfg.seed)
     params = finetune(model, examples, cfg.train, cfg.optim, cfg.mesh, run_dir, cfg.seed)
     out = save_hf(model.cfg, params, run_dir / "hf", model.tokenizer)
     result = {"examples": len(examples), "hf_dir": str(out)}

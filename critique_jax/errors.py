@@ -1,0 +1,59 @@
+"""User errors: inputs a user can fix (a config key, a file, a directory), told in one line.
+
+Every CLI (`train`, `sample`, `check_hf`) catches `UserError` in its `main`, prints
+`error: <message>` on stderr and exits with code 2; `--debug` or CRITIQUE_JAX_DEBUG=1 shows the
+traceback too. Anything else is an internal error and keeps its traceback. Messages name the
+problem, the offending key/file/record and the fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+DEBUG_ENV = "CRITIQUE_JAX_DEBUG"
+
+# OS errors that mean "this machine's disk or permissions", which the user fixes, not a bug.
+USER_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.ENOTDIR}
+)
+
+
+class UserError(ValueError):
+    """An input that cannot be used as given; the message names it and the fix."""
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """`--debug` given, or CRITIQUE_JAX_DEBUG set to anything but 0."""
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """The one-line message of a user error, or None for an internal error."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in USER_ERRNOS:
+        where = f" {e.filename}" if e.filename else ""
+        return (
+            f"cannot write{where}: {e.strerror or e} (errno {errno.errorcode.get(e.errno, '')}); "
+            "free disk space or fix the permissions, or choose another run_dir / output path"
+        )
+    return None
+
+
+def run_cli(main: Callable[[], int], debug: bool) -> int:
+    """Run `main()`; a user error becomes `error: ...` on stderr and exit code 2."""
+    try:
+        return main()
+    except (UserError, OSError) as e:
+        message = user_error_message(e)
+        if message is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        kind = "config error" if type(e).__name__ == "ConfigError" else "error"
+        print(f"{kind}: {' '.join(message.split())}", file=sys.stderr)
+        return 2

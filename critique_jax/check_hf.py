@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, run_cli
+
 TOLERANCES = {
     "float32": dict(max_abs_logit_diff=1e-3, kl=1e-6, top1_agreement=1.0),
     "bfloat16": dict(max_abs_logit_diff=float("inf"), kl=5e-2, top1_agreement=0.9),
@@ -91,14 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         "did Natalia sell altogether in April and May? Let's think step by step.",
     )
     parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCES))
+    parser.add_argument(
+        "--debug", action="store_true", help=f"tracebacks for user errors too (or {DEBUG_ENV}=1)"
+    )
     args = parser.parse_args(argv)
+    return run_cli(lambda: _check(args), debug_requested(args.debug))
+
+
+def _check(args: argparse.Namespace) -> int:
     try:
         result = compare(args.hf_dir, args.prompt, args.dtype)
     except ModuleNotFoundError as e:
         if str(e) != TORCH_MISSING:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     result["ok"] = within_tolerance(result, args.dtype)
     print(json.dumps(result))
     return 0 if result["ok"] else 1

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, run_cli
 from critique_jax.models import abstract_params
 from critique_jax.models.hf import load_hf, load_tokenizer
 from critique_jax.sampling import Buckets, Sampler, SamplingParams
@@ -56,11 +57,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-batch", type=int, default=64, help="most decode rows per call")
     p.add_argument("--json", action="store_true", help="one JSON object per sample")
+    p.add_argument(
+        "--debug", action="store_true", help=f"tracebacks for user errors too (or {DEBUG_ENV}=1)"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_cli(lambda: _sample(args), debug_requested(args.debug))
+
+
+def _sample(args: argparse.Namespace) -> int:
     try:
         sp = SamplingParams(
             max_new_tokens=args.max_new_tokens,
@@ -75,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         mesh = make_mesh([int(x) for x in args.mesh.split(",")]) if args.mesh else None
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     shardings = None if mesh is None else (lambda c: param_shardings(abstract_params(c), mesh))
     cfg, params = load_hf(args.model, shardings=shardings, dtype=args.dtype, param_dtype=args.dtype)
     tokenizer = load_tokenizer(args.model, cfg)

@@ -204,3 +204,198 @@ def test_failed_save_raises_and_leaves_no_thread_waiting(tmp_path):
         _mutable(directory)
     assert not _orbax_threads(), _orbax_threads()
     assert ckpt.steps() == [1]
+
+
+# --------------------------------------------------------------------------- model files
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory) -> Path:
+    """A tiny model exported as an HF directory (no tokenizer: loading fails before it)."""
+    from critique_jax.models import preset
+    from critique_jax.models.hf import save_hf
+    from critique_jax.models.loading import init_sharded_params
+
+    cfg = preset("tiny", num_layers=2)
+    return save_hf(cfg, init_sharded_params(cfg, 0, None), tmp_path_factory.mktemp("m") / "hf")
+
+
+@pytest.fixture
+def model_dir(tiny_hf, tmp_path) -> Path:
+    """A copy of the tiny HF directory, for a test to damage."""
+    return Path(shutil.copytree(tiny_hf, tmp_path / "model"))
+
+
+def run_cli_main(capsys, main, *args: str) -> str:
+    """Call a CLI main; assert exit 2 and exactly one error line without a traceback."""
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(("error:", "config error:"))]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def sample_refused(capsys, model_dir: Path, *extra: str, model: str | None = None) -> str:
+    from critique_jax import sample
+
+    before = snapshot(model_dir)
+    line = run_cli_main(
+        capsys, sample.main, "--model", model or str(model_dir), "--prompt", "hi", *extra
+    )
+    assert snapshot(model_dir) == before
+    return line
+
+
+def _weights(model_dir: Path) -> Path:
+    return model_dir / "model.safetensors"
+
+
+def test_truncated_safetensors_is_named(capsys, model_dir):
+    data = _weights(model_dir).read_bytes()
+    _weights(model_dir).write_bytes(data[: len(data) // 2])
+    line = sample_refused(capsys, model_dir)
+    assert f"{_weights(model_dir)} is not a valid safetensors file" in line
+    assert "(truncated)" in line and "download or copy it again" in line
+
+
+def test_empty_safetensors_is_named(capsys, model_dir):
+    _weights(model_dir).write_bytes(b"")
+    line = sample_refused(capsys, model_dir)
+    assert "model.safetensors is not a valid safetensors file: it has 0 bytes" in line
+
+
+def test_random_bytes_safetensors_is_named(capsys, model_dir):
+    import numpy as np
+
+    _weights(model_dir).write_bytes(np.random.default_rng(0).bytes(4096))
+    line = sample_refused(capsys, model_dir)
+    assert "model.safetensors is not a valid safetensors file: its header claims" in line
+
+
+def test_safetensors_with_a_garbage_header_is_named(capsys, model_dir):
+    import struct
+
+    _weights(model_dir).write_bytes(struct.pack("<Q", 6) + b"\xff{}{}{" + b"\0" * 64)
+    line = sample_refused(capsys, model_dir)
+    assert "its header is not JSON" in line
+
+
+def test_config_json_not_json_is_named(capsys, model_dir):
+    (model_dir / "config.json").write_text('{"model_type": "llama",')
+    line = sample_refused(capsys, model_dir)
+    assert f"{model_dir / 'config.json'} is not valid JSON (line 1" in line
+
+
+def test_config_json_missing_field_is_named(capsys, model_dir):
+    import json
+
+    hf = json.loads((model_dir / "config.json").read_text())
+    del hf["hidden_size"]
+    (model_dir / "config.json").write_text(json.dumps(hf))
+    line = sample_refused(capsys, model_dir)
+    assert "config.json lacks the field 'hidden_size'" in line
+
+
+def test_config_json_wrong_type_is_named(capsys, model_dir):
+    import json
+
+    hf = json.loads((model_dir / "config.json").read_text())
+    hf["num_attention_heads"] = "four"
+    (model_dir / "config.json").write_text(json.dumps(hf))
+    line = sample_refused(capsys, model_dir)
+    assert "config.json has a value of the wrong type or range" in line
+
+
+def test_config_json_foreign_model_type_is_named(capsys, model_dir):
+    (model_dir / "config.json").write_text('{"model_type": "gpt2"}')
+    line = sample_refused(capsys, model_dir)
+    assert "config.json: model_type 'gpt2' is not supported" in line
+
+
+def test_non_finite_weights_are_refused(capsys, model_dir):
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(_weights(model_dir)))
+    name = "model.layers.1.mlp.up_proj.weight"
+    tensors[name] = tensors[name].copy()
+    tensors[name][0, :3] = [np.nan, np.inf, np.nan]
+    save_file(tensors, str(_weights(model_dir)), metadata={"format": "pt"})
+    line = sample_refused(capsys, model_dir)
+    assert f"tensor {name} in {_weights(model_dir)} has 3 non-finite values" in line
+
+
+def test_missing_relative_dir_is_missing_not_a_hub_id(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    line = sample_refused(capsys, tmp_path / "runs", model="runs/sft")
+    assert "checkpoint directory runs/sft does not exist (relative to" in line
+    assert "hub" not in line
+
+
+def test_missing_nested_dir_is_missing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = sample_refused(capsys, tmp_path, model="runs/sft/hf")
+    assert "checkpoint directory runs/sft/hf does not exist" in line
+
+
+def test_hub_ids_are_still_recognised():
+    from critique_jax.models.hf import looks_like_hub_id
+
+    assert looks_like_hub_id("Qwen/Qwen2.5-0.5B-Instruct")
+    assert not looks_like_hub_id("./Qwen/x") and not looks_like_hub_id("/abs/x")
+    assert not looks_like_hub_id("runs/a/b")
+
+
+def test_check_hf_refuses_a_damaged_checkpoint(capsys, model_dir):
+    from critique_jax import check_hf
+
+    pytest.importorskip("torch")
+    _weights(model_dir).write_bytes(b"\0" * 4)
+    before = snapshot(model_dir)
+    line = run_cli_main(capsys, check_hf.main, str(model_dir))
+    assert "model.safetensors is not a valid safetensors file: it has 4 bytes" in line
+    assert snapshot(model_dir) == before
+
+
+def test_sample_bad_sampling_flag_is_refused(capsys, model_dir):
+    line = sample_refused(capsys, model_dir, "--temperature", "-1")
+    assert "temperature=-1.0 must be >= 0" in line
+
+
+def test_one_layer_model_round_trips(tmp_path):
+    """A 1-layer scanned stack is still [1, ...] inside and per-layer tensors outside:
+    export, re-import (scanned and not) and transformers' load all agree."""
+    import jax
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    import transformers as tr
+
+    from critique_jax.models import Transformer, preset
+    from critique_jax.models.hf import SafetensorsIndex, load_hf, save_hf
+    from critique_jax.models.loading import init_sharded_params
+
+    cfg = preset("tiny", num_layers=1)
+    params = init_sharded_params(cfg, 0, None)
+    out = save_hf(cfg, params, tmp_path / "hf")
+    q = SafetensorsIndex(out).get("model.layers.0.self_attn.q_proj.weight")
+    assert q.ndim == 2
+    for scan in (True, False):
+        cfg2, params2 = load_hf(out, scan_layers=scan)
+        assert cfg2.num_layers == 1
+        if scan:
+            same = jax.tree.map(lambda a, b: np.array_equal(a, b), params, params2)
+            assert all(jax.tree.leaves(same))
+    ids = np.array([[3, 17, 42, 5, 9]], np.int32)
+    ours = Transformer(cfg).apply({"params": params}, ids, np.arange(5, dtype=np.int32)[None])
+    model = tr.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids.astype(np.int64))).logits[0].numpy()
+    assert np.abs(np.asarray(ours)[0] - ref).max() < 1e-4
+    resaved = save_hf(cfg2, params2, tmp_path / "hf2")
+    a, b = SafetensorsIndex(out), SafetensorsIndex(resaved)
+    assert set(a.tensors) == set(b.tensors)
+    for name in a.tensors:
+        assert np.array_equal(a.get(name), b.get(name)), name

@@ -21,11 +21,12 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import Sharding, SingleDeviceSharding
 
+from critique_jax.errors import UserError
 from critique_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
 from critique_jax.models.transformer import abstract_params
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError):
     """An HF directory or tensor that cannot be mapped onto the model."""
 
 
@@ -155,7 +156,14 @@ class SafetensorsIndex:
         self.directory = directory
         index = directory / "model.safetensors.index.json"
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()
+            ):
+                raise CheckpointFormatError(
+                    f"{index} has no weight_map of tensor name -> file; re-export the "
+                    "checkpoint (or delete the index when there is one model.safetensors)"
+                )
             files = sorted(set(weight_map.values()))
         elif (directory / "model.safetensors").exists():
             files = ["model.safetensors"]
@@ -174,12 +182,14 @@ class SafetensorsIndex:
         self.tensors: dict[str, tuple[Path, dict[str, Any], int]] = {}
         for name in files:
             path = directory / name
-            with path.open("rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            header.pop("__metadata__", None)
+            if not path.is_file():
+                raise CheckpointFormatError(
+                    f"{path} is missing but model.safetensors.index.json lists it; "
+                    "copy the whole checkpoint directory again"
+                )
+            base, header = _read_safetensors_header(path)
             for key, info in header.items():
-                self.tensors[key] = (path, info, 8 + n)
+                self.tensors[key] = (path, info, base)
 
     def __contains__(self, key: str) -> bool:
         return key in self.tensors
@@ -196,6 +206,68 @@ class SafetensorsIndex:
             if end > start
             else np.zeros(shape, dtype)
         )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or `CheckpointFormatError` naming the file and the spot."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointFormatError(f"{path} is not UTF-8 text ({e.reason})") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointFormatError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+            "restore it from the original checkpoint"
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointFormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def _read_safetensors_header(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(data offset, tensor name -> info) of a safetensors file, every field checked against
+    the file: an empty, truncated or foreign file is a `CheckpointFormatError` naming it."""
+    size = path.stat().st_size
+    fix = "re-export it, or download or copy it again"
+
+    def bad(problem: str) -> CheckpointFormatError:
+        return CheckpointFormatError(f"{path} is not a valid safetensors file: {problem}; {fix}")
+
+    if size < 8:
+        raise bad(f"it has {size} bytes (empty or truncated)")
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > min(size - 8, _MAX_HEADER):
+            raise bad(f"its header claims {n} bytes but the file has {size} (truncated or foreign)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("its header is not JSON (a foreign or damaged file)") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    base = 8 + n
+    for key, info in header.items():
+        try:
+            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            count = int(np.prod(shape, dtype=np.int64))
+            ok = all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= start <= end
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"the header entry of tensor {key} is malformed") from None
+        if not ok:
+            raise bad(f"tensor {key} has shape {shape} and offsets {[start, end]}")
+        if base + end > size:
+            raise bad(
+                f"tensor {key} ends at byte {base + end} but the file has {size} bytes (truncated)"
+            )
+        np_dtype = _ST_DTYPES.get(dtype)
+        if np_dtype is not None and end - start != count * np.dtype(np_dtype).itemsize:
+            raise bad(f"tensor {key} has {end - start} bytes for shape {shape} of {dtype}")
+    return base, header
 
 
 def _heads_in(w, cfg, n):  # HF [n*h, e] -> ours [e, n, h]
@@ -291,6 +363,12 @@ def _get(tree: dict, path: str) -> Any:
     return tree
 
 
+def _stacked(ours: str) -> bool:
+    """Whether our param stacks every layer along axis 0 (scanned layers: [L, ...], also
+    for L = 1), as opposed to one layer's or a top-level tensor."""
+    return ours.startswith("layers/")
+
+
 def param_entries(cfg: ModelConfig) -> Iterator[tuple[str, list[str], Transform, Transform]]:
     """(our param path, the HF tensor names stacked into it, to_ours, to_hf), in file order."""
     for ours, hf, to_ours, to_hf, _ in TOP_TENSORS[:1]:
@@ -320,17 +398,29 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
             f"{path} is not a Hugging Face checkpoint directory: config.json is missing. "
             "Point --model/model.path at a directory saved by transformers' save_pretrained."
         )
-    return json.loads(cfg_file.read_text())
+    return _read_json(cfg_file)
+
+
+def looks_like_hub_id(path: str | Path) -> bool:
+    """`org/name` with no local meaning: not absolute, not ./ or ~, and `org` is not a local
+    directory (so a missing `runs/sft/hf` or `runs/x` is reported missing, not fetched)."""
+    text = str(path)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")) or text.endswith("/"):
+        return False
+    org, name = text.split("/")
+    return bool(org and name) and not Path(org).exists()
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """A local directory, or a hub repo id downloaded to the HF cache (needs network)."""
+    if not str(path).strip():
+        raise CheckpointFormatError("the model path is empty; give an HF checkpoint directory")
     p = Path(path).expanduser()
     if p.is_dir():
         return p
     if p.exists():
         raise CheckpointFormatError(f"{p} is a file; give the checkpoint *directory*.")
-    if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+    if looks_like_hub_id(path):
         from huggingface_hub import snapshot_download
 
         try:
@@ -348,11 +438,16 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
                 )
             )
         except Exception as e:  # noqa: BLE001 - any hub failure means the same fix
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             raise CheckpointFormatError(
-                f"{path} is not a local directory and could not be fetched from the hub ({e}). "
-                "Download it elsewhere and pass the local directory."
-            ) from e
-    raise CheckpointFormatError(f"checkpoint directory {p} does not exist.")
+                f"{path} is not a local directory and could not be fetched from the hub "
+                f"({reason}). Download it elsewhere and pass the local directory."
+            ) from None
+    raise CheckpointFormatError(
+        f"checkpoint directory {p} does not exist"
+        + (f" (relative to {Path.cwd()})" if not p.is_absolute() else "")
+        + "; check the path, or train the stage that writes it first."
+    )
 
 
 def load_hf(
@@ -367,7 +462,7 @@ def load_hf(
     pytree; each tensor is placed directly onto its shards. Default: the first device.
     """
     directory = resolve_checkpoint_dir(path)
-    cfg = config_from_hf(read_hf_config(directory), **overrides)
+    cfg = _config_from_file(directory, overrides)
     tensors = SafetensorsIndex(directory)
     abstract = nn.meta.unbox(abstract_params(cfg))
     if callable(shardings):
@@ -375,7 +470,8 @@ def load_hf(
     params: dict = {}
     for ours, names, to_ours, to_hf in param_entries(cfg):
         target = _get(abstract, ours)
-        expected_one = target.shape[1:] if len(names) > 1 else target.shape
+        stacked = _stacked(ours)
+        expected_one = target.shape[1:] if stacked else target.shape
         hf_shape = jax.eval_shape(
             lambda w, fn=to_hf: fn(w, cfg), jax.ShapeDtypeStruct(expected_one, np.float32)
         ).shape
@@ -392,8 +488,10 @@ def load_hf(
                     f"tensor {name} has shape {tuple(raw.shape)} but config.json implies "
                     f"{tuple(hf_shape)}; the checkpoint and its config.json disagree."
                 )
-            parts.append(to_ours(raw, cfg).astype(cfg.jnp_param_dtype))
-        host = np.stack(parts) if len(names) > 1 else parts[0]
+            value = to_ours(raw, cfg).astype(cfg.jnp_param_dtype)
+            _check_finite(value, name, tensors.tensors[name][0])
+            parts.append(value)
+        host = np.stack(parts) if stacked else parts[0]
         sharding = (
             _get(shardings, ours)
             if shardings is not None
@@ -401,6 +499,46 @@ def load_hf(
         )
         _set(params, ours, _place(host, sharding))
     return cfg, params
+
+
+def _config_from_file(directory: Path, overrides: dict[str, Any]) -> ModelConfig:
+    """config_from_hf of directory/config.json; a missing or wrongly typed field is a
+    `CheckpointFormatError` naming the file, a bad override one naming model.overrides."""
+    where = directory / "config.json"
+    hf = read_hf_config(directory)
+    try:
+        cfg = config_from_hf(hf)
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(f"{where}: {e}") from None
+    except KeyError as e:
+        raise CheckpointFormatError(
+            f"{where} lacks the field {e.args[0]!r}; restore it from the original checkpoint"
+        ) from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise CheckpointFormatError(
+            f"{where} has a value of the wrong type or range ({type(e).__name__}: {e}); "
+            "restore it from the original checkpoint"
+        ) from None
+    if not overrides:
+        return cfg
+    try:
+        return config_from_hf(hf, **overrides)
+    except (TypeError, ValueError) as e:
+        raise CheckpointFormatError(
+            f"model.overrides {overrides} do not apply to {where} ({e}); valid keys are "
+            "ModelConfig fields (dtype, param_dtype, scan_layers, remat, ...)"
+        ) from None
+
+
+def _check_finite(value: np.ndarray, name: str, path: Path) -> None:
+    finite = np.isfinite(value)
+    if not finite.all():
+        bad = int(value.size - np.count_nonzero(finite))
+        raise CheckpointFormatError(
+            f"tensor {name} in {path} has {bad} non-finite values (NaN/inf) of {value.size}; "
+            "the weights are damaged or training diverged: export them again from a good "
+            "checkpoint"
+        )
 
 
 def _place(host: np.ndarray, sharding: Sharding) -> jax.Array:
@@ -456,7 +594,7 @@ def save_hf(
         for ours, names, _, to_hf in param_entries(cfg):
             value = _gather(_get(params, ours))
             for i, name in enumerate(names):
-                layer = value[i] if len(names) > 1 else value
+                layer = value[i] if _stacked(ours) else value
                 tensor = np.ascontiguousarray(to_hf(layer, cfg))
                 if size + tensor.nbytes > max_shard_bytes and shards[-1]:
                     shards.append({})

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from critique_jax.errors import UserError
+
+
+class PromptError(UserError):
+    """A prompt the model cannot take (empty, too long, token ids outside its vocabulary)."""
+
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
@@ -48,7 +54,7 @@ class Buckets:
         """The prompt-length bucket of a prompt block of `n` tokens."""
         cap = min(self.max_length or model_max, model_max)
         if n > cap:
-            raise ValueError(
+            raise PromptError(
                 f"prompt of {n} tokens is longer than the largest prompt bucket ({cap} tokens: "
                 f"max_length={self.max_length}, model max_position_embeddings={model_max}). "
                 "Shorten or truncate the prompt, or raise Buckets.max_length."

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from critique_jax.sampling.buckets import Buckets, plan_calls
+from critique_jax.sampling.buckets import Buckets, PromptError, plan_calls
 from critique_jax.sampling.engine import DecodeOut, Engine, Params
 from critique_jax.sampling.filters import FilterSpec
 from critique_jax.sampling.params import Completion, SamplingParams
@@ -17,6 +18,8 @@ from critique_jax.sampling.prefixes import (
     left_pad,
     plan_shared_prefill,
 )
+
+log = logging.getLogger(__name__)
 
 
 def stop_array(stop_ids: Sequence[int]) -> np.ndarray:
@@ -73,15 +76,25 @@ def prepare_calls(
     vocab = engine.cfg.vocab_size
     for i, ids in enumerate(prompt_ids):
         if len(ids) == 0:
-            raise ValueError(f"prompt {i} has no tokens; every prompt needs at least one token.")
+            raise PromptError(f"prompt {i} has no tokens; every prompt needs at least one token.")
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(
+            raise PromptError(
                 f"prompt {i} has token ids {bad[:5]} outside the vocabulary "
                 f"[0, {vocab}); is the tokenizer the model's own?"
             )
     lengths = [len(ids) for ids in prompt_ids]
     model_max = engine.cfg.max_position_embeddings
+    longest = max(lengths, default=0)
+    if longest + sp.max_new_tokens > model_max:
+        log.warning(
+            "a prompt of %d tokens + max_new_tokens=%d passes the model's context of %d "
+            "positions (max_position_embeddings): tokens past it are generated at positions "
+            "the model was not trained on",
+            longest,
+            sp.max_new_tokens,
+            model_max,
+        )
     share = buckets.share_prefix if engine.cfg.sliding_window is None else 0
     clusters = (
         cluster_prompts(prompt_ids, share, max(buckets.max_batch // sp.n, 1))

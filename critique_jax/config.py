@@ -137,6 +137,9 @@ class StageConfig:
     stage: str = "demo"
     run_dir: str = "runs/demo"
     seed: int = bounded(0, ge=0, lt=2**32, hint="numpy and JAX seeds are unsigned 32-bit")
+    # A rerun on a run_dir made with other settings or inputs stops (runio.check_resume);
+    # overwrite=true moves that run's files aside to <run_dir>.replaced-<time> and starts fresh.
+    overwrite: bool = False
     # How critiques are written, prompted for and parsed in this stage: MathCritique's
     # verdict_first, or reason_first (a check before each verdict) for small critics.
     critique_format: CritiqueFormat = "verdict_first"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import operator
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, KeysView, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import jax
+
+from critique_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -209,3 +213,175 @@ class RecordLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- resume fingerprint
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+# Settings that do not change what a run computes (logging, checkpoint cadence, how the same
+# computation is laid out on devices, gradient accumulation, remat): a rerun may change them.
+PRESENTATION_KEYS = frozenset(
+    {
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "async_checkpoint",
+        "resume",
+        "overwrite",
+        "microbatches",
+        "mesh",
+        "remat",
+        "attention_impl",
+    }
+)
+# Config keys that name input files or directories, whose contents are fingerprinted too.
+_PATH_KEYS = ("path", "tokenizer")
+_HASH_WHOLE = 64 * 1024 * 1024  # larger files: size + first and last MiB
+
+
+class ResumeMismatchError(UserError):
+    """A rerun on a run_dir made with other settings or inputs (see `check_resume`)."""
+
+
+def settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus presentation keys (at any depth): what determines the outputs."""
+    return {
+        k: settings_of(v) if isinstance(v, dict) else v
+        for k, v in config.items()
+        if k not in PRESENTATION_KEYS
+    }
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= _HASH_WHOLE:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(1 << 20))
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
+def _path_digest(path: Path) -> str | None:
+    """A file's digest, or a directory's over its top-level files (an HF directory, a
+    previous stage's run_dir); None when the path does not exist here."""
+    if path.is_file():
+        return _file_digest(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.name}={_file_digest(p)};".encode())
+        return f"dir:{h.hexdigest()[:16]}"
+    return None
+
+
+def inputs_of(config: dict[str, Any], run_dir: str | Path) -> dict[str, str]:
+    """key -> digest of every input file or directory the config names (keys `path`,
+    `tokenizer`, `*_dir` but run_dir), except those inside run_dir itself (the run's own
+    outputs) and those that do not exist here (hub names, not yet written)."""
+    own = Path(run_dir).resolve()
+    out: dict[str, str] = {}
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}{k}" if not where else f"{where}.{k}")
+            return
+        key = where.rsplit(".", 1)[-1]
+        if not isinstance(node, str) or not node or key == "run_dir":
+            return
+        if key not in _PATH_KEYS and not key.endswith("_dir"):
+            return
+        path = Path(node).expanduser().resolve()
+        if path == own or own in path.parents:
+            return
+        digest = _path_digest(path)
+        if digest is not None:
+            out[where] = f"{node} {digest}"
+
+    walk(config, "")
+    return out
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """'key: old -> new' for values that differ under keys both configs have (a key only
+    one side has is a field added or removed by a code change, not a setting change)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in old.keys() & new.keys():
+            out += _differences(old[k], new[k], f"{where}.{k}" if where else str(k))
+        return sorted(out)
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
+
+
+def check_resume(run_dir: str | Path, config: dict[str, Any], overwrite: bool = False) -> None:
+    """Refuse to continue a run_dir that holds a run made with other settings or inputs.
+
+    The settings are the config minus `PRESENTATION_KEYS` (config.yaml, or fingerprint.json
+    of runs made since it exists); the inputs are digests of the files the config names.
+    With `overwrite`, the run_dir's previous contents are moved aside to
+    `<run_dir>.replaced-<time>` and the run starts fresh.
+    """
+    import yaml
+
+    run_dir = Path(run_dir)
+    fp_file, cfg_file = run_dir / FINGERPRINT_FILE, run_dir / "config.yaml"
+    old_settings = old_inputs = None
+    if fp_file.is_file():
+        try:
+            saved = json.loads(fp_file.read_text())
+            old_settings, old_inputs = saved["settings"], saved["inputs"]
+        except (ValueError, KeyError, TypeError):
+            old_settings = None
+    if old_settings is None and cfg_file.is_file():
+        try:
+            loaded = yaml.safe_load(cfg_file.read_text())
+        except yaml.YAMLError:
+            loaded = None
+        old_settings = settings_of(loaded) if isinstance(loaded, dict) else None
+    if old_settings is None:
+        return
+    changed = _differences(old_settings, settings_of(config))
+    if old_inputs is not None:
+        new_inputs = inputs_of(config, run_dir)
+        changed += [
+            f"{k} (contents): {old_inputs[k]} -> {new_inputs[k]}"
+            for k in sorted(old_inputs.keys() & new_inputs.keys())
+            if old_inputs[k] != new_inputs[k]
+        ]
+    if not changed:
+        return
+    if overwrite:
+        _move_aside(run_dir)
+        return
+    shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+    raise ResumeMismatchError(
+        f"run_dir {run_dir} holds a run made with other settings or inputs ({shown}); its "
+        "results would mix with or stand for this run's. Use another run_dir, restore those "
+        "settings to resume it, or pass overwrite=true to move its contents aside and start "
+        "fresh"
+    )
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """Move everything in run_dir but its lock into a sibling `<name>.replaced-<time>`."""
+    aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside.mkdir(parents=True, exist_ok=False)
+    for entry in run_dir.iterdir():
+        if entry.name != ".lock":
+            entry.rename(aside / entry.name)
+    log.warning("overwrite=true: moved the previous contents of %s to %s", run_dir, aside)
+    return aside
+
+
+def write_fingerprint(run_dir: str | Path, config: dict[str, Any]) -> None:
+    atomic_write_json(
+        Path(run_dir) / FINGERPRINT_FILE,
+        {"settings": settings_of(config), "inputs": inputs_of(config, run_dir)},
+    )

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from critique_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Rules for `constrain` set by `mesh_context`. Not flax's `nn.logical_axis_rules`: with those
@@ -48,21 +50,25 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+class MeshError(UserError):
+    """A mesh shape that does not fit the devices."""
+
+
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh with Auto axes; -1 in one place takes the remaining devices."""
     devices = list(devices if devices is not None else jax.devices())
     shape = list(shape)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+        raise MeshError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+        raise MeshError(f"mesh shape {shape}: at most one axis may be -1")
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
         if len(devices) % known:
-            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+            raise MeshError(f"mesh shape {shape} does not divide {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
-        raise ValueError(
+        raise MeshError(
             f"mesh shape {dict(zip(MESH_AXES, shape, strict=True))} needs {int(np.prod(shape))}"
             f" devices but {len(devices)} are available; set mesh.shape so that the product "
             f"equals the device count (use -1 for one axis to fill it)."

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from critique_jax.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml
-from critique_jax.errors import DEBUG_ENV, debug_requested, run_cli
+from critique_jax.config import (
+    ConfigError,
+    MeshConfig,
+    ModelSpec,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    save_yaml,
+    to_dict,
+)
+from critique_jax.errors import DEBUG_ENV, debug_requested, run_cli, user_error_message
 
 STAGES = {
     "demo": "critique_jax.pipelines.demo",  # the whole loop on the embedded arithmetic world
@@ -42,6 +55,66 @@ def build_config(path: str | None, overrides: list[str]) -> Any:
     return module, from_dict(module.Config, data)
 
 
+def _sections(node: Any, where: str = "") -> Iterator[tuple[Any, str]]:
+    """Every dataclass section of a config with its key prefix ("" or "critic.")."""
+    if not dataclasses.is_dataclass(node):
+        return
+    yield node, where
+    for f in dataclasses.fields(node):
+        yield from _sections(getattr(node, f.name), f"{where}{f.name}.")
+
+
+def _model_context(spec: ModelSpec, where: str) -> int | None:
+    """max_position_embeddings of a preset or a local HF directory's config.json (None when
+    it is not readable here: a hub id, a directory a previous stage has yet to write)."""
+    from critique_jax.models.config import preset
+
+    if spec.preset is not None:
+        try:
+            return preset(spec.preset, **spec.overrides).max_position_embeddings
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}model: {e}") from None
+    config_json = Path(spec.path or "") / "config.json"
+    if not config_json.is_file():
+        return None
+    try:
+        value = json.loads(config_json.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_hf reports the damaged file with its name
+    return value if isinstance(value, int) else None
+
+
+def preflight(cfg: Any) -> None:
+    """Checks that need the devices or the model's config, before any stage work: each mesh
+    against the device count, batch sizes against each mesh, seq_len against the model's
+    context (for the TrainConfigs next to a `mesh` / `model` in the same section)."""
+    from critique_jax.sharding import mesh_from_config, rules_from_config
+    from critique_jax.trainer import check_batch_layout
+
+    for node, where in _sections(cfg):
+        values = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+        trains = {k: v for k, v in values.items() if isinstance(v, TrainConfig)}
+        spec = values.get("model")
+        context = _model_context(spec, where) if isinstance(spec, ModelSpec) else None
+        for key, train in trains.items():
+            if context is not None and train.seq_len > context:
+                raise ConfigError(
+                    f"{where}{key}.seq_len={train.seq_len} is longer than the model's context "
+                    f"of {context} positions ({where}model max_position_embeddings); set "
+                    f"{where}{key}.seq_len <= {context}"
+                )
+        mesh_cfg = values.get("mesh")
+        if not isinstance(mesh_cfg, MeshConfig):
+            continue
+        mesh = mesh_from_config(mesh_cfg)
+        rules = rules_from_config(mesh_cfg.rules)
+        for key, train in trains.items():
+            try:
+                check_batch_layout(train.batch_size, train.microbatches, mesh, rules)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("train.", f"{where}{key}.")) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m critique_jax.train",
@@ -65,22 +138,57 @@ def _train(config: str | None, overrides: list[str]) -> int:
 
     initialize_distributed()  # before any stage import touches a JAX backend
     module, cfg = build_config(config, overrides)
+    preflight(cfg)
 
     import jax
 
-    from critique_jax.runio import RunDirBusyError, run_dir_lock
+    from critique_jax.runio import (
+        FINGERPRINT_FILE,
+        RunDirBusyError,
+        check_resume,
+        run_dir_lock,
+        write_fingerprint,
+    )
 
     first = jax.process_index() == 0  # one lock and one config file per run, not per host
+    run_dir = Path(cfg.run_dir)
     try:
-        with run_dir_lock(cfg.run_dir) if first else contextlib.nullcontext():
+        with run_dir_lock(run_dir) if first else contextlib.nullcontext():
+            kept: dict[Path, bytes | None] = {}
             if first:
-                save_yaml(cfg, f"{cfg.run_dir}/config.yaml")
-            results = module.run(cfg)
+                settings = to_dict(cfg)
+                check_resume(run_dir, settings, cfg.overwrite)  # before anything is written
+                if (run_dir / "config.yaml").is_file():  # the same run, resumed
+                    kept = {
+                        p: _read(p) for p in (run_dir / "config.yaml", run_dir / FINGERPRINT_FILE)
+                    }
+                save_yaml(cfg, run_dir / "config.yaml")
+                write_fingerprint(run_dir, settings)
+            try:
+                results = module.run(cfg)
+            except Exception as e:
+                if user_error_message(e) is not None:  # e.g. a bad data file: as it was
+                    for path, data in kept.items():
+                        _restore(path, data)
+                raise
     except RunDirBusyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(results, default=str))
     return 0
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def _restore(path: Path, data: bytes | None) -> None:
+    from critique_jax.runio import atomic_write_text
+
+    if data is None:
+        path.unlink(missing_ok=True)
+    elif _read(path) != data:
+        atomic_write_text(path, data.decode())
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from critique_jax import losses
 from critique_jax.checkpoint import Checkpointer
-from critique_jax.config import MeshConfig, OptimConfig, TrainConfig
+from critique_jax.config import ConfigError, MeshConfig, OptimConfig, TrainConfig
 from critique_jax.metrics import (
     MetricsLogger,
     mfu,
@@ -173,11 +173,11 @@ def check_batch_layout(batch_size: int, microbatches: int, mesh: Mesh, rules: Ru
     """Reject a batch that cannot be split evenly, before anything compiles."""
     dp = data_parallel_size(mesh, rules)
     if microbatches < 1:
-        raise ValueError(f"train.microbatches={microbatches} must be >= 1.")
+        raise ConfigError(f"train.microbatches={microbatches} must be >= 1.")
     procs = len(mesh_processes(mesh))
     if batch_size % (dp * microbatches) or batch_size % procs:
         multiple = math.lcm(dp * microbatches, procs)
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch_size} must be divisible by the data-parallel size "
             f"{dp} (mesh axes {batch_axes(rules)} of mesh {dict(mesh.shape)}) x "
             f"train.microbatches={microbatches} = {dp * microbatches}"

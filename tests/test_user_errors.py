@@ -28,7 +28,7 @@ def snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"  # the run_dir lock: no result of a run
     }
 
 
@@ -399,3 +399,208 @@ def test_one_layer_model_round_trips(tmp_path):
     assert set(a.tensors) == set(b.tensors)
     for name in a.tensors:
         assert np.array_equal(a.get(name), b.get(name)), name
+
+
+# --------------------------------------------------------------------------- layout and model
+
+
+def test_seq_len_past_the_model_context_is_refused(capsys, run_dir):
+    line = refused(capsys, run_dir, "train.seq_len=4096")
+    assert "train.seq_len=4096 is longer than the model's context of 1024" in line
+
+
+def test_batch_not_divisible_by_microbatches_is_refused(capsys, run_dir):
+    line = refused(capsys, run_dir, "train.batch_size=8", "train.microbatches=3")
+    assert "train.batch_size=8 must be divisible" in line and "multiple of 3" in line
+
+
+def test_mesh_larger_than_the_devices_is_refused(capsys, run_dir):
+    line = refused(capsys, run_dir, "mesh.shape=[4096,1,1]")
+    assert "needs 4096 devices but" in line and "set mesh.shape" in line
+
+
+def test_unknown_model_override_is_refused(capsys, run_dir):
+    line = refused(capsys, run_dir, "model.overrides={num_layer: 1}")
+    assert "unknown model config keys ['num_layer']" in line
+
+
+def test_zero_layers_is_refused(capsys, run_dir):
+    line = refused(capsys, run_dir, "model.overrides={num_layers: 0}")
+    assert "num_layers=0 must be a positive int" in line
+
+
+def test_negative_data_limit_is_refused(capsys, run_dir):
+    line = refused(capsys, run_dir, "data.limit=-3")
+    assert "data.limit=-3" in line
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def _critique_record(**fields) -> str:
+    import json
+
+    record = {"question": "What is 2 + 3?", "solution": "2 + 3 = 5.", "critique": "Correct."}
+    return json.dumps({**record, **fields}) + "\n"
+
+
+def data_refused(capsys, run_dir: Path, data: Path) -> str:
+    before = snapshot(data.parent)
+    line = refused(capsys, run_dir, f"data.path={data}")
+    assert snapshot(data.parent) == before
+    return line
+
+
+def test_non_utf8_data_is_named_with_its_line(capsys, run_dir, tmp_path):
+    data = tmp_path / "data" / "sft.jsonl"
+    data.parent.mkdir()
+    latin1 = _critique_record().replace("Correct.", "Caf\u00e9")
+    data.write_bytes(_critique_record().encode() + latin1.encode("latin-1"))
+    line = data_refused(capsys, run_dir, data)
+    assert f"{data} line 2: not UTF-8 text" in line and "save the file as UTF-8" in line
+
+
+def test_wrong_field_type_is_named_with_its_line(capsys, run_dir, tmp_path):
+    data = tmp_path / "data" / "sft.jsonl"
+    data.parent.mkdir()
+    data.write_text(_critique_record() + _critique_record(question=123))
+    line = data_refused(capsys, run_dir, data)
+    assert f"{data} line 2: format 'critique' needs string fields" in line
+    assert "question (int)" in line
+
+
+def test_empty_data_file_is_named(capsys, run_dir, tmp_path):
+    data = tmp_path / "data" / "sft.jsonl"
+    data.parent.mkdir()
+    data.write_text("\n\n")
+    line = data_refused(capsys, run_dir, data)
+    assert f"{data}: the file is empty" in line
+
+
+def test_empty_json_list_is_named(capsys, run_dir, tmp_path):
+    data = tmp_path / "data" / "sft.json"
+    data.parent.mkdir()
+    data.write_text("[]")
+    line = data_refused(capsys, run_dir, data)
+    assert f"{data}: the file holds no records" in line
+
+
+def test_missing_data_file_is_named(capsys, run_dir, tmp_path):
+    line = refused(capsys, run_dir, f"data.path={tmp_path / 'none.jsonl'}")
+    assert "none.jsonl: file not found" in line
+
+
+def test_non_numeric_gsm8k_gold_is_refused(tmp_path):
+    import json
+
+    from critique_jax.data.loaders import DataError, load_gsm8k
+
+    data = tmp_path / "gsm8k.jsonl"
+    rows = [
+        {"question": "Ava has 7 and buys 11. How many?", "answer": "7 + 11 = 18\n#### 18"},
+        {"question": "Ben has 9 and buys 9. How many?", "answer": "9 + 9 = 18\n#### eighteen"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"gsm8k.jsonl line 2: .*'eighteen' after '####' is not a"):
+        load_gsm8k(data)
+    assert [p.answer for p in load_gsm8k(data, limit=1)] == ["18"]
+
+
+def test_problem_record_with_wrong_types_is_named(tmp_path):
+    import json
+
+    from critique_jax.data.loaders import DataError
+    from critique_jax.data.sources import ProblemSource, load_problems
+
+    data = tmp_path / "problems.jsonl"
+    data.write_text(
+        json.dumps({"id": 1, "question": "What is 2 + 3?", "answer": 5})
+        + "\n"
+        + json.dumps({"id": "b", "question": ["What?"], "answer": "5"})
+        + "\n"
+    )
+    with pytest.raises(DataError, match=r"problems.jsonl line 2: 'question' must be a non-empty"):
+        load_problems(ProblemSource(kind="jsonl", path=str(data)))
+    data.write_text(json.dumps({"id": 1, "question": "What is 2 + 3?", "answer": 5}) + "\n")
+    (problem,) = load_problems(ProblemSource(kind="jsonl", path=str(data)))
+    assert problem.id == "1" and problem.answer == "5"
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _earlier_run(run_dir: Path, *overrides: str) -> None:
+    """What an earlier sft run on run_dir left: its config.yaml and fingerprint.json."""
+    from critique_jax.config import save_yaml, to_dict
+    from critique_jax.runio import write_fingerprint
+
+    _, cfg = train_cli.build_config(str(SFT_CONFIG), [f"run_dir={run_dir}", *overrides])
+    save_yaml(cfg, run_dir / "config.yaml")
+    write_fingerprint(run_dir, to_dict(cfg))
+
+
+def test_rerun_with_other_settings_is_refused(capsys, run_dir):
+    _earlier_run(run_dir, "train.steps=200")
+    line = refused(capsys, run_dir, "train.steps=400", "optim.learning_rate=0.01")
+    assert f"run_dir {run_dir} holds a run made with other settings" in line
+    assert "train.steps: 200 -> 400" in line and "optim.learning_rate: 0.001 -> 0.01" in line
+    assert "overwrite=true" in line
+
+
+def test_rerun_with_changed_input_contents_is_refused(capsys, run_dir, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(_critique_record())
+    _earlier_run(run_dir, f"data.path={data}")
+    data.write_text(_critique_record(critique="Wrong."))
+    line = refused(capsys, run_dir, f"data.path={data}")
+    assert "data.path (contents):" in line
+
+
+def test_legacy_config_yaml_is_compared_too(capsys, run_dir):
+    (run_dir / "config.yaml").write_text("stage: sft\ntrain: {steps: 7}\n")
+    line = refused(capsys, run_dir)
+    assert "train.steps: 7 -> 200" in line
+
+
+def test_presentation_settings_may_change(run_dir):
+    from critique_jax.config import to_dict
+    from critique_jax.runio import check_resume
+
+    _earlier_run(run_dir, "train.log_every=50", "train.checkpoint_every=100")
+    before = snapshot(run_dir)
+    _, cfg = train_cli.build_config(
+        str(SFT_CONFIG),
+        [
+            f"run_dir={run_dir}",
+            "train.log_every=1",
+            "train.checkpoint_every=5",
+            "mesh.shape=[1,1,1]",
+        ],
+    )
+    check_resume(run_dir, to_dict(cfg))  # accepted: no error
+    assert snapshot(run_dir) == before
+
+
+def test_overwrite_moves_the_earlier_run_aside(run_dir):
+    from critique_jax.config import to_dict
+    from critique_jax.runio import check_resume
+
+    _earlier_run(run_dir, "train.steps=200")
+    before = snapshot(run_dir)
+    _, cfg = train_cli.build_config(
+        str(SFT_CONFIG), [f"run_dir={run_dir}", "train.steps=300", "overwrite=true"]
+    )
+    check_resume(run_dir, to_dict(cfg), overwrite=cfg.overwrite)
+    (aside,) = run_dir.parent.glob("run.replaced-*")
+    assert snapshot(aside) == before and snapshot(run_dir) == {}
+
+
+def test_user_error_during_a_resumed_run_keeps_config_yaml(capsys, run_dir, tmp_path):
+    """config.yaml is replaced only for a run that goes on: a data error on a resumed run
+    leaves the earlier config.yaml and fingerprint as they were."""
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n")
+    _earlier_run(run_dir, f"data.path={data}")
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text() + "# kept\n")
+    line = refused(capsys, run_dir, f"data.path={data}", "train.log_every=7")
+    assert "the file is empty" in line

@@ -16,6 +16,7 @@ from typing import Any
 
 from critique_jax.data.math import gsm8k_gold, math_gold
 from critique_jax.data.records import Problem
+from critique_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _SHAREGPT_ROLES = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file or record that cannot be read; the message says where and how to fix it."""
 
 
@@ -49,7 +50,18 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
         raise _fail(str(path), "file not found", "check the path (relative paths start at the cwd)")
     if path.suffix not in (".jsonl", ".json"):
         raise _fail(str(path), f"unknown extension {path.suffix!r}", "use a .json or .jsonl file")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise _fail(
+            f"{path} line {line}",
+            f"not UTF-8 text (byte {raw[e.start : e.start + 1]!r} at offset {e.start})",
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+    if not text.strip():
+        raise _fail(str(path), "the file is empty", "write the records into it, or fix the path")
     records: list[tuple[str, Any]] = []
     if path.suffix == ".jsonl":
         for n, line in enumerate(text.splitlines(), start=1):
@@ -77,6 +89,8 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
                 "store the records as a JSON list, or one object a line in a .jsonl file",
             )
         records = [(f"{path} record {i}", r) for i, r in enumerate(data)]
+    if not records:
+        raise _fail(str(path), "the file holds no records", "write the records into it")
     for where, record in records:
         if not isinstance(record, dict):
             raise _fail(

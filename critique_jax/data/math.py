@@ -124,6 +124,11 @@ def gsm8k_gold(answer_field: str) -> str:
     gold = answer_field.rsplit("####", 1)[1].strip().replace(",", "")
     if not gold:
         raise ValueError(f"GSM8K answer has an empty '####' line: {answer_field[-80:]!r}")
+    if not _NUMBER_RE.fullmatch(gold):
+        raise ValueError(
+            f"GSM8K gold answer {gold!r} after '####' is not a number "
+            "(GSM8K answers are numbers, e.g. '#### 18')"
+        )
     return gold
 
 

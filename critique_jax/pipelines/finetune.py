@@ -14,9 +14,10 @@ from typing import Any
 
 import jax
 
-from critique_jax.config import MeshConfig, OptimConfig, TrainConfig
+from critique_jax.config import ConfigError, MeshConfig, OptimConfig, TrainConfig
 from critique_jax.data.batching import BatchIterator, pack_examples, pad_batch, tokenize_example
 from critique_jax.data.critique_format import CritiqueFormat
+from critique_jax.data.loaders import DataError
 from critique_jax.data.prompts import (
     Messages,
     critique_messages,
@@ -63,19 +64,29 @@ def examples_from_records(
     `critique` records are prompted with the instruction of `critique_format`, the format
     their critiques are written in."""
     if fmt not in FORMATS:
-        raise ValueError(f"data format {fmt!r} unknown; choose one of {sorted(FORMATS)}")
+        raise DataError(f"data format {fmt!r} unknown; choose one of {sorted(FORMATS)}")
     fields, build = FORMATS[fmt]
     out = []
     for i, r in enumerate(records):
         where = locations[i] if locations is not None else f"record {i}"
         missing = [f for f in fields if f not in r]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{where}: format {fmt!r} needs fields {list(fields)}"
                 f" but {missing} are missing; fix the record or the data.format"
             )
+        wrong = [
+            f"{f} ({type(r[f]).__name__})"
+            for f in fields
+            if f != "messages" and not isinstance(r[f], str)
+        ]
+        if wrong:
+            raise DataError(
+                f"{where}: format {fmt!r} needs string fields {list(fields)} but "
+                f"{', '.join(wrong)} are not strings; store them as JSON strings"
+            )
         if fmt == "chat" and (not r["messages"] or r["messages"][-1]["role"] != "assistant"):
-            raise ValueError(
+            raise DataError(
                 f"{where}: a chat record must end with an assistant "
                 "message (the completion to learn)"
             )
@@ -113,7 +124,7 @@ def finetune(
     last checkpoint with the same data order).
     """
     if model.tokenizer is None:
-        raise ValueError("fine-tuning needs a tokenizer: set model.tokenizer (or model.path)")
+        raise ConfigError("fine-tuning needs a tokenizer: set model.tokenizer (or model.path)")
     rows = build_rows(model.tokenizer, examples, train.seq_len, train.pack)
     n_rows = len(rows["inputs"])
     batch = train.batch_size

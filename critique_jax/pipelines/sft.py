@@ -47,6 +47,11 @@ class Config(StageConfig):
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self) -> None:
+        if self.data.limit is not None and self.data.limit < 1:
+            raise ConfigError(
+                f"data.limit={self.data.limit}: give a positive number of records, or null "
+                "for all of them"
+            )
         if self.train.steps < 1:
             raise ConfigError(
                 f"train.steps={self.train.steps}: the sft stage must train at least one step "

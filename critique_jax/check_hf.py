@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import numpy as np
 
-from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, run_cli
+from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, exit_cli, run_cli
 
 TOLERANCES = {
     "float32": dict(max_abs_logit_diff=1e-3, kl=1e-6, top1_agreement=1.0),
@@ -113,4 +112,4 @@ def _check(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

@@ -26,7 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from critique_jax.errors import UserError
+from critique_jax.errors import USER_ERRNOS, UserError
 
 
 class CheckpointWarning(UserWarning):
@@ -49,6 +49,30 @@ def _async_options() -> ocp.AsyncOptions:
         return ocp.AsyncOptions(create_directories_asynchronously=False)
     except TypeError:  # an orbax without the option
         return ocp.AsyncOptions()
+
+
+# How a failed write reads once tensorstore / orbax has wrapped the OSError in a ValueError.
+_WRITE_FAILURES = (
+    "RESOURCE_EXHAUSTED",
+    "PERMISSION_DENIED",
+    "No space left on device",
+    "Disk quota exceeded",
+    "Permission denied",
+    "Operation not permitted",
+    "Read-only file system",
+)
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is the disk refusing a write, not a bug."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in USER_ERRNOS:
+            return True
+        if any(marker in str(error) for marker in _WRITE_FAILURES):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def check_writable(directory: Path) -> None:
@@ -107,7 +131,9 @@ class Checkpointer:
                 ),
                 force=True,
             )
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - orbax re-raises a failed earlier save here
+            if not is_write_failure(e):
+                raise
             raise self._write_error(step, e) from e
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -164,6 +190,8 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax re-raises the writer's error as is
+            if not is_write_failure(e):
+                raise
             raise self._write_error(None, e) from e
 
     def close(self) -> None:

@@ -9,8 +9,10 @@ problem, the offending key/file/record and the fix.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -57,3 +59,30 @@ def run_cli(main: Callable[[], int], debug: bool) -> int:
         kind = "config error" if type(e).__name__ == "ConfigError" else "error"
         print(f"{kind}: {' '.join(message.split())}", file=sys.stderr)
         return 2
+
+
+def exit_cli(code: int) -> None:
+    """Exit a CLI with `code`. After a user error (2), or with library threads still alive
+    (orbax's writers after a failed save), skip interpreter teardown: nothing is left to
+    write, and teardown would wait on those threads or print their shutdown noise."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if code == 2 or lingering:
+        os._exit(code)
+    sys.exit(code)
+
+
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_library_tracebacks(names: tuple[str, ...] = ("absl", "orbax")) -> None:
+    """Log those libraries' errors as one line, without the traceback (orbax logs every
+    failed background write with one; the CLI then reports the error once, by its cause)."""
+    for name in names:
+        logging.getLogger(name).addFilter(_NoTraceback())

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, run_cli
+from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, exit_cli, run_cli
 from critique_jax.models import abstract_params
 from critique_jax.models.hf import load_hf, load_tokenizer
 from critique_jax.sampling import Buckets, Sampler, SamplingParams
@@ -117,4 +117,4 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

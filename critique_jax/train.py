@@ -29,7 +29,14 @@ from critique_jax.config import (
     save_yaml,
     to_dict,
 )
-from critique_jax.errors import DEBUG_ENV, debug_requested, run_cli, user_error_message
+from critique_jax.errors import (
+    DEBUG_ENV,
+    debug_requested,
+    exit_cli,
+    quiet_library_tracebacks,
+    run_cli,
+    user_error_message,
+)
 
 STAGES = {
     "demo": "critique_jax.pipelines.demo",  # the whole loop on the embedded arithmetic world
@@ -130,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax"):  # their INFO logs drown the run's own progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return run_cli(lambda: _train(args.config, args.overrides), debug_requested(args.debug))
+    debug = debug_requested(args.debug)
+    if not debug:
+        quiet_library_tracebacks()
+    return run_cli(lambda: _train(args.config, args.overrides), debug)
 
 
 def _train(config: str | None, overrides: list[str]) -> int:
@@ -192,4 +202,4 @@ def _restore(path: Path, data: bytes | None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

@@ -604,3 +604,53 @@ def test_user_error_during_a_resumed_run_keeps_config_yaml(capsys, run_dir, tmp_
     (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text() + "# kept\n")
     line = refused(capsys, run_dir, f"data.path={data}", "train.log_every=7")
     assert "the file is empty" in line
+
+
+# --------------------------------------------------------------------------- CLI plumbing
+
+
+def test_cli_exit_code_and_one_stderr_line(tmp_path):
+    """The real process: exit code 2 and a single stderr line (no traceback, no logs)."""
+    import os
+    import sys
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "CRITIQUE_JAX_DEBUG"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "critique_jax.train", "--config", str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"config error: config file {empty} is empty; give at least `stage:` and its sections "
+        "(see configs/*.yaml), or drop --config to run the demo"
+    ]
+
+
+def test_internal_errors_keep_their_traceback(run_dir, monkeypatch):
+    from critique_jax.pipelines import sft
+
+    def broken(cfg):
+        raise RuntimeError("a bug, not a user error")
+
+    monkeypatch.setattr(sft, "run", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        train_cli.main(["--config", str(SFT_CONFIG), f"run_dir={run_dir}", "data.path=x.jsonl"])
+
+
+def test_disk_refusals_are_told_apart_from_bugs():
+    import errno
+
+    from critique_jax.checkpoint import is_write_failure
+
+    full = ValueError('RESOURCE_EXHAUSTED: Error writing "a/0": No space left on device')
+    assert is_write_failure(full)
+    assert is_write_failure(OSError(errno.ENOSPC, "No space left on device"))
+    wrapped = ValueError("commit failed")
+    wrapped.__cause__ = PermissionError(errno.EACCES, "Permission denied")
+    assert is_write_failure(wrapped)
+    assert not is_write_failure(ValueError("shapes (3,) and (4,) do not match"))

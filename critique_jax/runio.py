@@ -245,12 +245,15 @@ class ResumeMismatchError(UserError):
 
 
 def settings_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The config minus presentation keys (at any depth): what determines the outputs."""
-    return {
-        k: settings_of(v) if isinstance(v, dict) else v
-        for k, v in config.items()
-        if k not in PRESENTATION_KEYS
-    }
+    """The config minus presentation keys (at any depth): what determines the outputs, as
+    JSON data (so a saved fingerprint compares equal to the config it was made from)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in PRESENTATION_KEYS}
+        return node
+
+    return json.loads(json.dumps(strip(config), default=str))
 
 
 def _file_digest(path: Path) -> str:

@@ -654,3 +654,19 @@ def test_disk_refusals_are_told_apart_from_bugs():
     wrapped.__cause__ = PermissionError(errno.EACCES, "Permission denied")
     assert is_write_failure(wrapped)
     assert not is_write_failure(ValueError("shapes (3,) and (4,) do not match"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_rerun_with_the_same_config_resumes(path, tmp_path):
+    """Every shipped config (the demo's included) is accepted again on its own run_dir, by
+    the fingerprint and by the config.yaml of runs made before fingerprints existed."""
+    from critique_jax.config import save_yaml, to_dict
+    from critique_jax.runio import FINGERPRINT_FILE, check_resume, write_fingerprint
+
+    _, cfg = train_cli.build_config(str(path), [f"run_dir={tmp_path}"])
+    save_yaml(cfg, tmp_path / "config.yaml")
+    check_resume(tmp_path, to_dict(cfg))
+    write_fingerprint(tmp_path, to_dict(cfg))
+    _, again = train_cli.build_config(str(path), [f"run_dir={tmp_path}"])
+    check_resume(tmp_path, to_dict(again))
+    assert (tmp_path / FINGERPRINT_FILE).is_file() and (tmp_path / "config.yaml").is_file()

@@ -670,3 +670,10 @@ def test_rerun_with_the_same_config_resumes(path, tmp_path):
     _, again = train_cli.build_config(str(path), [f"run_dir={tmp_path}"])
     check_resume(tmp_path, to_dict(again))
     assert (tmp_path / FINGERPRINT_FILE).is_file() and (tmp_path / "config.yaml").is_file()
+
+
+def test_missing_tokenizer_dir_is_named(capsys, run_dir, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(_critique_record())
+    line = refused(capsys, run_dir, f"data.path={data}", f"model.tokenizer={tmp_path / 'tok'}")
+    assert f"tokenizer directory {tmp_path / 'tok'} does not exist" in line

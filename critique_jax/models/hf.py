@@ -411,15 +411,15 @@ def looks_like_hub_id(path: str | Path) -> bool:
     return bool(org and name) and not Path(org).exists()
 
 
-def resolve_checkpoint_dir(path: str | Path) -> Path:
+def resolve_checkpoint_dir(path: str | Path, what: str = "checkpoint directory") -> Path:
     """A local directory, or a hub repo id downloaded to the HF cache (needs network)."""
     if not str(path).strip():
-        raise CheckpointFormatError("the model path is empty; give an HF checkpoint directory")
+        raise CheckpointFormatError(f"the {what} path is empty; give an HF {what}")
     p = Path(path).expanduser()
     if p.is_dir():
         return p
     if p.exists():
-        raise CheckpointFormatError(f"{p} is a file; give the checkpoint *directory*.")
+        raise CheckpointFormatError(f"{p} is a file; give the {what}.")
     if looks_like_hub_id(path):
         from huggingface_hub import snapshot_download
 
@@ -444,7 +444,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
                 f"({reason}). Download it elsewhere and pass the local directory."
             ) from None
     raise CheckpointFormatError(
-        f"checkpoint directory {p} does not exist"
+        f"{what} {p} does not exist"
         + (f" (relative to {Path.cwd()})" if not p.is_absolute() else "")
         + "; check the path, or train the stage that writes it first."
     )
@@ -550,7 +550,7 @@ def load_tokenizer(path: str | Path, cfg: ModelConfig | None = None):
     """AutoTokenizer from the same directory; checks its vocab fits the embedding."""
     from transformers import AutoTokenizer
 
-    directory = resolve_checkpoint_dir(path)
+    directory = resolve_checkpoint_dir(path, "tokenizer directory")
     try:
         tok = AutoTokenizer.from_pretrained(str(directory))
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds here

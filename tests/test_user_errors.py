@@ -677,3 +677,23 @@ def test_missing_tokenizer_dir_is_named(capsys, run_dir, tmp_path):
     data.write_text(_critique_record())
     line = refused(capsys, run_dir, f"data.path={data}", f"model.tokenizer={tmp_path / 'tok'}")
     assert f"tokenizer directory {tmp_path / 'tok'} does not exist" in line
+
+
+def test_over_long_question_is_named_before_sampling():
+    from types import SimpleNamespace
+
+    from critique_jax.data.loaders import DataError
+    from critique_jax.data.records import Problem
+    from critique_jax.models import preset
+    from critique_jax.pipelines.test_time import check_question_lengths
+    from critique_jax.sampling import Buckets
+
+    words = SimpleNamespace(  # one token per character of the question
+        encode=lambda messages: [0] * len(messages[-1]["content"]),
+        buckets=Buckets(),
+        cfg=preset("tiny"),  # a context of 512 positions
+    )
+    problems = [Problem("q0", "short?", "1"), Problem("q1", "x" * 600, "2")]
+    with pytest.raises(DataError, match=r"test.jsonl: 1 of 2 questions .* 512 tokens: q1 \(6"):
+        check_question_lengths(SimpleNamespace(sampler=words), problems, "test.jsonl")
+    check_question_lengths(SimpleNamespace(sampler=words), problems[:1], "test.jsonl")

@@ -38,6 +38,8 @@ import jax
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import split_steps
+from critique_jax.data.loaders import DataError
+from critique_jax.data.prompts import solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.pipelines.critique_data import stable_seed
@@ -456,6 +458,26 @@ def run_test_time(
     return results
 
 
+def check_question_lengths(actor: Agent, problems: Sequence[Problem], source: str) -> None:
+    """Refuse, before any sampling, questions whose solve prompt is longer than the actor's
+    longest prompt (its context, or the sampler's Buckets.max_length), naming them."""
+    sampler = actor.sampler
+    cap = min(
+        sampler.buckets.max_length or sampler.cfg.max_position_embeddings,
+        sampler.cfg.max_position_embeddings,
+    )
+    too_long = [
+        (p.id, n) for p in problems if (n := len(sampler.encode(solve_messages(p.question)))) > cap
+    ]
+    if too_long:
+        shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in too_long[:5])
+        raise DataError(
+            f"{source}: {len(too_long)} of {len(problems)} questions do not fit the actor's "
+            f"prompt limit of {cap} tokens: {shown}. Fix: drop or shorten them (or use a "
+            "model with a longer context)"
+        )
+
+
 @dataclass
 class Config(StageConfig):
     stage: str = "eval_tts"
@@ -483,5 +505,6 @@ def run(cfg: Config) -> dict[str, Any]:
         cfg.critique_format,
     )
     assert actor is not None
+    check_question_lengths(actor, problems, cfg.problems.path or cfg.problems.kind)
     title = f"{cfg.problems.kind}: {len(problems)} questions"
     return run_test_time(actor, critic, problems, cfg.tts, run_dir, title)

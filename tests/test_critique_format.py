@@ -7,6 +7,7 @@ import pytest
 from critique_jax.data.critique_format import (
     Critique,
     StepVerdict,
+    check_agreement,
     format_critique,
     parse_critique,
     split_steps,
@@ -163,6 +164,21 @@ def test_verbatim_quotes_compare_step_k_with_the_solution_step_k():
     beyond = Critique((StepVerdict(3, "Ava has 7 + 5 = 12 marbles.", True, ""),), True, "", True)
     assert verbatim_quotes(beyond, solution) == (1, 0)  # the solution has no step 3
     assert verbatim_quotes(parse_critique(format_critique([], True, "ok")), solution) == (0, 0)
+
+
+def test_check_agreement_asks_whether_the_verdict_follows_from_the_check():
+    steps = (
+        StepVerdict(1, "Ava has 7 + 5 = 12 marbles.", True, "", "7 + 5 = 12"),  # agrees
+        StepVerdict(
+            2, "She has 12 - 3 = 8 left.", True, "", "12 - 3 = 9"
+        ),  # 9 != 8: should be Wrong
+        StepVerdict(3, "She has 8 * 2 = 16.", False, "", "8 * 2 = 16"),  # equal: should be Correct
+        StepVerdict(4, "She has 16 - 1 = 14.", False, "", "16 - 1 = 15"),  # agrees
+        StepVerdict(5, "No calculation here.", True, "", "3 + 1 = 4"),  # nothing to compare
+    )
+    read = parse_critique(format_critique(steps, False, "", "reason_first"))
+    assert check_agreement(read) == (4, 2)
+    assert check_agreement(parse_critique(format_critique(STEPS, False, "x"))) == (0, 0)
 
 
 def test_split_steps_paragraphs():

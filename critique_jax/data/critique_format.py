@@ -270,3 +270,20 @@ def verbatim_quotes(critique: Critique, solution: str) -> tuple[int, int]:
         for v in critique.steps
     )
     return len(critique.steps), verbatim
+
+
+_RESULT = re.compile(r"=\s*(-?\d+(?:\.\d+)?)")
+
+
+def check_agreement(critique: Critique) -> tuple[int, int]:
+    """(steps whose check and sentence both state a result `= N`, of those whose verdict
+    follows from them: Correct exactly when the check's result is the step's). A reason-first
+    critic that recomputes a step but then ignores its own check scores low here whatever
+    its verdict accuracy, which tells apart "cannot compute" from "does not compare"."""
+    comparable = agreeing = 0
+    for step in critique.steps:
+        check, stated = _RESULT.search(step.check), _RESULT.search(step.sentence)
+        if check and stated:
+            comparable += 1
+            agreeing += step.correct == (float(check[1]) == float(stated[1]))
+    return comparable, agreeing

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
-from critique_jax.data.critique_format import verbatim_quotes
+from critique_jax.data.critique_format import check_agreement, verbatim_quotes
 from critique_jax.data.loaders import DataError, read_records
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
@@ -166,6 +166,7 @@ def critique_outputs(
     for r, (c, *_) in zip(records, outs, strict=True):
         crit = parsed(c)
         quoted, verbatim = verbatim_quotes(crit, r["solution"])
+        checked, agreeing = check_agreement(crit)
         results.append(
             {
                 "id": r["id"],
@@ -175,6 +176,8 @@ def critique_outputs(
                 "first_wrong_step": crit.first_wrong_step,
                 "quoted_steps": quoted,
                 "verbatim_quotes": verbatim,
+                "checked_steps": checked,
+                "agreeing_checks": agreeing,
                 "tokens": c.num_tokens,
                 "refinements": [],
                 "refine_tokens": 0,
@@ -234,6 +237,7 @@ def critic_metrics(
     n = len(pairs)
     # outputs written before quotes were counted lack the fields: they count as no quotes
     quoted = sum(o.get("quoted_steps", 0) for _, o in pairs)
+    checked = sum(o.get("checked_steps", 0) for _, o in pairs)
     metrics: dict[str, Any] = {
         "n": n,
         "base_rate_correct": _mean(labels),
@@ -250,6 +254,10 @@ def critic_metrics(
         # the share of quoted steps that are the solution's own: a critic must read y0
         "quote_fidelity": (
             sum(o.get("verbatim_quotes", 0) for _, o in pairs) / quoted if quoted else None
+        ),
+        # reason_first: the share of checked steps whose verdict follows from the check
+        "check_agreement": (
+            sum(o.get("agreeing_checks", 0) for _, o in pairs) / checked if checked else None
         ),
         "first_error": {
             "n": len(known),

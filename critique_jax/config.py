@@ -300,8 +300,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`a.b.c=value` overrides (values parsed as YAML: 3, 1e-4, true, [8,1,1], text)."""
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], cls: type | None = None
+) -> dict[str, Any]:
+    """`a.b.c=value` overrides (values parsed as YAML: 3, 1e-4, true, [8,1,1], text).
+
+    An override changes one value and keeps its neighbours: where `data` has no `a` or `a.b`
+    section, it is first filled with the default of dataclass `cls` for that section (so
+    `base.train.steps=40` keeps the demo's base batch size, not TrainConfig's)."""
     data = dict(data)
     for item in overrides:
         if "=" not in item:
@@ -310,11 +316,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r} has an empty key; write key.subkey=value")
-        node = data
+        node, section = data, cls
         for p in parts[:-1]:
             child = node.get(p)
+            if child is None:
+                child = _section_default(section, p)
             node[p] = dict(child) if isinstance(child, dict) else {}
-            node = node[p]
+            node, section = node[p], _field_type(section, p)
         try:
             node[parts[-1]] = parse_yaml(raw)
         except yaml.YAMLError as e:
@@ -322,6 +330,30 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})"
             ) from e
     return data
+
+
+def _field(cls: type | None, name: str) -> dataclasses.Field | None:
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    return next((f for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+def _field_type(cls: type | None, name: str) -> type | None:
+    found = _field(cls, name)
+    if found is None:
+        return None
+    hint = typing.get_type_hints(cls).get(name)
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _section_default(cls: type | None, name: str) -> Any:
+    """The default of dataclass field `cls.name` as plain data (None if it has none)."""
+    found = _field(cls, name)
+    if found is None:
+        return None
+    if found.default_factory is not dataclasses.MISSING:
+        return to_dict(found.default_factory())
+    return None if found.default is dataclasses.MISSING else to_dict(found.default)
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

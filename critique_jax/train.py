@@ -54,12 +54,14 @@ STAGES = {
 
 
 def build_config(path: str | None, overrides: list[str]) -> Any:
-    data = apply_overrides(load_yaml(path) if path else {}, overrides)
-    stage = data.get("stage", "demo")
+    data = load_yaml(path) if path else {}
+    stage = apply_overrides(data, [o for o in overrides if o.startswith("stage=")]).get(
+        "stage", "demo"
+    )
     if stage not in STAGES:
         raise ConfigError(f"stage {stage!r} is unknown; stages: {sorted(STAGES)}")
     module = importlib.import_module(STAGES[stage])
-    return module, from_dict(module.Config, data)
+    return module, from_dict(module.Config, apply_overrides(data, overrides, module.Config))
 
 
 def _sections(node: Any, where: str = "") -> Iterator[tuple[Any, str]]:

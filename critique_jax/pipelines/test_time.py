@@ -2,7 +2,7 @@
 
     python -m critique_jax.train --config configs/eval_tts_gsm8k_qwen2.5-0.5b.yaml
 
-Modes (DESIGN.md "Test-time supervision"):
+Modes (docs/methods.md, "Test-time supervision"):
 - sequential: y0 (greedy) -> critique -> refinement -> critique ... up to `rounds`
   refinements, stopping as soon as the critic's parsed final verdict is Correct. Reported for
   every round budget 0..R (budget 0 is the actor alone).

@@ -269,8 +269,8 @@ class Config(StageConfig):
     def reduced(cls, **changes: Any) -> Config:
         """The same loop at CI size (about three minutes on a 2-core CPU): levels 1-2, a few
         dozen questions per phase, tens of training steps after a short base phase. Iteration
-        0, critic SFT and self-training share one TrainConfig and optimizer, hence one
-        compiled step."""
+        0, critic SFT and self-training share one optimizer and row shape; the critic trains
+        longest (64 steps: after 24 its reason-first critiques did not parse, 90% of them)."""
         step = _train(24, 8, 512)
         optim = ActorPhase().optim
         cfg = cls(
@@ -278,7 +278,7 @@ class Config(StageConfig):
             generation=GenerationConfig(solution_tokens=56, critique_tokens=144, chunk_size=64),
             base=BasePhase(train=_train(200, 8, 384)),
             actor=ActorPhase(problems=64, train=step, optim=optim),
-            critic=CriticPhase(problems=32, samples=1, train=step, optim=optim),
+            critic=CriticPhase(problems=32, samples=1, train=_train(64, 8, 512), optim=optim),
             tts=TTSPhase(k=2),
             rco=RCOPhase(
                 problems=16,

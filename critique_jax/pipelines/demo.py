@@ -609,6 +609,8 @@ ROWS = (
     ("actor_accuracy", "actor (SFT), greedy"),
     ("refine_accuracy", "actor + 1 critique -> refine round"),
     ("second_round_accuracy", "actor + 2 critique -> refine rounds"),
+    ("oracle_refine_accuracy", "  the same, 1 round with the oracle critic (the ceiling)"),
+    ("oracle_second_round_accuracy", "  the same, 2 rounds with the oracle critic"),
     ("critic_verdict_accuracy", "critic verdict accuracy (held-out)"),
     ("critic_verdict_chance", "  chance (majority label)"),
     ("critic_balanced_accuracy", "critic balanced accuracy (chance 0.5)"),
@@ -627,6 +629,7 @@ ROWS = (
 BY_LEVEL = (
     ("actor_accuracy_by_difficulty", "actor"),
     ("refine_accuracy_by_difficulty", "actor + critique -> refine"),
+    ("oracle_refine_accuracy_by_difficulty", "actor + oracle critique -> refine"),
     ("self_train_vanilla_accuracy_by_difficulty", "self-train vanilla"),
     ("self_train_critique_accuracy_by_difficulty", "self-train critique-in-the-loop"),
 )
@@ -734,6 +737,17 @@ def run_one(cfg: Config) -> dict[str, Any]:
         )
         title = f"demo world: {len(test)} test questions, trained critic"
         tts = run_test_time(actor, critic, test, settings, run_dir / "test_time", title)
+        # the same rounds with the oracle critic: what the actor makes of critiques that are
+        # right, the ceiling a trained critic is measured against
+        oracle = make_critic(CriticSpec(oracle="demo"), None, test, mesh, cfg.critique_format)
+        oracle_seq = run_test_time(
+            actor,
+            oracle,
+            test,
+            dataclasses.replace(settings, modes=["sequential"]),
+            run_dir / "test_time_oracle",
+            f"demo world: {len(test)} test questions, oracle critic",
+        )["sequential"]
 
     with clock("rco"):
         rco = rco_phase(cfg, run_dir, actor, critic_hf, world_dir / "test.jsonl")
@@ -764,6 +778,9 @@ def run_one(cfg: Config) -> dict[str, Any]:
         "refine_accuracy": refined["accuracy"],
         "refine_accuracy_by_difficulty": refined["by_level"],
         "second_round_accuracy": _at(seq, "rounds", 2)["accuracy"],
+        "oracle_refine_accuracy": _at(oracle_seq, "rounds", 1)["accuracy"],
+        "oracle_refine_accuracy_by_difficulty": _at(oracle_seq, "rounds", 1)["by_level"],
+        "oracle_second_round_accuracy": _at(oracle_seq, "rounds", 2)["accuracy"],
         "tts_initial_accuracy": _at(seq, "rounds", 0)["accuracy"],
         "sequential_accuracy_by_rounds": {str(p["rounds"]): p["accuracy"] for p in seq},
         "majority_vote_accuracy": _at(par["majority"], "k", k)["accuracy"],

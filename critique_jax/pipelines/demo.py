@@ -698,7 +698,7 @@ def run_one(cfg: Config) -> dict[str, Any]:
     world_dir = run_dir / "world"
 
     with clock("world"):
-        train, test = st._split(self_train_config(cfg, st_dir, cfg.model))
+        train, test = st.split_problems(self_train_config(cfg, st_dir, cfg.model))
         _write_problems(world_dir / "train.jsonl", train)
         _write_problems(world_dir / "test.jsonl", test)
         spec = with_demo_tokenizer(cfg.model, [*train, *test], run_dir / "demo_tokenizer")
@@ -707,7 +707,7 @@ def run_one(cfg: Config) -> dict[str, Any]:
         base_hf = base_sft(cfg, run_dir, spec, train)
     base = ModelSpec(path=str(base_hf))
     st_cfg = self_train_config(cfg, st_dir, base)
-    models = st._Models(base, mesh, cfg.seed)
+    models = st.Models(base, mesh, cfg.seed)
     with clock("actor_sft"):
         iter0 = train[: cfg.actor.problems]
         actor_res = st.iteration_zero(st_cfg, models, iter0, test, st_dir / "iter_0")

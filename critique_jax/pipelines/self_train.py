@@ -409,7 +409,7 @@ def evaluate_actor(actor: Agent, problems: Sequence[Problem], cfg: Config) -> di
 # --------------------------------------------------------------------------- driver
 
 
-class _Models:
+class Models:
     """Loads the configured actor or one of its exported checkpoints; every iteration's actor
     shares one compiled sampler (`make_agent` keys samplers by what the tokenizer is)."""
 
@@ -433,7 +433,7 @@ def _primary() -> bool:
 
 
 def _train_and_export(
-    models: _Models,
+    models: Models,
     init: Path | None,
     examples: Sequence[Example],
     train: TrainConfig,
@@ -459,7 +459,7 @@ def _finished(out: Path) -> dict[str, Any] | None:
 
 
 def iteration_zero(
-    cfg: Config, models: _Models, train: Sequence[Problem], test: Sequence[Problem], out: Path
+    cfg: Config, models: Models, train: Sequence[Problem], test: Sequence[Problem], out: Path
 ) -> dict[str, Any]:
     if (done := _finished(out)) is not None:
         return done
@@ -501,7 +501,7 @@ def iteration(
     arm: str,
     t: int,
     critic: Critic | None,
-    models: _Models,
+    models: Models,
     train: Sequence[Problem],
     test: Sequence[Problem],
     run_dir: Path,
@@ -579,7 +579,7 @@ def _write_comparison(run_dir: Path, rows: list[dict[str, Any]], cfg: Config) ->
     atomic_write_text(run_dir / "comparison.md", title + comparison_table(rows, cfg.eval_samples))
 
 
-def _split(cfg: Config) -> tuple[list[Problem], list[Problem]]:
+def split_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     """Training and test problems, without test questions that also appear in training."""
     train = load_problems(cfg.train_problems)
     seen = {p.question for p in train}
@@ -595,10 +595,10 @@ def _split(cfg: Config) -> tuple[list[Problem], list[Problem]]:
 def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     mesh = mesh_from_config(cfg.mesh)
-    train, test = _split(cfg)
+    train, test = split_problems(cfg)
     tokenizer_dir = run_dir / "demo_tokenizer"
     spec = with_demo_tokenizer(cfg.actor, [*train, *test], tokenizer_dir)
-    models = _Models(spec, mesh, cfg.seed)
+    models = Models(spec, mesh, cfg.seed)
     arms: dict[str, Critic | None] = {}
     if cfg.critic is None or cfg.baseline:
         arms["vanilla"] = None

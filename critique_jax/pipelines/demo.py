@@ -26,9 +26,10 @@ code the real-data configs run:
    question its reference solution, an injected error and actor samples, labelled by the
    verifier): accuracy against chance (the majority label's share), and balanced accuracy
    (the mean over right and wrong solutions; chance 0.5).
-5. test-time supervision (`test_time.run_test_time`) with the trained critic: one critique ->
-   refine round, majority vote vs critique-refine + vote vs critic-weighted vote at K, and
-   the accuracy-vs-compute plot.
+5. test-time supervision (`test_time.run_test_time`) with the trained critic: sequential
+   critique -> refine rounds, majority vote vs critique-refine + vote vs critic-weighted vote
+   at K, and the accuracy-vs-compute plot; then the same rounds with the oracle critic (the
+   ceiling: what the actor makes of critiques that are right).
 6. RCO (`rco_collect`, `rco_train`, `rco_eval`): N critiques x M refinements from the SFT
    critic on training (x, y0), the least-squares critic training, then the mean critique
    utility (CU) of the SFT and the RCO critic on held-out (x, y0).
@@ -298,10 +299,12 @@ class Config(StageConfig):
 
 
 class Clock:
-    """Wall and CPU seconds per phase; on a shared machine the CPU time shows how much of a
-    slow phase was spent waiting for the cores."""
+    """Wall and CPU seconds per phase, added to the seconds recorded by the earlier runs of
+    the same run_dir (`earlier`), so a resumed demo still reports what each phase cost; on a
+    shared machine the CPU time shows how much of a slow phase was spent waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, earlier: dict[str, dict[str, float]] | None = None) -> None:
+        self.earlier = earlier or {}
         self.phases: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
@@ -309,12 +312,10 @@ class Clock:
         log.info("demo: %s", name)
         wall, cpu = time.perf_counter(), time.process_time()
         yield
-        spent = {
-            "wall_s": round(time.perf_counter() - wall, 1),
-            "cpu_s": round(time.process_time() - cpu, 1),
-        }
-        self.phases[name] = spent
+        spent = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
         log.info("demo: %s took %.1f s (%.1f s CPU)", name, spent["wall_s"], spent["cpu_s"])
+        before = self.earlier.get(name, {})
+        self.phases[name] = {k: round(v + before.get(k, 0.0), 1) for k, v in spent.items()}
 
 
 def _primary() -> bool:
@@ -658,8 +659,10 @@ def results_table(results: dict[str, Any]) -> str:
         )
     lines += ["", *claims_table(results["claims"])]
     times = results["timings"]
-    lines += ["", "| phase | wall s | CPU s |", "|---|---:|---:|"]
+    lines += ["", "| phase (all runs of this run_dir) | wall s | CPU s |", "|---|---:|---:|"]
     lines += [f"| {name} | {t['wall_s']} | {t['cpu_s']} |" for name, t in times.items()]
+    total = {k: round(sum(t[k] for t in times.values()), 1) for k in ("wall_s", "cpu_s")}
+    lines.append(f"| total | {total['wall_s']} | {total['cpu_s']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -691,7 +694,7 @@ def run_seeds(cfg: Config) -> dict[str, Any]:
 
 def run_one(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
-    clock = Clock()
+    clock = Clock((_done(run_dir / "results.json") or {}).get("timings"))
     start = time.perf_counter()
     mesh = mesh_from_config(cfg.mesh)
     st_dir = run_dir / "self_train"

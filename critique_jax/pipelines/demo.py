@@ -43,8 +43,8 @@ Resume: every phase writes into its own subdirectory and is skipped, or resumes 
 record (training: from its last checkpoint), when the stage is run again with the same
 run_dir, e.g. after a kill.
 
-Sizes: the defaults took 421 s on an idle 2-core CPU, most of it training from scratch (the
-base phase: 228 s).
+Sizes: one seed of the defaults takes about 8 minutes on an idle 2-core CPU, half of it the
+base phase (training from scratch).
 `Config.reduced()` is the same loop at CI size (tests/test_demo.py); from the command line:
 `python -c "from critique_jax.pipelines.demo import Config, run;
 run(Config.reduced(run_dir='runs/demo_tiny'))"`. One generation length per kind of output

@@ -62,15 +62,16 @@ def run_cli(main: Callable[[], int], debug: bool) -> int:
 
 
 def exit_cli(code: int) -> None:
-    """Exit a CLI with `code`. After a user error (2), or with library threads still alive
-    (orbax's writers after a failed save), skip interpreter teardown: nothing is left to
-    write, and teardown would wait on those threads or print their shutdown noise."""
+    """Exit a CLI with `code`. After a failure (code != 0) with a user error or with library
+    threads still alive (orbax's writers after a failed save), skip interpreter teardown:
+    it would wait on those threads or print their shutdown noise. A successful run always
+    exits normally, so nothing still being written is cut off."""
     sys.stdout.flush()
     sys.stderr.flush()
     lingering = [
         t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
     ]
-    if code == 2 or lingering:
+    if code != 0 and (code == 2 or lingering):
         os._exit(code)
     sys.exit(code)
 

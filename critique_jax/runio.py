@@ -45,7 +45,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-class RunDirBusyError(RuntimeError):
+class RunDirBusyError(UserError):
     """Another live run holds the run directory."""
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,7 +155,6 @@ def _train(config: str | None, overrides: list[str]) -> int:
 
     from critique_jax.runio import (
         FINGERPRINT_FILE,
-        RunDirBusyError,
         check_resume,
         run_dir_lock,
         write_fingerprint,
@@ -164,28 +162,22 @@ def _train(config: str | None, overrides: list[str]) -> int:
 
     first = jax.process_index() == 0  # one lock and one config file per run, not per host
     run_dir = Path(cfg.run_dir)
-    try:
-        with run_dir_lock(run_dir) if first else contextlib.nullcontext():
-            kept: dict[Path, bytes | None] = {}
-            if first:
-                settings = to_dict(cfg)
-                check_resume(run_dir, settings, cfg.overwrite)  # before anything is written
-                if (run_dir / "config.yaml").is_file():  # the same run, resumed
-                    kept = {
-                        p: _read(p) for p in (run_dir / "config.yaml", run_dir / FINGERPRINT_FILE)
-                    }
-                save_yaml(cfg, run_dir / "config.yaml")
-                write_fingerprint(run_dir, settings)
-            try:
-                results = module.run(cfg)
-            except Exception as e:
-                if user_error_message(e) is not None:  # e.g. a bad data file: as it was
-                    for path, data in kept.items():
-                        _restore(path, data)
-                raise
-    except RunDirBusyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with run_dir_lock(run_dir) if first else contextlib.nullcontext():  # busy: a user error
+        kept: dict[Path, bytes | None] = {}
+        if first:
+            settings = to_dict(cfg)
+            check_resume(run_dir, settings, cfg.overwrite)  # before anything is written
+            if (run_dir / "config.yaml").is_file():  # the same run, resumed
+                kept = {p: _read(p) for p in (run_dir / "config.yaml", run_dir / FINGERPRINT_FILE)}
+            save_yaml(cfg, run_dir / "config.yaml")
+            write_fingerprint(run_dir, settings)
+        try:
+            results = module.run(cfg)
+        except Exception as e:
+            if user_error_message(e) is not None:  # e.g. a bad data file: as it was
+                for path, data in kept.items():
+                    _restore(path, data)
+            raise
     print(json.dumps(results, default=str))
     return 0
 

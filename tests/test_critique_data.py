@@ -198,7 +198,7 @@ def test_cli_runs_the_shipped_demo_config(actor, tmp_path, capsys):
         f"actor.tokenizer={tokenizer}",
     ]
     with run_dir_lock(tmp_path):  # a second job on a busy run_dir stops before writing
-        assert main(["--config", str(config), *args]) == 1
+        assert main(["--config", str(config), *args]) == 2
     assert "in use by pid" in capsys.readouterr().err
     assert not (tmp_path / "config.yaml").exists()
     assert main(["--config", str(config), *args]) == 0

@@ -631,6 +631,33 @@ def test_cli_exit_code_and_one_stderr_line(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "module, message",
+    [
+        ("sampling", "does not exist"),
+        ("rollouts", "does not exist"),
+        ("training", "neither an HF checkpoint directory nor a preset"),
+    ],
+)
+def test_benchmark_clis_name_a_missing_model_in_one_line(tmp_path, module, message):
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CRITIQUE_JAX_DEBUG"}
+    missing = tmp_path / "no_model"
+    proc = subprocess.run(
+        [sys.executable, "-m", f"critique_jax.benchmarks.{module}", "--model", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and message in lines[0] and str(missing) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_internal_errors_keep_their_traceback(run_dir, monkeypatch):
     from critique_jax.pipelines import sft
 

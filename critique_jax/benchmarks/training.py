@@ -36,14 +36,22 @@ from typing import Any
 
 import numpy as np
 
+from critique_jax.errors import debug_requested, exit_cli, run_cli
+
 
 def model_config(model: str, dtype: str):
     """A preset name or an HF directory; bf16 means bf16 compute over fp32 parameters."""
-    from critique_jax.models import preset
+    from critique_jax.config import ConfigError
+    from critique_jax.models.config import PRESETS, preset
     from critique_jax.models.hf import config_from_hf, read_hf_config
 
     if Path(model).expanduser().is_dir():
         return config_from_hf(read_hf_config(model), dtype=dtype, param_dtype="float32")
+    if model not in PRESETS:
+        raise ConfigError(
+            f"--model {model!r} is neither an HF checkpoint directory nor a preset; give a "
+            f"directory with config.json or one of {sorted(PRESETS)}"
+        )
     return preset(model, dtype=dtype, param_dtype="float32")
 
 
@@ -248,4 +256,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_cli(run_cli(lambda: main() or 0, debug_requested()))

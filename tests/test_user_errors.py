@@ -645,8 +645,13 @@ def test_benchmark_clis_name_a_missing_model_in_one_line(tmp_path, module, messa
 
     env = {k: v for k, v in os.environ.items() if k != "CRITIQUE_JAX_DEBUG"}
     missing = tmp_path / "no_model"
+    args = ["--model", str(missing)]
+    if module == "rollouts":  # without data it skips before reading the model
+        data = tmp_path / "gsm8k.jsonl"
+        data.write_text('{"question": "What is 2 + 3?", "answer": "2 + 3 = 5\\n#### 5"}\n')
+        args += ["--data", str(data)]
     proc = subprocess.run(
-        [sys.executable, "-m", f"critique_jax.benchmarks.{module}", "--model", str(missing)],
+        [sys.executable, "-m", f"critique_jax.benchmarks.{module}", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -76,6 +76,12 @@ def exit_cli(code: int) -> None:
     sys.exit(code)
 
 
+def run_main(main: Callable[[], int | None]) -> None:
+    """The `__main__` of a CLI without its own --debug flag (the benchmarks): user errors as
+    one line and exit code 2, CRITIQUE_JAX_DEBUG=1 for the traceback."""
+    exit_cli(run_cli(lambda: main() or 0, debug_requested()))
+
+
 class _NoTraceback(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.exc_info, record.exc_text = None, None

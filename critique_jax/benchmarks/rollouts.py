@@ -42,7 +42,7 @@ import numpy as np
 from critique_jax.data.loaders import load_gsm8k
 from critique_jax.data.prompts import critique_messages, refine_messages
 from critique_jax.data.records import Problem
-from critique_jax.errors import debug_requested, exit_cli, run_cli
+from critique_jax.errors import run_main
 from critique_jax.models.hf import load_hf, load_tokenizer
 from critique_jax.sampling import Completion, Sampler, SamplingParams, prepare_calls
 from critique_jax.sampling.generate import collect, decode_call, prefill_call
@@ -371,4 +371,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    exit_cli(run_cli(lambda: main() or 0, debug_requested()))
+    run_main(main)

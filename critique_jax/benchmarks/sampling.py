@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from critique_jax.errors import debug_requested, exit_cli, run_cli
+from critique_jax.errors import run_main
 from critique_jax.models.hf import load_hf, load_tokenizer
 from critique_jax.sampling import Buckets, FilterSpec, Sampler, SamplingParams, prepare_calls
 from critique_jax.sampling.generate import stop_array
@@ -200,4 +200,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    exit_cli(run_cli(lambda: main() or 0, debug_requested()))
+    run_main(main)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from critique_jax.errors import debug_requested, exit_cli, run_cli
+from critique_jax.errors import run_main
 
 
 def model_config(model: str, dtype: str):
@@ -256,4 +256,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    exit_cli(run_cli(lambda: main() or 0, debug_requested()))
+    run_main(main)

@@ -1,15 +1,14 @@
 """Hugging Face checkpoint import and export.
 
-Import reads config.json and (sharded) safetensors tensor by tensor through memory maps and
-places each parameter straight onto its target sharding, so a large checkpoint never needs a
-full extra host copy. Export writes safetensors + config.json that transformers loads.
+Import reads config.json and (sharded) safetensors tensor by tensor with safetensors' own
+reader and places each parameter straight onto its target sharding, so a large checkpoint never
+needs a full extra host copy. Export writes safetensors + config.json that transformers loads.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,9 +16,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_dtypes
+import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy for safetensors' numpy reader
 import numpy as np
 from jax.sharding import Sharding, SingleDeviceSharding
+from safetensors import SafetensorError, safe_open
 
 from critique_jax.errors import UserError
 from critique_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
@@ -138,19 +138,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- tensors
 
 
-_ST_DTYPES = {
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "F64": np.float64,
-    "I64": np.int64,
-    "I32": np.int32,
-}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
-
-
 class SafetensorsIndex:
-    """Memory-mapped view of all tensors of a checkpoint directory (sharded or not)."""
+    """All tensors of a checkpoint directory (sharded or not), each file opened once by
+    safetensors' own reader, which checks the header against the file before any tensor is
+    read; `get` then copies one tensor out of the memory map."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -179,7 +170,8 @@ class SafetensorsIndex:
                 f"{directory} holds no model.safetensors or model.safetensors.index.json "
                 f"(found: {found[:10]}).{hint}"
             )
-        self.tensors: dict[str, tuple[Path, dict[str, Any], int]] = {}
+        self.tensors: dict[str, Path] = {}
+        self._files: dict[Path, Any] = {}
         for name in files:
             path = directory / name
             if not path.is_file():
@@ -187,25 +179,52 @@ class SafetensorsIndex:
                     f"{path} is missing but model.safetensors.index.json lists it; "
                     "copy the whole checkpoint directory again"
                 )
-            base, header = _read_safetensors_header(path)
-            for key, info in header.items():
-                self.tensors[key] = (path, info, base)
+            self._files[path] = _open_safetensors(path)
+            self.tensors.update(dict.fromkeys(self._files[path].keys(), path))
 
     def __contains__(self, key: str) -> bool:
         return key in self.tensors
 
     def get(self, key: str) -> np.ndarray:
-        path, info, base = self.tensors[key]
-        dtype = _ST_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointFormatError(f"tensor {key} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        return (
-            np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
-            if end > start
-            else np.zeros(shape, dtype)
+        file = self._files[self.tensors[key]]
+        dtype = file.get_slice(key).get_dtype()
+        if dtype not in _FLOAT_DTYPES:
+            raise CheckpointFormatError(
+                f"tensor {key} in {self.tensors[key]} has dtype {dtype}; critique_jax reads "
+                f"float weights ({', '.join(_FLOAT_DTYPES)}): dequantise the checkpoint first"
+            )
+        return file.get_tensor(key)
+
+
+_FLOAT_DTYPES = ("F32", "BF16", "F16", "F64")
+
+# What safetensors' refusal of a file (its message, less its common prefix) means for the user.
+_REFUSALS = (
+    ("header too small", "it has {size} bytes (empty or truncated)"),
+    ("header too large", "its header claims more than 100 MB (a foreign or damaged file)"),
+    ("invalid header length", "its header claims more than its {size} bytes (truncated)"),
+    ("incomplete metadata", "its tensors do not fill its {size} bytes exactly (truncated)"),
+    ("invalid UTF-8", "its header is not JSON (a foreign or damaged file)"),
+    ("invalid JSON", "its header does not describe tensors ({reason})"),
+)
+
+
+def _open_safetensors(path: Path) -> Any:
+    """safetensors' reader of `path`; a file it refuses (empty, truncated, foreign) is a
+    one-line `CheckpointFormatError` naming the file, what is wrong and the fix."""
+    try:
+        return safe_open(str(path), framework="numpy")
+    except SafetensorError as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        problem = next(
+            (text for prefix, text in _REFUSALS if reason.startswith(prefix)),
+            "safetensors refuses it ({reason})",
         )
+        problem = problem.format(size=path.stat().st_size, reason=reason)
+        raise CheckpointFormatError(
+            f"{path} is not a valid safetensors file: {problem}; "
+            "re-export it, or download or copy it again"
+        ) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -222,52 +241,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointFormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data
-
-
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
-
-def _read_safetensors_header(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
-    """(data offset, tensor name -> info) of a safetensors file, every field checked against
-    the file: an empty, truncated or foreign file is a `CheckpointFormatError` naming it."""
-    size = path.stat().st_size
-    fix = "re-export it, or download or copy it again"
-
-    def bad(problem: str) -> CheckpointFormatError:
-        return CheckpointFormatError(f"{path} is not a valid safetensors file: {problem}; {fix}")
-
-    if size < 8:
-        raise bad(f"it has {size} bytes (empty or truncated)")
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(size - 8, _MAX_HEADER):
-            raise bad(f"its header claims {n} bytes but the file has {size} (truncated or foreign)")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad("its header is not JSON (a foreign or damaged file)") from None
-    if not isinstance(header, dict):
-        raise bad("its header is not a JSON object")
-    header.pop("__metadata__", None)
-    base = 8 + n
-    for key, info in header.items():
-        try:
-            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-            count = int(np.prod(shape, dtype=np.int64))
-            ok = all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= start <= end
-        except (KeyError, TypeError, ValueError):
-            raise bad(f"the header entry of tensor {key} is malformed") from None
-        if not ok:
-            raise bad(f"tensor {key} has shape {shape} and offsets {[start, end]}")
-        if base + end > size:
-            raise bad(
-                f"tensor {key} ends at byte {base + end} but the file has {size} bytes (truncated)"
-            )
-        np_dtype = _ST_DTYPES.get(dtype)
-        if np_dtype is not None and end - start != count * np.dtype(np_dtype).itemsize:
-            raise bad(f"tensor {key} has {end - start} bytes for shape {shape} of {dtype}")
-    return base, header
 
 
 def _heads_in(w, cfg, n):  # HF [n*h, e] -> ours [e, n, h]
@@ -489,7 +462,7 @@ def load_hf(
                     f"{tuple(hf_shape)}; the checkpoint and its config.json disagree."
                 )
             value = to_ours(raw, cfg).astype(cfg.jnp_param_dtype)
-            _check_finite(value, name, tensors.tensors[name][0])
+            _check_finite(value, name, tensors.tensors[name])
             parts.append(value)
         host = np.stack(parts) if stacked else parts[0]
         sharding = (

@@ -56,7 +56,7 @@ def run_dir_lock(run_dir: str | Path) -> Iterator[None]:
     Two jobs resuming one run directory would interleave records and checkpoints, so the
     second one fails at once instead. The lock is an OS file lock (`run_dir/.lock`): the OS
     drops it when its process dies, so a killed run never leaves a stale lock behind.
-    filelock's Unix lock is this same flock, with no way to name the holder; and before 4.0 it
+    filelock's Unix lock is this same flock, with no way to name the holder; and before 3.30 it
     opens the file truncated, erasing the holder's line that the busy error reports.
     """
     path = Path(run_dir) / ".lock"

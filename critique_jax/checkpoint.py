@@ -51,28 +51,38 @@ def _async_options() -> ocp.AsyncOptions:
         return ocp.AsyncOptions()
 
 
-# How a failed write reads once tensorstore / orbax has wrapped the OSError in a ValueError.
+# How a failed write reads once tensorstore / orbax has wrapped the OSError in a ValueError;
+# the most specific first (the OS's words, then tensorstore's status codes).
 _WRITE_FAILURES = (
-    "RESOURCE_EXHAUSTED",
-    "PERMISSION_DENIED",
     "No space left on device",
     "Disk quota exceeded",
     "Permission denied",
     "Operation not permitted",
     "Read-only file system",
+    "RESOURCE_EXHAUSTED",
+    "PERMISSION_DENIED",
 )
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    """`error` and what caused it (at most 10 deep)."""
+    chain: list[BaseException] = []
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def write_failure_cause(error: BaseException) -> str | None:
+    """What refused the write, in the OS's words where the error (or a cause) has them."""
+    text = " ".join(str(e) for e in _chain(error))
+    return next((marker for marker in _WRITE_FAILURES if marker in text), None)
 
 
 def is_write_failure(error: BaseException) -> bool:
     """Whether `error` (or what caused it) is the disk refusing a write, not a bug."""
-    seen = 0
-    while error is not None and seen < 10:
-        if isinstance(error, OSError) and error.errno in USER_ERRNOS:
-            return True
-        if any(marker in str(error) for marker in _WRITE_FAILURES):
-            return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return False
+    os_refusal = any(isinstance(e, OSError) and e.errno in USER_ERRNOS for e in _chain(error))
+    return os_refusal or write_failure_cause(error) is not None
 
 
 def check_writable(directory: Path) -> None:
@@ -216,9 +226,10 @@ class Checkpointer:
             with_steps = f"; the last complete checkpoint is step {latest}"
         what = f"checkpoint step {step}" if step is not None else "a checkpoint"
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        cause = write_failure_cause(error) or "the write failed"
         return CheckpointWriteError(
-            f"saving {what} in {self.directory} failed ({reason}){with_steps}; free disk "
-            "space or fix the directory's permissions, then rerun to resume"
+            f"saving {what} in {self.directory} failed: {cause} ({reason}){with_steps}; "
+            "free disk space or fix the directory's permissions, then rerun to resume"
         )
 
 

@@ -208,7 +208,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         and not (tp is int and isinstance(value, bool))
     ):
         return value
-    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    name = getattr(tp, "__name__", tp)
+    if value is None:
+        raise ConfigError(f"{where} has no value (`{where}=` or null); give it a {name} value")
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:

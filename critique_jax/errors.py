@@ -88,8 +88,23 @@ class _NoTraceback(logging.Filter):
         return True
 
 
+def _closed_loop_callback(unraisable: sys.UnraisableHookArgs) -> bool:
+    """tensorstore's writer threads still reporting to the asyncio loop orbax closed after
+    a failed save: Python prints each as a bare traceback (one per pending write)."""
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
 def quiet_library_tracebacks(names: tuple[str, ...] = ("absl", "orbax")) -> None:
     """Log those libraries' errors as one line, without the traceback (orbax logs every
-    failed background write with one; the CLI then reports the error once, by its cause)."""
+    failed background write with one; the CLI then reports the error once, by its cause),
+    and drop the closed-loop callbacks of a failed save's pending writes."""
     for name in names:
         logging.getLogger(name).addFilter(_NoTraceback())
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not _closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook

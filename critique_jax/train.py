@@ -164,22 +164,35 @@ def _train(config: str | None, overrides: list[str]) -> int:
     run_dir = Path(cfg.run_dir)
     with run_dir_lock(run_dir) if first else contextlib.nullcontext():  # busy: a user error
         kept: dict[Path, bytes | None] = {}
+        before: set[Path] = set()
         if first:
             settings = to_dict(cfg)
             check_resume(run_dir, settings, cfg.overwrite)  # before anything is written
-            if (run_dir / "config.yaml").is_file():  # the same run, resumed
-                kept = {p: _read(p) for p in (run_dir / "config.yaml", run_dir / FINGERPRINT_FILE)}
+            kept = {p: _read(p) for p in (run_dir / "config.yaml", run_dir / FINGERPRINT_FILE)}
+            before = _files(run_dir)
             save_yaml(cfg, run_dir / "config.yaml")
             write_fingerprint(run_dir, settings)
         try:
             results = module.run(cfg)
         except Exception as e:
-            if user_error_message(e) is not None:  # e.g. a bad data file: as it was
+            # A user error before the run wrote anything (a bad data file, a foreign
+            # tokenizer): config.yaml and the fingerprint as they were, so the corrected
+            # rerun is not refused as "other settings".
+            if (
+                kept
+                and user_error_message(e) is not None
+                and not _files(run_dir) - before - set(kept)
+            ):
                 for path, data in kept.items():
                     _restore(path, data)
             raise
     print(json.dumps(results, default=str))
     return 0
+
+
+def _files(run_dir: Path) -> set[Path]:
+    """The files in run_dir but its lock (what a run has written so far)."""
+    return {p for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
 def _read(path: Path) -> bytes | None:

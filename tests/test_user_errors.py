@@ -606,6 +606,66 @@ def test_user_error_during_a_resumed_run_keeps_config_yaml(capsys, run_dir, tmp_
     assert "the file is empty" in line
 
 
+def test_a_refused_first_run_leaves_no_settings_behind(capsys, tmp_path):
+    """A fresh run refused for a bad input writes no config.yaml or fingerprint, so the
+    corrected rerun is not refused as a run 'made with other settings'."""
+    from critique_jax.runio import check_resume
+
+    run_dir = tmp_path / "fresh"
+    _, line = run_train(
+        capsys,
+        "--config",
+        str(SFT_CONFIG),
+        f"run_dir={run_dir}",
+        f"data.path={tmp_path / 'missing.jsonl'}",
+    )
+    assert "missing.jsonl: file not found" in line
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "fingerprint.json").exists()
+    _, fixed = train_cli.build_config(str(SFT_CONFIG), [f"run_dir={run_dir}", "data.path=x"])
+    from critique_jax.config import to_dict
+
+    check_resume(run_dir, to_dict(fixed))  # accepted
+
+
+def test_an_empty_override_value_is_named(capsys, run_dir):
+    line = refused(capsys, run_dir, "run_dir=")
+    assert "run_dir has no value (`run_dir=` or null); give it a str value" in line
+
+
+def test_disk_full_names_the_cause():
+    from critique_jax.checkpoint import write_failure_cause
+
+    wrapped = ValueError('RESOURCE_EXHAUSTED: Error writing "a/0": No space left on device')
+    assert write_failure_cause(wrapped) == "No space left on device"
+    cut = ValueError("RESOURCE_EXHAUSTED: Error writing")  # the OS's words cut off
+    assert write_failure_cause(cut) == "RESOURCE_EXHAUSTED"
+    assert write_failure_cause(ValueError("shapes differ")) is None
+
+
+def test_closed_loop_callbacks_of_a_failed_save_print_nothing(capsys, monkeypatch):
+    """After a failed save, tensorstore's pending writes call into orbax's closed asyncio
+    loop; Python printed each as a bare traceback before the one-line error."""
+    import gc
+    import sys
+
+    from critique_jax.errors import quiet_library_tracebacks
+
+    class Raises:
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+        def __del__(self) -> None:
+            raise RuntimeError(self.message)
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    quiet_library_tracebacks()
+    Raises("Event loop is closed")
+    Raises("another bug")
+    gc.collect()
+    err = capsys.readouterr().err
+    assert "Event loop is closed" not in err and "RuntimeError: another bug" in err
+
+
 # --------------------------------------------------------------------------- CLI plumbing
 
 
@@ -711,21 +771,137 @@ def test_missing_tokenizer_dir_is_named(capsys, run_dir, tmp_path):
     assert f"tokenizer directory {tmp_path / 'tok'} does not exist" in line
 
 
-def test_over_long_question_is_named_before_sampling():
+def _words_actor(context: int = 512):
+    """An actor whose prompt is one token per character of the question."""
     from types import SimpleNamespace
 
-    from critique_jax.data.loaders import DataError
-    from critique_jax.data.records import Problem
     from critique_jax.models import preset
-    from critique_jax.pipelines.test_time import check_question_lengths
     from critique_jax.sampling import Buckets
 
-    words = SimpleNamespace(  # one token per character of the question
+    sampler = SimpleNamespace(
         encode=lambda messages: [0] * len(messages[-1]["content"]),
         buckets=Buckets(),
-        cfg=preset("tiny"),  # a context of 512 positions
+        cfg=preset("tiny", max_position_embeddings=context),
     )
-    problems = [Problem("q0", "short?", "1"), Problem("q1", "x" * 600, "2")]
+    return SimpleNamespace(sampler=sampler)
+
+
+def _questions():
+    from critique_jax.data.records import Problem
+
+    return [Problem("q0", "short?", "1"), Problem("q1", "x" * 600, "2")]
+
+
+def test_over_long_question_is_named_before_sampling():
+    from critique_jax.data.loaders import DataError
+    from critique_jax.data.sources import ProblemSource
+    from critique_jax.pipelines.overlong import fit_questions
+
+    source = ProblemSource(kind="gsm8k", path="test.jsonl")
     with pytest.raises(DataError, match=r"test.jsonl: 1 of 2 questions .* 512 tokens: q1 \(6"):
-        check_question_lengths(SimpleNamespace(sampler=words), problems, "test.jsonl")
-    check_question_lengths(SimpleNamespace(sampler=words), problems[:1], "test.jsonl")
+        fit_questions(_words_actor(), _questions(), source, "problems")
+    with pytest.raises(DataError, match=r"set test_problems.overlong=skip to skip them"):
+        fit_questions(_words_actor(), _questions(), source, "test_problems")
+    assert fit_questions(_words_actor(), _questions()[:1], source, "problems") == (
+        _questions()[:1],
+        {},
+    )
+
+
+def test_over_long_questions_are_skipped_and_counted(caplog):
+    from critique_jax.data.sources import ProblemSource
+    from critique_jax.pipelines.overlong import fit_questions, with_skips
+
+    source = ProblemSource(kind="gsm8k", path="test.jsonl", overlong="skip")
+    kept, skips = fit_questions(_words_actor(), _questions(), source, "problems")
+    assert [p.id for p in kept] == ["q0"] and skips == {"problems": 1}
+    assert "skipping 1 of 2 questions" in caplog.text and "q1 (6" in caplog.text
+    assert with_skips({"questions": 1}, skips) == {"questions": 1, "overlong_skipped": skips}
+    assert with_skips({"questions": 1}, {}) == {"questions": 1}
+
+
+def test_overlong_takes_only_error_or_skip(capsys, run_dir):
+    line = refused(
+        capsys, run_dir, "problems.overlong=drop", config=REPO / "configs" / "eval_tts_demo.yaml"
+    )
+    assert "problems.overlong='drop': choose one of ['error', 'skip']" in line
+
+
+# --------------------------------------------------------------------------- foreign tokenizers
+
+
+class _Tokenizer:
+    """What the pairing check reads of a tokenizer: its size and its special ids."""
+
+    def __init__(self, size: int, specials: tuple[int, ...]) -> None:
+        self.size, self.all_special_ids, self.added_tokens_decoder = size, list(specials), {}
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _word_tokenizer(out: Path) -> Path:
+    """A 5-token tokenizer: [UNK], <eos>, then ordinary words at ids 2, 3, 4."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "<eos>", "two", "plus", "three"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>")
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_tokenizer_without_the_models_specials_is_refused(capsys, tiny_hf, run_dir, tmp_path):
+    """A tokenizer whose vocabulary fits the embedding but has ordinary words at the ids
+    config.json names as the model's eos and bos."""
+    import json
+
+    model = Path(shutil.copytree(tiny_hf, tmp_path / "model"))
+    hf_config = json.loads((model / "config.json").read_text())
+    specials = {"bos_token_id": 3, "eos_token_id": 2}
+    (model / "config.json").write_text(json.dumps({**hf_config, **specials}))
+    foreign = _word_tokenizer(tmp_path / "foreign")
+    data = tmp_path / "sft.jsonl"
+    data.write_text(_critique_record())
+    before = snapshot(tmp_path / "model")
+    line = refused(
+        capsys, run_dir, f"data.path={data}", f"model={{path: {model}, tokenizer: {foreign}}}"
+    )
+    assert f"the tokenizer in {foreign} is not the one model {model} was trained with" in line
+    assert "the model's eos_token_id 2 is not a special token of the tokenizer" in line
+    assert "bos_token_id 3" in line and "pair the model with its own tokenizer" in line
+    assert snapshot(tmp_path / "model") == before
+
+
+def test_tokenizer_far_smaller_than_the_embedding_is_refused():
+    """SmolLM2's 49152-token tokenizer with a Qwen2.5 model (151936 rows): the ids fit."""
+    from critique_jax.models import preset
+    from critique_jax.models.tokenizer_check import TokenizerMismatch, check_own_tokenizer
+
+    smollm2 = _Tokenizer(49152, (0, 1, 2))
+    with pytest.raises(TokenizerMismatch, match=r"has 49152 tokens for an embedding of 151936"):
+        check_own_tokenizer(smollm2, preset("qwen2.5-0.5b"), "smollm2/hf", "qwen/hf")
+
+
+def test_real_tokenizer_pairings_are_accepted():
+    """Qwen2.5 (151665 tokens in 151936 rows; 7B: 152064), Llama 3 and SmolLM2 (equal)."""
+    from critique_jax.models import preset
+    from critique_jax.models.tokenizer_check import mismatches
+
+    qwen = preset("qwen2.5-0.5b", bos_token_id=151643, eos_token_id=151645)
+    assert mismatches(_Tokenizer(151665, (151643, 151645)), qwen) == []
+    assert mismatches(_Tokenizer(151665, (151643, 151645)), qwen.replace(vocab_size=152064)) == []
+    llama = preset("llama3-8b", bos_token_id=128000, eos_token_id=(128001, 128009))
+    assert mismatches(_Tokenizer(128256, (128000, 128001, 128009)), llama) == []
+    assert mismatches(_Tokenizer(380, (0, 1, 2)), preset("demo")) == []  # a small demo one
+
+
+def test_the_real_smollm2_tokenizer_is_its_models_own():
+    from critique_jax.models.hf import config_from_hf, load_tokenizer, read_hf_config
+
+    real = Path.home() / ".cache/critique_jax/real_models/smollm2-135m/hf"
+    if not (real / "tokenizer.json").is_file():
+        pytest.skip(f"no real SmolLM2 directory at {real}")
+    assert len(load_tokenizer(real, config_from_hf(read_hf_config(real)))) == 49152

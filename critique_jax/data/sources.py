@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from critique_jax.config import bounded
 from critique_jax.data.demo_world import generate_problems
 from critique_jax.data.loaders import DataError, load_gsm8k, load_math, read_records
 from critique_jax.data.records import Problem
@@ -18,6 +19,9 @@ class ProblemSource:
     seed: int = 0  # demo world generation seed
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # demo world difficulties
     size: int = 200  # demo world problems
+    # A question longer than the actor's prompt limit: stop naming it (error), or skip it and
+    # count it in the stage's results (skip); see pipelines.overlong.
+    overlong: str = bounded("error", choices=("error", "skip"))
 
 
 def load_problems(src: ProblemSource) -> list[Problem]:

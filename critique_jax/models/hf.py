@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from critique_jax.errors import UserError
 from critique_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
+from critique_jax.models.tokenizer_check import check_own_tokenizer
 from critique_jax.models.transformer import abstract_params
 
 
@@ -519,8 +520,11 @@ def _place(host: np.ndarray, sharding: Sharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-def load_tokenizer(path: str | Path, cfg: ModelConfig | None = None):
-    """AutoTokenizer from the same directory; checks its vocab fits the embedding."""
+def load_tokenizer(
+    path: str | Path, cfg: ModelConfig | None = None, model: str | Path | None = None
+):
+    """AutoTokenizer from `path`; with `cfg`, checks it is the own tokenizer of that model
+    (`model`, named in errors; default: `path`, the tokenizer saved with the checkpoint)."""
     from transformers import AutoTokenizer
 
     directory = resolve_checkpoint_dir(path, "tokenizer directory")
@@ -533,6 +537,7 @@ def load_tokenizer(path: str | Path, cfg: ModelConfig | None = None):
         ) from e
     if cfg is not None:
         check_vocab(tok, cfg)
+        check_own_tokenizer(tok, cfg, directory, model or directory)
     return tok
 
 

@@ -49,11 +49,15 @@ def load_model(
 ) -> LoadedModel:
     if spec.preset is not None:
         cfg = preset(spec.preset, **spec.overrides)
-        tokenizer = load_tokenizer(spec.tokenizer, cfg) if spec.tokenizer else None
+        tokenizer = (
+            load_tokenizer(spec.tokenizer, cfg, f"preset {spec.preset!r}")
+            if spec.tokenizer
+            else None
+        )
         return LoadedModel(cfg, init_sharded_params(cfg, seed, mesh, rules), tokenizer)
     shardings = None
     if mesh is not None:
         shardings = lambda cfg: param_shardings(abstract_params(cfg), mesh, rules)  # noqa: E731
     cfg, params = load_hf(spec.path, shardings=shardings, **spec.overrides)
-    tokenizer = load_tokenizer(spec.tokenizer or spec.path, cfg)
+    tokenizer = load_tokenizer(spec.tokenizer or spec.path, cfg, spec.path)
     return LoadedModel(cfg, params, tokenizer)

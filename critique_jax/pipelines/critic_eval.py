@@ -47,6 +47,7 @@ from critique_jax.pipelines.critique_data import (
     sample_solutions,
     stable_seed,
 )
+from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, Critic, CriticSpec, load_roles, parsed
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
@@ -322,10 +323,14 @@ def evaluate_critic(
 
 
 def evaluate(
-    cfg: Config, records: Sequence[dict[str, Any]], critic: Critic, actor: Agent | None
+    cfg: Config,
+    records: Sequence[dict[str, Any]],
+    critic: Critic,
+    actor: Agent | None,
+    skips: Skips | None = None,
 ) -> dict[str, Any]:
     """Critique (and refine) chunk by chunk, skipping chunks whose outputs are on disk, then
-    write results.json from all outputs."""
+    write results.json from all outputs (with `skips`, the over-long questions left out)."""
     run_dir = Path(cfg.run_dir)
     out_log = RecordLog(run_dir / "critiques.jsonl")
     try:
@@ -345,7 +350,7 @@ def evaluate(
     finally:
         out_log.close()
     outputs = list(read_jsonl(run_dir / "critiques.jsonl"))
-    results = critic_metrics(records, outputs, closed=cfg.refinements > 0)
+    results = with_skips(critic_metrics(records, outputs, closed=cfg.refinements > 0), skips)
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "results.json", results)
     return results
@@ -385,6 +390,9 @@ def run(cfg: Config) -> dict[str, Any]:
         cfg.critique_format,
     )
     assert critic is not None
+    skips: Skips = {}
+    if actor is not None and not es.path:  # the eval set is built from the actor's answers
+        problems, skips = fit_questions(actor, problems, es.problems, "eval_set.problems")
     records = load_eval_set(cfg, problems, actor)
     if not records:
         raise ValueError("the eval set is empty: check eval_set.path or eval_set.problems")
@@ -397,4 +405,4 @@ def run(cfg: Config) -> dict[str, Any]:
                 "which the oracle critic checks against. Fix: give the problems the "
                 "eval set was built from (same demo size and seed)"
             )
-    return evaluate(cfg, records, critic, actor)
+    return evaluate(cfg, records, critic, actor, skips)

@@ -52,6 +52,7 @@ from critique_jax.data.math import extract_answer, is_equiv
 from critique_jax.data.prompts import insert_error_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
+from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import (
     Agent,
     Critic,
@@ -564,10 +565,15 @@ def summarize(
 
 
 def collect(
-    cfg: Config, problems: Sequence[Problem], actor: Agent, annotator: Critic
+    cfg: Config,
+    problems: Sequence[Problem],
+    actor: Agent,
+    annotator: Critic,
+    skips: Skips | None = None,
 ) -> dict[str, Any]:
-    """Collect over all chunks (skipping finished ones), then write summary.json. Callers
-    with models in memory (the demo, tests) use this; `run` loads the models first."""
+    """Collect over all chunks (skipping finished ones), then write summary.json (with
+    `skips`, the over-long questions left out of `problems`). Callers with models in memory
+    (the demo, tests) use this; `run` loads the models first."""
     run_dir = Path(cfg.run_dir)
     collector = Collector(cfg, actor, annotator)
     names = ("critiques", "critic_sft", "solutions")  # solutions last: they mark a chunk done
@@ -596,6 +602,7 @@ def collect(
         list(read_jsonl(run_dir / "critiques.jsonl")),
         sum(1 for _ in read_jsonl(run_dir / "critic_sft.jsonl")),
     )
+    summary = with_skips(summary, skips)
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
@@ -615,4 +622,5 @@ def run(cfg: Config) -> dict[str, Any]:
         cfg.critique_format,
     )
     assert actor is not None and annotator is not None
-    return collect(cfg, problems, actor, annotator)
+    problems, skips = fit_questions(actor, problems, cfg.problems, "problems")
+    return collect(cfg, problems, actor, annotator, skips)

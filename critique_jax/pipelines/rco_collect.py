@@ -50,6 +50,7 @@ from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models import ModelConfig
 from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, is_correct, make_judge
+from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
@@ -171,13 +172,15 @@ def groups_from_file(path: str) -> list[Group]:
 
 def initial_groups(
     init: InitialResponses, problems: ProblemSource, actor: ChatModel, path: Path, seed: int
-) -> list[Group]:
-    """The (x, y0) groups. Sampled y0 are drawn once and kept in `path` (initial.jsonl),
-    so a resumed run, or every critic of an evaluation, sees the same ones."""
+) -> tuple[list[Group], Skips]:
+    """The (x, y0) groups, and the over-long questions skipped (`overlong.fit_questions`).
+    Sampled y0 are drawn once and kept in `path` (initial.jsonl), so a resumed run, or
+    every critic of an evaluation, sees the same ones."""
+    skips: Skips = {}
     if init.source == "file":
         groups = groups_from_file(init.path)
     else:
-        todo = load_problems(problems)
+        todo, skips = fit_questions(actor, load_problems(problems), problems, "problems")
         ids = [f"{p.id}/{k}" for p in todo for k in range(init.per_question)]
         cached = [Group(**r) for r in read_jsonl(path)]
         if cached:
@@ -186,7 +189,7 @@ def initial_groups(
                     f"{path} holds initial responses of another problem set; "
                     "delete it to redraw them, or use a new run_dir"
                 )
-            return cached
+            return cached, skips
         sp = init.sampling.replace(n=init.per_question, seed=chunk_seed(seed, 0, 0))
         outs = actor.chat([solve_messages(p.question) for p in todo], sp)
         groups = [
@@ -203,7 +206,7 @@ def initial_groups(
         if g.id in seen:
             raise ValueError(f"initial responses: id {g.id!r} appears twice; ids must be unique")
         seen.add(g.id)
-    return groups
+    return groups, skips
 
 
 # --------------------------------------------------------------------------- collection
@@ -426,7 +429,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         if cfg.actor is not None:
             _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
     judge = make_judge(cfg.judge, mesh, cfg.seed)
-    groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
+    groups, skips = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
     if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
         raise ValueError(
             "judge.kind: verifier needs gold answers; the initial responses have "
@@ -449,7 +452,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
 
     with RecordLog(run_dir / RECORDS) as log_:
         records = log_.fill(groups, cfg.chunk_groups, compute)
-    result = summarize(records)
+    result = with_skips(summarize(records), skips)
     result["records"] = str(run_dir / RECORDS)
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "summary.json", result)

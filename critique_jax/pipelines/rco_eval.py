@@ -34,6 +34,7 @@ from critique_jax.config import MeshConfig, ModelSpec, StageConfig, to_dict
 from critique_jax.data.critique_format import parse_critique
 from critique_jax.data.sources import ProblemSource
 from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, is_correct, make_judge
+from critique_jax.pipelines.overlong import with_skips
 from critique_jax.pipelines.rco_collect import (
     INITIAL,
     Group,
@@ -172,7 +173,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
             raise ValueError("actor is not set: give the model that refines (actor: {path: ...})")
         _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
     judge = make_judge(cfg.judge, mesh, cfg.seed)
-    groups = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
+    groups, skips = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
     if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
         raise ValueError("judge.kind: verifier needs gold answers for every (x, y0)")
     results = []
@@ -205,6 +206,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         "refinements_per_critique": cfg.num_refinements,
         "critics": results,
     }
+    table = with_skips(table, skips)
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "comparison.json", table)
         atomic_write_text(run_dir / "comparison.md", comparison_markdown(table))

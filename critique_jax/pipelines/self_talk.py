@@ -61,6 +61,7 @@ from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.finetune import Example, finetune
+from critique_jax.pipelines.overlong import fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent, solve, with_demo_tokenizer
 from critique_jax.pipelines.sft import SFTData, load_sft_records
 from critique_jax.pipelines.test_time import difficulty, mean_by_level
@@ -246,10 +247,12 @@ def run(cfg: Config) -> dict[str, Any]:
     examples: list[Example] = [(solve_messages(q), t) for q, t in pairs]
     spec = with_demo_tokenizer(cfg.model, [*train, *test], run_dir / "demo_tokenizer")
     hf = run_dir / "hf"
-    if (hf / "config.json").exists():
-        model = load_model(ModelSpec(path=str(hf), overrides=spec.overrides), mesh, cfg.seed)
-    else:
-        model = load_model(spec, mesh, cfg.seed)
+    trained = (hf / "config.json").exists()
+    if trained:
+        spec = ModelSpec(path=str(hf), overrides=spec.overrides)
+    model = load_model(spec, mesh, cfg.seed)
+    test, skips = fit_questions(make_agent(model, mesh), test, cfg.test_problems, "test_problems")
+    if not trained:
         params = finetune(
             model, examples, cfg.train, cfg.optim, cfg.mesh, run_dir / "train", cfg.seed
         )
@@ -261,6 +264,7 @@ def run(cfg: Config) -> dict[str, Any]:
             test, cfg.chunk_size, lambda chunk, _: predict(agent, chunk, cfg.generate)
         )
     results = {"trajectories": len(examples), "hf_dir": str(hf), **summarize(predictions)}
+    results = with_skips(results, skips)
     if jax.process_index() == 0:
         atomic_write_json(run_dir / "results.json", results)
     return results

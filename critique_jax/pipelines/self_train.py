@@ -73,6 +73,7 @@ from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.finetune import Example, examples_from_records, finetune
+from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import (
     Agent,
     Critic,
@@ -592,6 +593,15 @@ def split_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     return train, kept
 
 
+def fit_both(
+    actor: Agent, train: list[Problem], test: list[Problem], cfg: Config
+) -> tuple[list[Problem], list[Problem], Skips]:
+    """Both problem sets without the questions too long for the actor (or an error)."""
+    train, train_skips = fit_questions(actor, train, cfg.train_problems, "train_problems")
+    test, test_skips = fit_questions(actor, test, cfg.test_problems, "test_problems")
+    return train, test, {**train_skips, **test_skips}
+
+
 def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     mesh = mesh_from_config(cfg.mesh)
@@ -599,6 +609,7 @@ def run(cfg: Config) -> dict[str, Any]:
     tokenizer_dir = run_dir / "demo_tokenizer"
     spec = with_demo_tokenizer(cfg.actor, [*train, *test], tokenizer_dir)
     models = Models(spec, mesh, cfg.seed)
+    train, test, skips = fit_both(make_agent(models.load(), mesh), train, test, cfg)
     arms: dict[str, Critic | None] = {}
     if cfg.critic is None or cfg.baseline:
         arms["vanilla"] = None
@@ -612,9 +623,10 @@ def run(cfg: Config) -> dict[str, Any]:
         for arm, critic in arms.items():
             rows.append(iteration(cfg, arm, t, critic, models, train, test, run_dir))
             _write_comparison(run_dir, rows, cfg)
-    return {
+    results = {
         "arms": list(arms),
         "iterations": cfg.iterations,
         "rows": rows,
         "table": str(run_dir / "comparison.md"),
     }
+    return with_skips(results, skips)

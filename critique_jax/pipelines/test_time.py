@@ -38,11 +38,10 @@ import jax
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import split_steps
-from critique_jax.data.loaders import DataError
-from critique_jax.data.prompts import solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.pipelines.critique_data import stable_seed
+from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import (
     Agent,
     Critic,
@@ -413,10 +412,11 @@ def run_test_time(
     s: TTSSettings,
     out_dir: str | Path,
     title: str = "",
+    skips: Skips | None = None,
 ) -> dict[str, Any]:
     """Run the configured modes on `problems`, resuming from the records in `out_dir`;
     writes results.json, results.md (`results_table`) and accuracy_vs_compute.png there and
-    returns the results."""
+    returns the results (with `skips`, the over-long questions left out of `problems`)."""
     out = Path(out_dir)
     if "sequential" in s.modes and critic is None:
         raise ConfigError(
@@ -428,6 +428,7 @@ def run_test_time(
         "rounds": s.rounds,
         "critic": critic is not None,
     }
+    results = with_skips(results, skips)
     if "sequential" in s.modes:
         with RecordLog(out / "sequential.jsonl") as log_:
             records = log_.fill(
@@ -458,26 +459,6 @@ def run_test_time(
     return results
 
 
-def check_question_lengths(actor: Agent, problems: Sequence[Problem], source: str) -> None:
-    """Refuse, before any sampling, questions whose solve prompt is longer than the actor's
-    longest prompt (its context, or the sampler's Buckets.max_length), naming them."""
-    sampler = actor.sampler
-    cap = min(
-        sampler.buckets.max_length or sampler.cfg.max_position_embeddings,
-        sampler.cfg.max_position_embeddings,
-    )
-    too_long = [
-        (p.id, n) for p in problems if (n := len(sampler.encode(solve_messages(p.question)))) > cap
-    ]
-    if too_long:
-        shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in too_long[:5])
-        raise DataError(
-            f"{source}: {len(too_long)} of {len(problems)} questions do not fit the actor's "
-            f"prompt limit of {cap} tokens: {shown}. Fix: drop or shorten them (or use a "
-            "model with a longer context)"
-        )
-
-
 @dataclass
 class Config(StageConfig):
     stage: str = "eval_tts"
@@ -505,6 +486,6 @@ def run(cfg: Config) -> dict[str, Any]:
         cfg.critique_format,
     )
     assert actor is not None
-    check_question_lengths(actor, problems, cfg.problems.path or cfg.problems.kind)
+    problems, skips = fit_questions(actor, problems, cfg.problems, "problems")
     title = f"{cfg.problems.kind}: {len(problems)} questions"
-    return run_test_time(actor, critic, problems, cfg.tts, run_dir, title)
+    return run_test_time(actor, critic, problems, cfg.tts, run_dir, title, skips)

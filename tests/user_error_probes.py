@@ -1,6 +1,6 @@
 """Issue 17's probes: bad inputs and faults tried as a new user would, through the real CLIs.
 
-    python tests/user_error_probes.py [--jobs 2] [--timeout 240] [-k NAME] [--keep DIR]
+    python tests/user_error_probes.py [--jobs 2] [--timeout 240] [-k NAME,NAME] [--keep DIR]
 
 Run by hand (pytest does not collect it; a few minutes on 2 cores). Each probe runs its
 commands (`python -m critique_jax.train | sample | check_hf | benchmarks.*`) in fresh
@@ -475,6 +475,14 @@ _data("data_not_json", "D6", "line 1", b"{question: oops\n")
 
 
 @probe
+@refuse("problem_record_question_int", "5", "line 1: 'question' must be a non-empty string")
+def _(w, d):
+    data = d / "problems.jsonl"
+    data.write_text(json.dumps({"id": "p0", "question": 123, "answer": "4"}) + "\n")
+    return [w.tts(earlier_run(d), f"problems={{kind: jsonl, path: {data}}}", "critic=null")], d
+
+
+@probe
 @refuse("data_missing_file", "D6", "no_such.jsonl")
 def _(w, d):
     return [w.sft(earlier_run(d), f"data.path={d / 'no_such.jsonl'}")], d / "run"
@@ -632,6 +640,18 @@ def _(w, d):
     return [[*SAMPLE, "--model", str(w.hf), "--prompt", "hi", "--top-p", "2"]], None
 
 
+@probe
+@refuse("sample_mesh_past_devices", "D1", "devices")
+def _(w, d):
+    return [[*SAMPLE, "--model", str(w.hf), "--prompt", "hi", "--mesh", "4,1,1"]], None
+
+
+@probe
+@refuse("check_hf_missing_dir", "D1", "does not exist", requires=needs_torch)
+def _(w, d):
+    return [[*CHECK_HF, str(d / "no_model")]], None
+
+
 def _benchmark(name: str, module: str, needle: str, *extra: str) -> Probe:
     def setup(w: Work, d: Path):
         args = ["--model", str(d / "no_model"), *extra]
@@ -753,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=240)
-    parser.add_argument("-k", default="", help="only probes whose name contains this")
+    parser.add_argument("-k", default="", help="only probes whose name contains one of these")
     parser.add_argument("--keep", help="work in this directory and keep it")
     args = parser.parse_args(argv)
     root = Path(args.keep or tempfile.mkdtemp(prefix="probes-"))
@@ -761,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / sub).mkdir(parents=True, exist_ok=True)
     work = Work(root)
     build_shared(work)
-    chosen = [p for p in PROBES if args.k in p.name]
+    chosen = [p for p in PROBES if any(k in p.name for k in args.k.split(","))]
     with ThreadPoolExecutor(args.jobs) as pool:
         outcomes = list(pool.map(lambda p: run_probe(p, work, args.timeout), chosen))
     for o in outcomes:

@@ -79,9 +79,7 @@ def test_prefill_logits_equal_full_forward_for_left_padded_rows(model, sampler):
         tokens[r, width - len(ids) :], mask[r, width - len(ids) :] = ids, True
     # The shapes generate_ids uses for PROMPTS under GREEDY, so nothing extra compiles.
     engine = sampler.engine
-    _, last, lengths = engine.prefill(
-        engine.prepare(params), tokens, mask, 1, width + GREEDY.max_new_tokens
-    )
+    _, last, lengths = engine.prefill(engine.prepare(params), tokens, mask, 1)
     assert list(np.asarray(lengths)) == [len(p) for p in PROMPTS]
     ref = full_forward_logprobs(cfg, params, PROMPTS)
     for r, ids in enumerate(PROMPTS):
@@ -389,7 +387,6 @@ def test_text_api_chat_template_stop_tokens_and_strings(text_sampler):
 # ----------------------------------------------------------------- sharded
 
 
-@pytest.mark.subprocess_job("sharded-single-host")
 def test_sharded_mesh_matches_single_device(sampled, subprocess_results):
     """data=2, fsdp=2, tensor=2 on 8 simulated CPU devices (sharded_worker.py): the same
     samples as one device."""

@@ -8,7 +8,7 @@ Throughput counts prefill + decode of the second (compiled) call; `compile_s` is
 call's extra time. The last line printed is one JSON object.
 
 On an accelerator it also reports the decode roofline fraction: the bytes one decode step
-must read (all parameters + the whole KV cache, which the masked attention reads every step)
+must read (all parameters + every slot of the KV cache, which the masked attention reads every step)
 over the measured step time, as a fraction of the device's peak memory bandwidth.
 """
 
@@ -85,7 +85,7 @@ def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int, dtype: s
     width = call.tokens.shape[1]
     start = time.perf_counter()
     prefilled = jax.block_until_ready(
-        sampler.engine.prefill(params, call.tokens, call.token_mask, 1, width + new_tokens)
+        sampler.engine.prefill(params, call.tokens, call.token_mask, 1)
     )
     prefill_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -108,10 +108,11 @@ def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int, dtype: s
     decode_s = time.perf_counter() - start
 
     step_s = decode_s / max(new_tokens - 1, 1)
-    rows, cache_len = len(call.prompt_index), width + new_tokens
+    # The prompt segment once per prompt, then each row's own decode slots.
+    slots = len(call.tokens) * width + len(call.prompt_index) * new_tokens
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     itemsize = np.dtype(cfg.jnp_dtype).itemsize
-    kv_bytes = 2 * cfg.num_layers * rows * cache_len * cfg.num_kv_heads * cfg.head_dim * itemsize
+    kv_bytes = 2 * cfg.num_layers * slots * cfg.num_kv_heads * cfg.head_dim * itemsize
     device = jax.devices()[0]
     peak = peak_bandwidth(device) if device.platform != "cpu" else None
     return dict(

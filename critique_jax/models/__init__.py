@@ -6,6 +6,7 @@ from critique_jax.models.transformer import (
     KVCache,
     Transformer,
     abstract_params,
+    continue_cache,
     init_cache,
     init_params,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "RopeScaling",
     "Transformer",
     "abstract_params",
+    "continue_cache",
     "init_cache",
     "init_params",
     "preset",

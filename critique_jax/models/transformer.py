@@ -21,7 +21,10 @@ import numpy as np
 from critique_jax.models.config import ModelConfig
 from critique_jax.sharding import constrain
 
-KVCache = dict[str, jax.Array]  # k, v: [L, B, K, S, H]; mask: [B, S] bool; index: int32 scalar
+# k, v: [L, B, K, S, H]; mask: [B, S] bool; index: int32 scalar; and, for a fanned-out decode
+# (see `continue_cache`), a read-only prompt segment prompt_k, prompt_v [L, P, K, W, H] and
+# prompt_mask [P, W], with B a multiple of P.
+KVCache = dict[str, jax.Array]
 
 
 def _init(names: tuple[str, ...], scale: float = 0.02):
@@ -101,9 +104,9 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, sin, cos, mask, kv):
         cfg = self.cfg
-        q = self._proj("q", cfg.num_heads, "heads", cfg.qkv_bias)(x)
-        k = self._proj("k", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias)(x)
-        v = self._proj("v", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias)(x)
+        q = _over_tokens(self._proj("q", cfg.num_heads, "heads", cfg.qkv_bias), x)
+        k = _over_tokens(self._proj("k", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias), x)
+        v = _over_tokens(self._proj("v", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias), x)
         if cfg.qk_norm:
             norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
             q = RMSNorm(**norm, name="q_norm")(q)
@@ -116,7 +119,7 @@ class Attention(nn.Module):
             out, new_kv = _attention(cfg, q, k, v, mask), None
         else:
             out, new_kv = _cached_attention(q, k, v, mask, *kv)
-        out = nn.DenseGeneral(
+        o = nn.DenseGeneral(
             cfg.hidden_size,
             axis=(-2, -1),
             use_bias=cfg.o_bias,
@@ -125,50 +128,105 @@ class Attention(nn.Module):
             name="o",
             kernel_init=_init(("heads", "head_dim", "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        )(out)
-        return out, new_kv
+        )
+        return _over_tokens(o, out), new_kv
+
+
+def _over_tokens(layer, x: jax.Array) -> jax.Array:
+    """layer(x) with x's leading [B, T] merged into one token axis (a free reshape).
+
+    A weight gradient is then a matmul contracting one token axis; contracting B and T
+    together, XLA:CPU first copies the activation gradient into a transposed layout.
+    """
+    b, t = x.shape[:2]
+    y = layer(x.reshape(b * t, *x.shape[2:]))
+    return y.reshape(b, t, *y.shape[1:])
 
 
 def _attention(cfg: ModelConfig, q, k, v, mask):
     """mask None: plain causal attention (cuDNN flash attention can take it on GPU)."""
-    if mask is None:
-        impl = cfg.attention_impl
-        if impl == "auto":
-            gpu = jax.default_backend() == "gpu"
-            impl = "cudnn" if gpu and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    impl = cfg.attention_impl
+    if impl == "auto":
+        gpu = jax.default_backend() == "gpu"
+        impl = "cudnn" if gpu and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+    if impl == "cudnn" and mask is None:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    return _grouped_attention(q, k, v, mask)
 
 
-def _cached_attention(q, k, v, mask, cache_k, cache_v, layer, index):
+def _grouped_attention(q, k, v, mask):
+    """Attention with query heads grouped by kv head (GQA) instead of repeating k, v.
+
+    q [B, T, N, H], k, v [B, S, K, H]; mask [B, 1, T, S] or None for causal. Heads lead the
+    sequence, so each (row, kv head) is one [G*T, H] x [S, H] score matmul and one
+    [G*T, S] x [S, H] value matmul, with no transpose of the [T, S] scores between them.
+    The maths is jax.nn.dot_product_attention's XLA path (fp32 scores and softmax).
+    """
+    b, t, heads, dim = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    q = q.reshape(b, t, kv_heads, group, dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(b, kv_heads, group * t, dim)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    scores = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv_heads, group, t, -1) * jnp.float32(1 / math.sqrt(dim))
+    mask = jnp.tril(jnp.ones((t, t), bool)) if mask is None else mask[:, :, None]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkqs,bksh->bkqh", probs.reshape(b, kv_heads, group * t, -1), v)
+    out = out.reshape(b, kv_heads, group, t, dim).transpose(0, 3, 1, 2, 4)
+    return out.reshape(b, t, heads, dim)
+
+
+def _cached_attention(q, k, v, mask, kv, prompt_kv, layer, index):
     """Write the chunk's k, v into layer `layer` of the stacked cache at slot `index`, then
-    attend over that layer's slots.
+    attend over that layer's slots, and over its prompt segment when the cache has one.
 
     The stacked cache [L, B, K, S, H] travels through the layer loop and each layer updates
     its slice in place, so a decode step writes one slot per layer instead of rebuilding the
-    whole cache. (XLA:CPU still copies the layer's slice out for the dots.) Heads lead the
-    slots so each (row, kv head) is one contiguous [S, H] matrix the score and value dots read
-    as is: no per-step transpose of the cache. Query heads are grouped by kv head (GQA)
-    instead of repeating k, v.
+    whole cache. Heads lead the slots so each (row, kv head) is one contiguous [S, H] matrix
+    the score and value dots read as is. Query heads are grouped by kv head (GQA) instead of
+    repeating k, v.
+
+    The prompt segment [L, P, K, W, H] is shared by the B // P rows that sample the same
+    prompt (fan-out): their queries are stacked into one [rows x heads, W] block per prompt,
+    so a decode step reads each prompt's keys and values once, not once per sample.
     """
+    cache_k, cache_v = kv
     start = (layer, 0, 0, index, 0)
     cache_k = jax.lax.dynamic_update_slice(cache_k, _heads_first(k, cache_k.dtype), start)
     cache_v = jax.lax.dynamic_update_slice(cache_v, _heads_first(v, cache_v.dtype), start)
-    names = ("batch", "kv_heads", "cache_length", "head_dim")
-    k = constrain(jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False), names)
-    v = constrain(jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False), names)
-    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    k, v = _layer(cache_k, layer, q.dtype), _layer(cache_v, layer, q.dtype)
     b, t, heads, dim = q.shape
     kv_heads = k.shape[1]
     q = q.reshape(b, t, kv_heads, heads // kv_heads, dim)
     scores = jnp.einsum("btkgh,bksh->bkgts", q, k, preferred_element_type=jnp.float32)
+    prompt = prompt_kv is not None
+    if prompt:
+        pk, pv = (_layer(x, layer, q.dtype) for x in prompt_kv)
+        p, width = pk.shape[0], pk.shape[2]
+        qp = q.reshape(p, b // p, t, kv_heads, heads // kv_heads, dim)
+        prompt_scores = jnp.einsum(
+            "pftkgh,pkwh->pfkgtw", qp, pk, preferred_element_type=jnp.float32
+        )
+        scores = jnp.concatenate([prompt_scores.reshape(*scores.shape[:-1], width), scores], -1)
     scores = jnp.where(mask[:, :, None], scores / math.sqrt(dim), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    # probs as the left operand: a plain [G*T, S] @ [S, H] matmul per (row, kv head); the
-    # other order is a transposed-lhs dot that XLA:CPU runs several times slower.
+    if prompt:
+        probs, prompt_probs = probs[..., width:], probs[..., :width]
+    # probs as the left operand: a plain [G*T, S] @ [S, H] matmul per (row, kv head).
     out = jnp.einsum("bkgts,bksh->bkgth", probs, v)
+    if prompt:
+        prompt_probs = prompt_probs.reshape(p, b // p, *prompt_probs.shape[1:])
+        out = out + jnp.einsum("pfkgtw,pkwh->pfkgth", prompt_probs, pv).reshape(out.shape)
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, heads, dim)
     return out, (cache_k, cache_v)
+
+
+def _layer(stacked: jax.Array, layer, dtype) -> jax.Array:
+    """One layer's [B, K, S, H] slice of a stacked cache, in the compute dtype."""
+    x = jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
+    return constrain(x, ("batch", "kv_heads", "cache_length", "head_dim")).astype(dtype)
 
 
 def _heads_first(x: jax.Array, dtype) -> jax.Array:
@@ -190,10 +248,10 @@ class MLP(nn.Module):
             kernel_init=_init(names),
             name=name,
         )
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x)
+        gate = _over_tokens(dense(cfg.intermediate_size, ("embed", "mlp"), "gate"), x)
+        up = _over_tokens(dense(cfg.intermediate_size, ("embed", "mlp"), "up"), x)
         h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return dense(cfg.hidden_size, ("mlp", "embed"), "down")(h)
+        return _over_tokens(dense(cfg.hidden_size, ("mlp", "embed"), "down"), h)
 
 
 class DecoderLayer(nn.Module):
@@ -207,7 +265,7 @@ class DecoderLayer(nn.Module):
         cfg = self.cfg
         norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
         h = RMSNorm(**norm, name="input_norm")(x)
-        layer_kv = None if kv is None else (*kv, layer, ctx["index"])
+        layer_kv = None if kv is None else (kv, ctx["prompt_kv"], layer, ctx["index"])
         attn, new_kv = Attention(cfg, name="attn")(h, ctx["sin"], ctx["cos"], ctx["mask"], layer_kv)
         x = x + attn
         x = x + MLP(cfg, name="mlp")(RMSNorm(**norm, name="post_attn_norm")(x))
@@ -292,7 +350,7 @@ class Transformer(nn.Module):
         x = constrain(self.embed(tokens), ("batch", "length", "embed"))
         sin, cos = rope_tables(self.cfg, positions)
         mask = self._train_mask(segment_ids, positions)
-        x, _ = self._layers(x, dict(sin=sin, cos=cos, mask=mask, index=None), None)
+        x, _ = self._layers(x, dict(sin=sin, cos=cos, mask=mask), None)
         return self._logits(x)
 
     def _train_mask(self, segment_ids, positions):
@@ -330,16 +388,28 @@ class Transformer(nn.Module):
         slots = jnp.arange(kv_mask.shape[1])
         q_slots = index + jnp.arange(t)
         mask = (slots[None, :] <= q_slots[:, None])[None] & kv_mask[:, None, :]
-        if self.cfg.sliding_window is not None:
-            mask = mask & (q_slots[:, None] - slots[None, :] < self.cfg.sliding_window)[None]
+        window = self.cfg.sliding_window
+        if window is not None:
+            mask = mask & (q_slots[:, None] - slots[None, :] < window)[None]
+        prompt_kv = None
+        if "prompt_k" in cache:  # the prompt segment precedes every slot of the cache
+            prompt_kv = (cache["prompt_k"], cache["prompt_v"])
+            prompt_mask = cache["prompt_mask"]
+            width = prompt_mask.shape[1]
+            prompt_mask = jnp.repeat(prompt_mask, tokens.shape[0] // prompt_mask.shape[0], 0)
+            prompt_mask = jnp.broadcast_to(prompt_mask[:, None], (tokens.shape[0], t, width))
+            if window is not None:
+                distance = width + q_slots[:, None] - jnp.arange(width)[None, :]
+                prompt_mask = prompt_mask & (distance < window)[None]
+            mask = jnp.concatenate([prompt_mask, mask], axis=-1)
         x = constrain(self.embed(tokens), ("batch", "length", "embed"))
         sin, cos = rope_tables(self.cfg, positions)
-        ctx = dict(sin=sin, cos=cos, mask=mask[:, None], index=index)
+        ctx = dict(sin=sin, cos=cos, mask=mask[:, None], index=index, prompt_kv=prompt_kv)
         x, (k, v) = self._layers(x, ctx, (cache["k"], cache["v"]))
         if last_only:
             last = t - 1 - jnp.argmax(token_mask[:, ::-1], axis=1)
             x = jnp.take_along_axis(x, last[:, None, None], axis=1)
-        new_cache = dict(k=k, v=v, mask=kv_mask, index=index + t)
+        new_cache = dict(cache, k=k, v=v, mask=kv_mask, index=index + t)
         return self._logits(x), new_cache
 
 
@@ -355,11 +425,31 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache
     )
 
 
+def continue_cache(prompt_cache: KVCache, fanout: int, length: int) -> KVCache:
+    """The cache that `fanout` samples of each prompt decode into: the prefill's cache, read
+    but never copied, becomes the shared prompt segment (row b reads prompt row b // fanout),
+    followed by `length` empty slots per sample row."""
+    layers, prompts, kv_heads, _, dim = prompt_cache["k"].shape
+    shape = (layers, prompts * fanout, kv_heads, length, dim)
+    return dict(
+        k=jnp.zeros(shape, prompt_cache["k"].dtype),
+        v=jnp.zeros(shape, prompt_cache["v"].dtype),
+        mask=jnp.zeros((prompts * fanout, length), bool),
+        index=jnp.zeros((), jnp.int32),
+        prompt_k=prompt_cache["k"],
+        prompt_v=prompt_cache["v"],
+        prompt_mask=prompt_cache["mask"],
+    )
+
+
 CACHE_LOGICAL_AXES = dict(
     k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     v=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     mask=("batch", "cache_length"),
     index=(),
+    prompt_k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    prompt_v=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    prompt_mask=("batch", "cache_length"),
 )
 
 

@@ -1,11 +1,13 @@
 """The compiled core: prefill a left-padded prompt block, then decode in a `lax.while_loop`.
 
-Prefill runs the prompt block through `Transformer.extend` once, filling a KV cache with
-`prompt bucket + max_new_tokens` slots, and repeats the cache `fanout` times along the batch
-so the n samples of a prompt share one prefill. Decode feeds one token per step through the
-same `extend` (the training graph), writes tokens and log-probs into preallocated buffers,
-and stops when every row has hit a stop id or `max_new_tokens` is reached. The cache is
-donated to decode, so the loop updates it in place instead of copying it.
+Prefill runs the prompt block through `Transformer.extend` once, filling a KV cache of
+`prompt bucket` slots. Decode continues `fanout` sample rows from each prompt
+(`models.continue_cache`): the prompt's cache is one segment that all its samples read, so
+the n samples of a prompt share one prefill and, at every decode step, one read of the
+prompt's keys and values; each row writes its new tokens into a segment of its own. Decode
+feeds one token per step through the same `extend` (the training graph), writes tokens and
+log-probs into preallocated buffers, and stops when every row has hit a stop id or
+`max_new_tokens` is reached.
 
 Parameters are an argument of every compiled function, never a constant: the actor and the
 critic share one compiled sampler when their architecture matches, and new parameters after
@@ -28,6 +30,7 @@ from critique_jax.models import (
     ModelConfig,
     Transformer,
     abstract_params,
+    continue_cache,
     init_cache,
 )
 from critique_jax.sampling.filters import FilterSpec, row_keys, sample_tokens, token_logprobs
@@ -75,20 +78,14 @@ def _extend(model: Transformer, params, tokens, positions, token_mask, cache):
 
 
 def _fan_out(cache, logits, token_mask, fanout: int):
-    """(cache, last logits [B, V], prompt lengths) with every row repeated `fanout` times:
-    the n samples of a prompt share its prefill."""
-    cache = dict(
-        k=_repeat(cache["k"], fanout, 1),
-        v=_repeat(cache["v"], fanout, 1),
-        mask=_repeat(cache["mask"], fanout, 0),
-        index=cache["index"],
-    )
+    """(prompt cache, last logits [B, V], prompt lengths [B]) with B = prompts x `fanout`:
+    the logits and lengths of every sample row; the cache stays one row per prompt."""
     lengths = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
     return cache, _repeat(logits[:, 0], fanout, 0), _repeat(lengths, fanout, 0)
 
 
-def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, token_mask):
-    cache = _empty_cache(model.cfg, tokens.shape[0], cache_len)
+def _prefill(model: Transformer, fanout: int, params, tokens, token_mask):
+    cache = _empty_cache(model.cfg, *tokens.shape)
     logits, cache = _extend(model, params, tokens, _positions(token_mask), token_mask, cache)
     return _fan_out(cache, logits, token_mask, fanout)
 
@@ -96,7 +93,6 @@ def _prefill(model: Transformer, fanout: int, cache_len: int, params, tokens, to
 def _prefill_shared(
     model: Transformer,
     fanout: int,
-    cache_len: int,
     params,
     prefix,
     prefix_mask,
@@ -108,7 +104,7 @@ def _prefill_shared(
 ):
     """Prefill the shared prefixes once, each prompt's remainder on a copy of its prefix's
     cache rows, then gather every row into the plain prefill's layout (the prompt right-
-    aligned in `width` slots, then the decode slots), so decode cannot tell the two apart."""
+    aligned in `width` slots), so decode cannot tell the two apart."""
     width = token_mask.shape[1]
     cache = _empty_cache(model.cfg, prefix.shape[0], prefix.shape[1] + suffix.shape[1])
     _, cache = _extend(model, params, prefix, _positions(prefix_mask), prefix_mask, cache)
@@ -125,13 +121,12 @@ def _prefill_shared(
 
     def relayout(kv):
         kv = jnp.take_along_axis(kv, source[None, :, None, :, None], axis=3)
-        kv = jnp.pad(kv, ((0, 0), (0, 0), (0, 0), (0, cache_len - width), (0, 0)))
         return constrain(kv, CACHE_LOGICAL_AXES["k"])
 
     cache = dict(
         k=relayout(cache["k"]),
         v=relayout(cache["v"]),
-        mask=jnp.pad(token_mask, ((0, 0), (0, cache_len - width))),
+        mask=token_mask,
         index=jnp.int32(width),
     )
     return _fan_out(cache, logits, token_mask, fanout)
@@ -155,6 +150,8 @@ def _decode(
     min_p,
 ):
     batch = logits.shape[0]
+    cache = continue_cache(cache, batch // cache["k"].shape[1], max_new)
+    cache = {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
     keys = row_keys(seed, prompt_index, sample_index)
 
     def choose(step_logits, step):
@@ -195,8 +192,8 @@ def _decode(
         return (step + 1, new, cache, out_tok, out_lp, lengths + live, done | hit, stopped | hit)
 
     carry = (jnp.int32(1), tok, cache, out_tok, out_lp, lengths, done, stopped)
-    _, _, cache, out_tok, out_lp, lengths, _, stopped = jax.lax.while_loop(cond, body, carry)
-    return DecodeOut(out_tok, out_lp, lengths, stopped), cache
+    _, _, _, out_tok, out_lp, lengths, _, stopped = jax.lax.while_loop(cond, body, carry)
+    return DecodeOut(out_tok, out_lp, lengths, stopped)
 
 
 _COMPILED: dict[tuple, Any] = {}
@@ -252,7 +249,7 @@ class Engine:
         fn = functools.partial(unstack_layers, num_layers=self.cfg.num_layers)
         return self._call(("unstack",), fn, shardings, params)
 
-    def _call(self, key: tuple, fn, shardings, *args, donate=()):
+    def _call(self, key: tuple, fn, shardings, *args):
         """Run `fn`, jitted once per static `key` and shared by every Engine of the same
         config and mesh (two Samplers of one architecture, e.g. actor and critic, compile
         once). On a mesh, `shardings()` gives (in, out) shardings, host arrays become global
@@ -260,7 +257,7 @@ class Engine:
         traced under the mesh so the model's sharding hints apply."""
         key = (self.run_cfg, self.mesh, *key)
         if key not in _COMPILED:
-            kw: dict[str, Any] = dict(donate_argnums=donate)
+            kw: dict[str, Any] = {}
             if self.mesh is not None:
                 kw["in_shardings"], kw["out_shardings"] = shardings()
             _COMPILED[key] = (jax.jit(fn, **kw), kw.get("in_shardings"))
@@ -280,7 +277,9 @@ class Engine:
         return named(self.mesh, *names)
 
     def _cache_shardings(self) -> dict[str, NamedSharding]:
-        return {k: named(self.mesh, *v) for k, v in CACHE_LOGICAL_AXES.items()}
+        """Shardings of a prefill's cache (no prompt segment)."""
+        keys = ("k", "v", "mask", "index")
+        return {k: named(self.mesh, *CACHE_LOGICAL_AXES[k]) for k in keys}
 
     def prefill(
         self,
@@ -288,12 +287,12 @@ class Engine:
         tokens: np.ndarray,
         token_mask: np.ndarray,
         fanout: int,
-        cache_len: int,
     ):
-        """Left-padded prompts [B, P] -> (cache, last logits, prompt lengths), B * fanout rows."""
+        """Left-padded prompts [B, P] -> (cache, last logits, prompt lengths): the cache one
+        row per prompt, logits and lengths for B * fanout sample rows."""
 
         def fn(params, tokens, token_mask):
-            return _prefill(self.model, fanout, cache_len, params, tokens, token_mask)
+            return _prefill(self.model, fanout, params, tokens, token_mask)
 
         def shardings():
             rows = self._named("batch", "length")
@@ -304,7 +303,7 @@ class Engine:
                 self._named("batch"),
             )
 
-        return self._call(("prefill", fanout, cache_len), fn, shardings, params, tokens, token_mask)
+        return self._call(("prefill", fanout), fn, shardings, params, tokens, token_mask)
 
     def prefill_shared(
         self,
@@ -312,13 +311,12 @@ class Engine:
         shared: SharedPrefill,
         token_mask: np.ndarray,
         fanout: int,
-        cache_len: int,
     ):
         """`prefill`'s result for the prompts `token_mask` marks, computed in two blocks
         (see `sampling.prefixes`)."""
 
         def fn(params, *arrays):
-            return _prefill_shared(self.model, fanout, cache_len, params, *arrays)
+            return _prefill_shared(self.model, fanout, params, *arrays)
 
         def shardings():
             rows, row = self._named("batch", "length"), self._named("batch")
@@ -338,7 +336,7 @@ class Engine:
             shared.source,
             token_mask,
         )
-        key = ("prefill_shared", fanout, cache_len)
+        key = ("prefill_shared", fanout)
         return self._call(key, fn, shardings, params, *arrays)
 
     def decode(
@@ -356,7 +354,7 @@ class Engine:
         top_p: float,
         min_p: float,
     ) -> DecodeOut:
-        """Decode from `prefill`'s output (its cache is donated: do not reuse it)."""
+        """Decode `max_new` tokens for every sample row of `prefill`'s output."""
         cache, logits, lengths = prefilled
 
         def fn(params, cache, logits, lengths, *rest):
@@ -379,9 +377,9 @@ class Engine:
                 rep,
                 rep,
             )
-            return ins, (DecodeOut(rows, rows, row, row), cache_sh)
+            return ins, DecodeOut(rows, rows, row, row)
 
-        out, _ = self._call(
+        return self._call(
             ("decode", spec, max_new),
             fn,
             shardings,
@@ -397,9 +395,7 @@ class Engine:
             np.float32(temperature),
             np.float32(top_p),
             np.float32(min_p),
-            donate=(1,),
         )
-        return out
 
     def fetch(self, out: DecodeOut) -> DecodeOut:
         """Device results as NumPy on this host (gathered across processes on multi-host)."""

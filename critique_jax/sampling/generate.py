@@ -120,10 +120,9 @@ def prepare_calls(
 
 def prefill_call(engine: Engine, params: Params, call: CallInputs, sp: SamplingParams):
     """Dispatch one call's prefill (the cache and the first logits, not waited for)."""
-    cache_len = call.tokens.shape[1] + sp.max_new_tokens
     if call.shared is None:
-        return engine.prefill(params, call.tokens, call.token_mask, call.fanout, cache_len)
-    return engine.prefill_shared(params, call.shared, call.token_mask, call.fanout, cache_len)
+        return engine.prefill(params, call.tokens, call.token_mask, call.fanout)
+    return engine.prefill_shared(params, call.shared, call.token_mask, call.fanout)
 
 
 def decode_call(

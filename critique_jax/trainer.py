@@ -94,7 +94,11 @@ class TrainState:
 
 def learning_rate_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
     """Linear warmup to the peak (step s < W: lr * (s + 1) / W, so the first update is not
-    zero), then cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant."""
+    zero), then cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant.
+
+    Not optax's join_schedules(linear_schedule, cosine_decay_schedule): the same curve in
+    another order of float32 operations, off by up to 19 ulp at 61% of the steps of the
+    shipped configs, which would change every trained result for the same seed."""
     if optim.schedule not in ("cosine", "linear", "constant"):
         raise ValueError(f"optim.schedule={optim.schedule!r}; use cosine, linear or constant.")
     peak, warmup = optim.learning_rate, optim.warmup_steps

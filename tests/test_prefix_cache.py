@@ -22,8 +22,9 @@ PROMPTS = [
     SYSTEM + X1 + [31, 32],
     [13, 14, 15],
 ]
-PLAIN = Buckets(min_length=8, max_batch=16, share_prefix=0)
-SHARED = Buckets(min_length=8, max_batch=16, share_prefix=6)
+# Power-of-two widths, for which these prompts' two-block prefill computes fewer slots.
+PLAIN = Buckets(min_length=8, length_steps=1, max_batch=16, share_prefix=0)
+SHARED = Buckets(min_length=8, length_steps=1, max_batch=16, share_prefix=6)
 GREEDY = SamplingParams(max_new_tokens=5, temperature=0.0, stop_token_ids=())
 SAMPLED = SamplingParams(
     max_new_tokens=5, temperature=1.0, top_k=20, stop_token_ids=(), n=2, seed=7

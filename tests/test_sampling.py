@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,7 +217,9 @@ def test_requests_larger_than_the_batch_bucket_are_split():
 
 def test_bucket_shapes_and_errors():
     b = Buckets(min_length=16, max_length=256, max_batch=64, multiple=4)
-    assert [b.length(n, 4096) for n in (1, 16, 17, 200)] == [16, 16, 32, 256]
+    assert [b.length(n, 4096) for n in (1, 16, 17, 25, 200)] == [16, 16, 24, 32, 256]
+    pow2 = dataclasses.replace(b, length_steps=1)
+    assert [pow2.length(n, 4096) for n in (17, 100, 129)] == [32, 128, 256]
     assert b.length(60, model_max=64) == 64
     assert [b.batch(n, 64) for n in (1, 3, 5, 64)] == [4, 4, 8, 64]
     with pytest.raises(ValueError, match="longer than the largest prompt bucket"):

@@ -1,7 +1,9 @@
 """Shape buckets and the split of a request into compiled calls.
 
 Every distinct (batch, prompt length) shape is a new XLA program, so both are rounded up to
-a few sizes: powers of two above a floor, capped at a maximum. A request with more rows
+a few sizes above a floor, capped at a maximum: batches to powers of two, prompt lengths to
+`length_steps` sizes per octave (2: 256, 384, 512, 768, ...), since every padded slot of a
+prompt is computed by the prefill and read by every decode step. A request with more rows
 than the largest batch is split into several calls (never rejected); a prompt longer than
 the largest length bucket is an error, raised before anything runs.
 """
@@ -24,24 +26,34 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
+def _round_up(n: int, steps: int) -> int:
+    """The smallest size >= n of the form 2^k * (1 + j / steps), 0 <= j < steps."""
+    top = _next_pow2(n)
+    step = max(top // 2 // steps, 1)
+    return min(top, top // 2 + -(-(n - top // 2) // step) * step)
+
+
 @dataclass(frozen=True)
 class Buckets:
     """min_length/max_length: prompt-length buckets (max_length None = the model's maximum
-    context). min_batch: the smallest prompts-per-call bucket. max_batch: the most decode rows
-    (prompts x samples) per call. multiple: every batch is a multiple of it (set to the
-    number of data-parallel devices so rows split evenly over them). share_prefix: prompts of a
-    call that share at least this many leading tokens prefill them once (0: never; see
-    `sampling.prefixes`)."""
+    context). length_steps: prompt-length buckets per octave (1: powers of two; more pad
+    less and compile more programs). min_batch: the smallest prompts-per-call bucket.
+    max_batch: the most decode rows (prompts x samples) per call. multiple: every batch is a
+    multiple of it (set to the number of data-parallel devices so rows split evenly over
+    them). share_prefix: prompts of a call that share at least this many leading tokens
+    prefill them once (0: never; see `sampling.prefixes`)."""
 
     min_length: int = 32
     max_length: int | None = None
+    length_steps: int = 2
     min_batch: int = 1
     max_batch: int = 64
     multiple: int = 1
     share_prefix: int = 32
 
     def __post_init__(self) -> None:
-        if self.min_length < 1 or self.min_batch < 1 or self.max_batch < 1 or self.multiple < 1:
+        sizes = (self.min_length, self.length_steps, self.min_batch, self.max_batch, self.multiple)
+        if min(sizes) < 1:
             raise ValueError(f"bucket sizes must be positive: {self}")
         if self.share_prefix < 0:
             raise ValueError(f"share_prefix={self.share_prefix} must be >= 0 (0 = off)")
@@ -59,7 +71,7 @@ class Buckets:
                 f"max_length={self.max_length}, model max_position_embeddings={model_max}). "
                 "Shorten or truncate the prompt, or raise Buckets.max_length."
             )
-        return min(max(_next_pow2(n), self.min_length), cap)
+        return min(max(_round_up(n, self.length_steps), self.min_length), cap)
 
     def batch(self, n: int, cap: int) -> int:
         """The batch bucket of `n` rows, at most `cap` (rounded up to `multiple`)."""

@@ -1,11 +1,10 @@
-"""Shared test helpers: locating real checkpoints built by ../shared/tools/real_models.py, and
-the background subprocess jobs of subprocess_jobs.py."""
+"""Shared test helpers: locating real checkpoints built by ../shared/tools/real_models.py, the
+results of the subprocess jobs of subprocess_jobs.py, and how pytest-xdist shares the tests out
+(pyproject's addopts run them on every core with `--dist loadgroup`)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +16,6 @@ import pytest
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import subprocess_jobs  # noqa: E402
-
-_JOBS: dict[str, subprocess_jobs.Job] = {}
-_TMP: list[Path] = []
 
 
 def real_model_dir(name: str) -> Path:
@@ -33,46 +29,31 @@ def real_model_dir(name: str) -> Path:
     return directory
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "subprocess_job(name): the test reads a job of tests/subprocess_jobs.py"
-    )
-
-
-def _start(name: str) -> subprocess_jobs.Job:
-    if name not in _JOBS:
-        if name not in subprocess_jobs.JOBS:
-            raise KeyError(f"no subprocess job {name!r}; known: {sorted(subprocess_jobs.JOBS)}")
-        if not _TMP:
-            _TMP.append(Path(tempfile.mkdtemp(prefix="critique_jax_jobs_")))
-        tmp = _TMP[0] / name
-        tmp.mkdir()
-        _JOBS[name] = subprocess_jobs.JOBS[name](tmp)
-    return _JOBS[name]
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the jobs the selected tests need now, so they run while earlier tests do."""
-    for item in session.items:
-        for mark in item.iter_markers("subprocess_job"):
-            _start(*mark.args)
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    for job in _JOBS.values():
-        job.stop()
-    for tmp in _TMP:
-        shutil.rmtree(tmp, ignore_errors=True)
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """xdist groups: one worker runs all of a file (its module fixtures are built once), and
+    one runs every file with a test that reads a subprocess job (each job runs once). Groups
+    with a slow test go first (addopts keep this order), so they start at once instead of
+    finishing last."""
+    files = {item: item.nodeid.split("::")[0] for item in items}
+    jobs = {files[item] for item in items if "subprocess_results" in item.fixturenames}
+    groups = {item: "subprocess-jobs" if files[item] in jobs else files[item] for item in items}
+    slow = {groups[item] for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    items.sort(key=lambda item: groups[item] not in slow)
 
 
 @pytest.fixture(scope="session")
-def subprocess_results() -> Callable[[str], dict[str, np.ndarray]]:
-    """name -> the arrays the job saved (waits for it; starts it if it was not started)."""
+def subprocess_results(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], dict[str, np.ndarray]]:
+    """name -> the arrays the job saved (run on first use, once per session)."""
     cache: dict[str, dict[str, np.ndarray]] = {}
 
     def get(name: str) -> dict[str, np.ndarray]:
         if name not in cache:
-            cache[name] = _start(name).result()
+            cache[name] = subprocess_jobs.run(name, tmp_path_factory.mktemp(name))
         return cache[name]
 
     return get

@@ -1,11 +1,6 @@
-"""Test scenarios that need a jax of their own (simulated device counts, several processes),
-run by tests/sharded_worker.py in subprocesses.
-
-conftest.py starts every job that a selected test names with `@pytest.mark.subprocess_job`
-as soon as collection finishes, at low priority. The test process mostly keeps one core busy
-(XLA compiles on one thread), so on a 2-core machine the jobs run on the other core while the
-tests before theirs run; their tests then only wait for the results.
-"""
+"""Test scenarios that need a jax of their own (simulated device counts, several processes):
+tests/sharded_worker.py run in subprocesses, since the device count must be set before jax is
+imported. conftest.py's `subprocess_results` runs each job once per session."""
 
 from __future__ import annotations
 
@@ -14,42 +9,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("sharded_worker.py")
-TIMEOUT_S = 900  # from the start of the session: the job shares the machine with the tests
-
-
-@dataclass
-class Job:
-    """Running processes, their log files, and where the results will be."""
-
-    procs: list[subprocess.Popen]
-    logs: list[Path]
-    out: Path
-
-    def result(self) -> dict[str, np.ndarray]:
-        """Wait for every process; the results, or the failing process's log as the error."""
-        for proc, log in zip(self.procs, self.logs, strict=True):
-            try:
-                proc.wait(timeout=TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.stop()
-                raise AssertionError(f"{log.name} ran over {TIMEOUT_S}s") from None
-            if proc.returncode != 0:
-                self.stop()
-                raise AssertionError(log.read_text()[-4000:])
-        return dict(np.load(self.out))
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+TIMEOUT_S = 900  # generous: the job shares a 2-core machine with the other xdist worker
 
 
 def _launch(argv: list[str], log: Path, **env: str) -> subprocess.Popen:
@@ -60,17 +26,33 @@ def _launch(argv: list[str], log: Path, **env: str) -> subprocess.Popen:
             env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **env),
             stdout=f,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.nice(5),  # the tests in the foreground come first
         )
 
 
-def single_host(tmp: Path) -> Job:
-    out = tmp / "single_host.npz"
-    log = tmp / "single_host.log"
-    return Job([_launch(["single-host", str(out)], log)], [log], out)
+def _wait(procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    """Wait for every process; a failing or hanging one is the error, with its log."""
+    try:
+        for proc, log in zip(procs, logs, strict=True):
+            try:
+                proc.wait(timeout=TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{log.name} ran over {TIMEOUT_S}s") from None
+            if proc.returncode != 0:
+                raise AssertionError(log.read_text()[-4000:])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
-def multi_host(tmp: Path) -> Job:
+def single_host(tmp: Path) -> Path:
+    out, log = tmp / "single_host.npz", tmp / "single_host.log"
+    _wait([_launch(["single-host", str(out)], log)], [log])
+    return out
+
+
+def multi_host(tmp: Path) -> Path:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -85,10 +67,18 @@ def multi_host(tmp: Path) -> Job:
         )
         for rank in range(2)
     ]
-    return Job(procs, logs, out)
+    _wait(procs, logs)
+    return out
 
 
-JOBS: dict[str, Callable[[Path], Job]] = {
+JOBS: dict[str, Callable[[Path], Path]] = {
     "sharded-single-host": single_host,
     "sharded-multi-host": multi_host,
 }
+
+
+def run(name: str, tmp: Path) -> dict[str, np.ndarray]:
+    """Run job `name` in `tmp`; the arrays it saved."""
+    if name not in JOBS:
+        raise KeyError(f"no subprocess job {name!r}; known: {sorted(JOBS)}")
+    return dict(np.load(JOBS[name](tmp)))

@@ -24,6 +24,7 @@ from critique_jax.pipelines.demo_claims import CLAIMS
 from critique_jax.train import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # minutes: under xdist it starts first
 
 REQUIRED = (
     "actor_accuracy",

@@ -1,7 +1,7 @@
 """The sharded train step equals the single-device step, on simulated CPU devices.
 
-tests/sharded_worker.py runs the scenarios in subprocesses (tests/subprocess_jobs.py, started
-in the background when collection finishes), since the device count must be fixed before jax
+tests/sharded_worker.py runs the scenarios in subprocesses (tests/subprocess_jobs.py, run once
+on the xdist worker that runs these tests), since the device count must be fixed before jax
 is imported: one process with 8 devices for the meshes and accumulation, and two processes
 with 2 devices each for the multi-host path (JAX's distributed runtime over localhost,
 process-local batches, orbax save and restore).
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 SHARDED = ["data8", "fsdp8", "mixed222", "mixed222_accum4"]
-pytestmark = pytest.mark.subprocess_job("sharded-single-host")
+pytestmark = pytest.mark.slow  # the jobs start first
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,6 @@ def test_reference_scores_match_across_meshes(results):
     np.testing.assert_allclose(sharded, single, rtol=1e-5)
 
 
-@pytest.mark.subprocess_job("sharded-multi-host")
 def test_multi_host_matches_single_device(results, multihost):
     np.testing.assert_allclose(multihost["loss"], results["single/loss"], rtol=5e-6)
     np.testing.assert_allclose(multihost["grad_norm"], results["single/grad_norm"], rtol=5e-6)

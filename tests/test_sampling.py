@@ -81,8 +81,9 @@ def test_prefill_logits_equal_full_forward_for_left_padded_rows(model, sampler):
         tokens[r, width - len(ids) :], mask[r, width - len(ids) :] = ids, True
     # The shapes generate_ids uses for PROMPTS under GREEDY, so nothing extra compiles.
     engine = sampler.engine
-    _, last, lengths = engine.prefill(engine.prepare(params), tokens, mask, 1)
-    assert list(np.asarray(lengths)) == [len(p) for p in PROMPTS]
+    prefilled = engine.prefill(engine.prepare(params), tokens, mask, 1)
+    last = prefilled.logits
+    assert list(np.asarray(prefilled.lengths)) == [len(p) for p in PROMPTS]
     ref = full_forward_logprobs(cfg, params, PROMPTS)
     for r, ids in enumerate(PROMPTS):
         got = np.asarray(jax.nn.log_softmax(last[r]))

@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from critique_jax.models import (
     CACHE_LOGICAL_AXES,
+    KVCache,
     ModelConfig,
     Transformer,
     abstract_params,
@@ -35,13 +36,16 @@ from critique_jax.models import (
 )
 from critique_jax.sampling.filters import FilterSpec, row_keys, sample_tokens, token_logprobs
 from critique_jax.sampling.prefixes import SharedPrefill
-from critique_jax.sharding import constrain, named, param_shardings
+from critique_jax.sharding import constrain, named, param_shardings, place
 
 Params = Any
 
 
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
+def _pytree(cls):
+    return jax.tree_util.register_dataclass(dataclass(frozen=True)(cls))
+
+
+@_pytree
 class DecodeOut:
     """Device arrays of one call: tokens/logprobs [B, max_new]; lengths, stopped [B]."""
 
@@ -49,6 +53,48 @@ class DecodeOut:
     logprobs: jax.Array
     lengths: jax.Array
     stopped: jax.Array
+
+
+@_pytree
+class Prefilled:
+    """A prefill's result: the prompts' cache (one row per prompt), and per sample row
+    (B = prompts x fanout) the logits of its first token [B, V] and its prompt length [B]."""
+
+    cache: KVCache
+    logits: jax.Array
+    lengths: jax.Array
+
+
+@_pytree
+class Rows:
+    """Per decode row: its prompt and sample index (which key its random stream, so a sample
+    does not depend on the batch it ran in) and whether it is real (not padding)."""
+
+    prompt_index: jax.Array
+    sample_index: jax.Array
+    active: jax.Array
+
+
+@_pytree
+class Knobs:
+    """The traced sampling values: changing them does not recompile."""
+
+    stop_ids: jax.Array  # [S] int32, padded with -1
+    seed: jax.Array
+    temperature: jax.Array
+    top_p: jax.Array
+    min_p: jax.Array
+
+
+@_pytree
+class DecodeState:
+    """The `while_loop` carry: `step` tokens are written to `out`; `last` is fed next."""
+
+    step: jax.Array
+    last: jax.Array
+    cache: KVCache
+    out: DecodeOut
+    done: jax.Array
 
 
 def _repeat(x: jax.Array, fanout: int, axis: int) -> jax.Array:
@@ -60,54 +106,49 @@ def _positions(token_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
     return (start + jnp.maximum(jnp.cumsum(token_mask, axis=-1) - 1, 0)).astype(jnp.int32)
 
 
-def _empty_cache(cfg: ModelConfig, batch: int, length: int):
-    cache = init_cache(cfg, batch, length)
+def _constrained(cache: KVCache) -> KVCache:
     return {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
 
 
-def _extend(model: Transformer, params, tokens, positions, token_mask, cache):
-    return model.apply(
+def _extend(cfg: ModelConfig, params, tokens, positions, token_mask, cache, last_only=False):
+    return Transformer(cfg).apply(
         {"params": params},
         tokens,
         positions,
         token_mask,
         cache,
-        last_only=True,
+        last_only=last_only,
         method=Transformer.extend,
     )
 
 
-def _fan_out(cache, logits, token_mask, fanout: int):
-    """(prompt cache, last logits [B, V], prompt lengths [B]) with B = prompts x `fanout`:
-    the logits and lengths of every sample row; the cache stays one row per prompt."""
+def _fan_out(cache: KVCache, logits, token_mask, fanout: int) -> Prefilled:
+    """The logits and lengths of every sample row; the cache stays one row per prompt."""
     lengths = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
-    return cache, _repeat(logits[:, 0], fanout, 0), _repeat(lengths, fanout, 0)
+    return Prefilled(cache, _repeat(logits[:, 0], fanout, 0), _repeat(lengths, fanout, 0))
 
 
-def _prefill(model: Transformer, fanout: int, params, tokens, token_mask):
-    cache = _empty_cache(model.cfg, *tokens.shape)
-    logits, cache = _extend(model, params, tokens, _positions(token_mask), token_mask, cache)
+@functools.partial(jax.jit, static_argnames=("cfg", "fanout"))
+def prefill(params, tokens, token_mask, *, cfg: ModelConfig, fanout: int) -> Prefilled:
+    """Left-padded prompts [P, W] -> their cache and the first logits of P x fanout rows."""
+    cache = _constrained(init_cache(cfg, *tokens.shape))
+    positions = _positions(token_mask)
+    logits, cache = _extend(cfg, params, tokens, positions, token_mask, cache, last_only=True)
     return _fan_out(cache, logits, token_mask, fanout)
 
 
-def _prefill_shared(
-    model: Transformer,
-    fanout: int,
-    params,
-    prefix,
-    prefix_mask,
-    group,
-    suffix,
-    suffix_mask,
-    source,
-    token_mask,
-):
-    """Prefill the shared prefixes once, each prompt's remainder on a copy of its prefix's
-    cache rows, then gather every row into the plain prefill's layout (the prompt right-
-    aligned in `width` slots), so decode cannot tell the two apart."""
+@functools.partial(jax.jit, static_argnames=("cfg", "fanout"))
+def prefill_shared(
+    params, shared: SharedPrefill, token_mask, *, cfg: ModelConfig, fanout: int
+) -> Prefilled:
+    """`prefill`'s result computed in two blocks (see `sampling.prefixes`): the shared
+    prefixes once, each prompt's remainder on a copy of its prefix's cache rows, then every
+    row gathered into the plain prefill's layout (the prompt right-aligned in `width`
+    slots), so decode cannot tell the two apart."""
     width = token_mask.shape[1]
-    cache = _empty_cache(model.cfg, prefix.shape[0], prefix.shape[1] + suffix.shape[1])
-    _, cache = _extend(model, params, prefix, _positions(prefix_mask), prefix_mask, cache)
+    prefix, prefix_mask, group = shared.prefix, shared.prefix_mask, shared.group
+    cache = _constrained(init_cache(cfg, prefix.shape[0], prefix.shape[1] + shared.suffix.shape[1]))
+    _, cache = _extend(cfg, params, prefix, _positions(prefix_mask), prefix_mask, cache)
     cache = dict(
         k=cache["k"][:, group],
         v=cache["v"][:, group],
@@ -115,12 +156,13 @@ def _prefill_shared(
         index=cache["index"],
     )
     start = jnp.sum(prefix_mask, axis=-1, dtype=jnp.int32)[group][:, None]
+    positions = _positions(shared.suffix_mask, start)
     logits, cache = _extend(
-        model, params, suffix, _positions(suffix_mask, start), suffix_mask, cache
+        cfg, params, shared.suffix, positions, shared.suffix_mask, cache, last_only=True
     )
 
     def relayout(kv):
-        kv = jnp.take_along_axis(kv, source[None, :, None, :, None], axis=3)
+        kv = jnp.take_along_axis(kv, shared.source[None, :, None, :, None], axis=3)
         return constrain(kv, CACHE_LOGICAL_AXES["k"])
 
     cache = dict(
@@ -132,79 +174,69 @@ def _prefill_shared(
     return _fan_out(cache, logits, token_mask, fanout)
 
 
-def _decode(
-    model: Transformer,
+@functools.partial(jax.jit, static_argnames=("cfg", "spec", "max_new"))
+def decode(
+    params,
+    prefilled: Prefilled,
+    rows: Rows,
+    knobs: Knobs,
+    *,
+    cfg: ModelConfig,
     spec: FilterSpec,
     max_new: int,
-    params,
-    cache,
-    logits,
-    prompt_lengths,
-    prompt_index,
-    sample_index,
-    active,
-    stop_ids,
-    seed,
-    temperature,
-    top_p,
-    min_p,
-):
-    batch = logits.shape[0]
-    cache = continue_cache(cache, batch // cache["k"].shape[1], max_new)
-    cache = {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
-    keys = row_keys(seed, prompt_index, sample_index)
+) -> DecodeOut:
+    """`max_new` tokens for every sample row of `prefilled`, in a `while_loop` that stops
+    once every row has hit a stop id."""
+    batch = prefilled.logits.shape[0]
+    keys = row_keys(knobs.seed, rows.prompt_index, rows.sample_index)
 
     def choose(step_logits, step):
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
-        tok = sample_tokens(step_keys, step_logits, spec, temperature, top_p, min_p)
+        tok = sample_tokens(
+            step_keys, step_logits, spec, knobs.temperature, knobs.top_p, knobs.min_p
+        )
         return tok, token_logprobs(step_logits, tok)
 
     def is_stop(tok):
-        return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+        return jnp.any(tok[:, None] == knobs.stop_ids[None, :], axis=-1)
 
-    tok, lp = choose(logits, 0)
-    out_tok = jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(tok)
-    out_lp = jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(lp)
-    stopped = active & is_stop(tok)
-    done = ~active | stopped
-    lengths = active.astype(jnp.int32)
+    def cond(state: DecodeState):
+        return (state.step < max_new) & ~jnp.all(state.done)
 
-    def cond(c):
-        return (c[0] < max_new) & ~jnp.all(c[6])
-
-    def body(c):
-        step, tok, cache, out_tok, out_lp, lengths, done, stopped = c
-        positions = (prompt_lengths + step - 1)[:, None]
-        step_logits, cache = model.apply(
-            {"params": params},
-            tok[:, None],
-            positions,
-            jnp.ones((batch, 1), bool),
-            cache,
-            method=Transformer.extend,
-        )
-        new, lp = choose(step_logits[:, 0], step)
-        live = ~done
+    def body(state: DecodeState) -> DecodeState:
+        positions = (prefilled.lengths + state.step - 1)[:, None]
+        ones = jnp.ones((batch, 1), bool)
+        logits, cache = _extend(cfg, params, state.last[:, None], positions, ones, state.cache)
+        new, lp = choose(logits[:, 0], state.step)
+        live = ~state.done
         new = jnp.where(live, new, 0)
-        out_tok = jax.lax.dynamic_update_slice(out_tok, new[:, None], (0, step))
-        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, step))
         hit = live & is_stop(new)
-        return (step + 1, new, cache, out_tok, out_lp, lengths + live, done | hit, stopped | hit)
+        out = state.out
+        out = DecodeOut(
+            tokens=jax.lax.dynamic_update_slice(out.tokens, new[:, None], (0, state.step)),
+            logprobs=jax.lax.dynamic_update_slice(
+                out.logprobs, jnp.where(live, lp, 0.0)[:, None], (0, state.step)
+            ),
+            lengths=out.lengths + live,
+            stopped=out.stopped | hit,
+        )
+        return DecodeState(state.step + 1, new, cache, out, state.done | hit)
 
-    carry = (jnp.int32(1), tok, cache, out_tok, out_lp, lengths, done, stopped)
-    _, _, _, out_tok, out_lp, lengths, _, stopped = jax.lax.while_loop(cond, body, carry)
-    return DecodeOut(out_tok, out_lp, lengths, stopped)
+    first, lp = choose(prefilled.logits, 0)
+    stopped = rows.active & is_stop(first)
+    out = DecodeOut(
+        tokens=jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(first),
+        logprobs=jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(lp),
+        lengths=rows.active.astype(jnp.int32),
+        stopped=stopped,
+    )
+    fanout = batch // prefilled.cache["k"].shape[1]
+    cache = _constrained(continue_cache(prefilled.cache, fanout, max_new))
+    state = DecodeState(jnp.int32(1), first, cache, out, ~rows.active | stopped)
+    return jax.lax.while_loop(cond, body, state).out
 
 
-_COMPILED: dict[tuple, Any] = {}
-
-
-def _global(host: np.ndarray | np.generic, sharding: NamedSharding) -> jax.Array:
-    """A host array (identical on every process) as a global array on `sharding`."""
-    host = np.asarray(host)
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-
+@functools.partial(jax.jit, static_argnames="num_layers")
 def unstack_layers(params: Params, num_layers: int) -> Params:
     """Scanned parameters (`layers` stacked on a leading axis) as the per-layer tree of the
     same model built with `scan_layers=False` (`layers_0`, `layers_1`, ...)."""
@@ -215,14 +247,19 @@ def unstack_layers(params: Params, num_layers: int) -> Params:
 
 
 class Engine:
-    """Compiled prefill and decode for one architecture (and mesh); shapes vary by bucket.
+    """The compiled prefill and decode for one architecture, placed on an optional mesh.
+
+    The functions are jitted once at module level and compiled per static configuration
+    and shape (jit's own cache), so two Engines of one architecture, e.g. the actor's and
+    the critic's, share their programs. On a mesh, host arrays become global arrays (each
+    process places only its own shards: multi-host safe) and the calls are traced under the
+    mesh, so the model's sharding hints apply.
 
     unroll_layers: decode with the layers unrolled (the same model with scan_layers=False)
     on per-layer copies of scanned parameters. Inside a scanned layer loop, XLA:CPU copies
-    each layer's weights out of the stacked arrays at every step, which doubles the memory
-    traffic of a decode step; unrolled, it reads them in place (about 2x faster decode at
-    batch 1 on CPU). The cost is a copy of the parameters per `generate` call. None (the
-    default) unrolls on CPU only.
+    each layer's weights out of the stacked arrays at every step; unrolled, it reads them
+    in place. The cost is a copy of the parameters per `generate` call. None (the default)
+    unrolls on CPU only.
     """
 
     def __init__(
@@ -234,115 +271,37 @@ class Engine:
         self.unstack = cfg.scan_layers and unroll_layers
         self.run_cfg = cfg.replace(scan_layers=False) if self.unstack else cfg
         self.mesh = mesh
-        self.model = Transformer(self.run_cfg)
-        if mesh is not None:
-            self.param_shardings = param_shardings(abstract_params(self.run_cfg), mesh)
 
     def prepare(self, params: Params) -> Params:
         """The parameters in the layout the compiled functions take (see unroll_layers)."""
         if not self.unstack or "layers" not in params:
             return params
+        params = self._run(unstack_layers, params, num_layers=self.cfg.num_layers)
+        if self.mesh is not None:
+            params = place(params, param_shardings(abstract_params(self.run_cfg), self.mesh))
+        return params
 
-        def shardings():
-            return (param_shardings(abstract_params(self.cfg), self.mesh),), self.param_shardings
-
-        fn = functools.partial(unstack_layers, num_layers=self.cfg.num_layers)
-        return self._call(("unstack",), fn, shardings, params)
-
-    def _call(self, key: tuple, fn, shardings, *args):
-        """Run `fn`, jitted once per static `key` and shared by every Engine of the same
-        config and mesh (two Samplers of one architecture, e.g. actor and critic, compile
-        once). On a mesh, `shardings()` gives (in, out) shardings, host arrays become global
-        arrays (each process places only its own shards: multi-host safe), and the call is
-        traced under the mesh so the model's sharding hints apply."""
-        key = (self.run_cfg, self.mesh, *key)
-        if key not in _COMPILED:
-            kw: dict[str, Any] = {}
-            if self.mesh is not None:
-                kw["in_shardings"], kw["out_shardings"] = shardings()
-            _COMPILED[key] = (jax.jit(fn, **kw), kw.get("in_shardings"))
-        jitted, in_shardings = _COMPILED[key]
-        if self.mesh is None:
-            return jitted(*args)
-        args = [
-            _global(a, sh) if isinstance(a, np.ndarray | np.generic) else a
-            for a, sh in zip(args, in_shardings, strict=True)
-        ]
-        with jax.set_mesh(self.mesh):
-            return jitted(*args)
-
-    def _named(self, *names: str | None) -> NamedSharding:
-        if not names:
-            return NamedSharding(self.mesh, PartitionSpec())
-        return named(self.mesh, *names)
-
-    def _cache_shardings(self) -> dict[str, NamedSharding]:
-        """Shardings of a prefill's cache (no prompt segment)."""
-        keys = ("k", "v", "mask", "index")
-        return {k: named(self.mesh, *CACHE_LOGICAL_AXES[k]) for k in keys}
-
-    def prefill(
-        self,
-        params: Params,
-        tokens: np.ndarray,
-        token_mask: np.ndarray,
-        fanout: int,
-    ):
-        """Left-padded prompts [B, P] -> (cache, last logits, prompt lengths): the cache one
-        row per prompt, logits and lengths for B * fanout sample rows."""
-
-        def fn(params, tokens, token_mask):
-            return _prefill(self.model, fanout, params, tokens, token_mask)
-
-        def shardings():
-            rows = self._named("batch", "length")
-            ins = (self.param_shardings, rows, rows)
-            return ins, (
-                self._cache_shardings(),
-                self._named("batch", "vocab"),
-                self._named("batch"),
-            )
-
-        return self._call(("prefill", fanout), fn, shardings, params, tokens, token_mask)
+    def prefill(self, params: Params, tokens: np.ndarray, token_mask: np.ndarray, fanout: int):
+        """Left-padded prompts [P, W] -> `Prefilled`: the cache one row per prompt, logits
+        and lengths for P * fanout sample rows."""
+        tokens, token_mask = self._place(("batch", "length"), tokens, token_mask)
+        return self._run(prefill, params, tokens, token_mask, cfg=self.run_cfg, fanout=fanout)
 
     def prefill_shared(
-        self,
-        params: Params,
-        shared: SharedPrefill,
-        token_mask: np.ndarray,
-        fanout: int,
+        self, params: Params, shared: SharedPrefill, token_mask: np.ndarray, fanout: int
     ):
         """`prefill`'s result for the prompts `token_mask` marks, computed in two blocks
         (see `sampling.prefixes`)."""
-
-        def fn(params, *arrays):
-            return _prefill_shared(self.model, fanout, params, *arrays)
-
-        def shardings():
-            rows, row = self._named("batch", "length"), self._named("batch")
-            ins = (self.param_shardings, rows, rows, row, rows, rows, rows, rows)
-            return ins, (
-                self._cache_shardings(),
-                self._named("batch", "vocab"),
-                self._named("batch"),
-            )
-
-        arrays = (
-            shared.prefix,
-            shared.prefix_mask,
-            shared.group,
-            shared.suffix,
-            shared.suffix_mask,
-            shared.source,
-            token_mask,
+        (token_mask,) = self._place(("batch", "length"), token_mask)
+        shared = jax.tree.map(lambda x: self._place(("batch",), x)[0], shared)
+        return self._run(
+            prefill_shared, params, shared, token_mask, cfg=self.run_cfg, fanout=fanout
         )
-        key = ("prefill_shared", fanout)
-        return self._call(key, fn, shardings, params, *arrays)
 
     def decode(
         self,
         params: Params,
-        prefilled,
+        prefilled: Prefilled,
         spec: FilterSpec,
         max_new: int,
         prompt_index: np.ndarray,
@@ -355,46 +314,19 @@ class Engine:
         min_p: float,
     ) -> DecodeOut:
         """Decode `max_new` tokens for every sample row of `prefill`'s output."""
-        cache, logits, lengths = prefilled
-
-        def fn(params, cache, logits, lengths, *rest):
-            return _decode(self.model, spec, max_new, params, cache, logits, lengths, *rest)
-
-        def shardings():
-            row, rows, rep = self._named("batch"), self._named("batch", None), self._named()
-            cache_sh = self._cache_shardings()
-            ins = (
-                self.param_shardings,
-                cache_sh,
-                self._named("batch", "vocab"),
-                row,
-                row,
-                row,
-                row,
-                rep,
-                rep,
-                rep,
-                rep,
-                rep,
+        rows = Rows(*self._place(("batch",), prompt_index, sample_index, active))
+        knobs = Knobs(
+            *self._place(
+                (),
+                stop_ids,
+                np.int32(seed),
+                np.float32(temperature),
+                np.float32(top_p),
+                np.float32(min_p),
             )
-            return ins, DecodeOut(rows, rows, row, row)
-
-        return self._call(
-            ("decode", spec, max_new),
-            fn,
-            shardings,
-            params,
-            cache,
-            logits,
-            lengths,
-            prompt_index,
-            sample_index,
-            active,
-            stop_ids,
-            np.int32(seed),
-            np.float32(temperature),
-            np.float32(top_p),
-            np.float32(min_p),
+        )
+        return self._run(
+            decode, params, prefilled, rows, knobs, cfg=self.run_cfg, spec=spec, max_new=max_new
         )
 
     def fetch(self, out: DecodeOut) -> DecodeOut:
@@ -404,3 +336,17 @@ class Engine:
         from jax.experimental import multihost_utils
 
         return multihost_utils.process_allgather(out, tiled=True)
+
+    def _place(self, names: tuple[str, ...], *arrays: np.ndarray) -> list:
+        """Host arrays as they go into a call: on the mesh, sharded by their leading axes'
+        logical names (or replicated when `names` is empty)."""
+        if self.mesh is None:
+            return list(arrays)
+        sharding = named(self.mesh, *names) if names else NamedSharding(self.mesh, PartitionSpec())
+        return [place(np.asarray(a), sharding) for a in arrays]
+
+    def _run(self, fn, *args, **static):
+        if self.mesh is None:
+            return fn(*args, **static)
+        with jax.set_mesh(self.mesh):
+            return fn(*args, **static)

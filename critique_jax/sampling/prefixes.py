@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 
 from critique_jax.sampling.buckets import Buckets
@@ -62,9 +63,11 @@ def cluster_prompts(
     return ids
 
 
+@jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class SharedPrefill:
-    """Host arrays of a two-block prefill (see the module docstring)."""
+    """Host arrays of a two-block prefill (see the module docstring); a pytree, so the
+    compiled prefill takes it as one argument."""
 
     prefix: np.ndarray  # [groups, Wp] int32, left-padded
     prefix_mask: np.ndarray  # [groups, Wp] bool

@@ -13,7 +13,8 @@ import math
 import re
 import threading
 
-from math_verify import parse, verify
+from math_verify import parse
+from math_verify import verify as symbolic_verify
 from math_verify.errors import TimeoutException
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _clean_answer_is(tail: str) -> str:
     return s.rstrip(" .")
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str | None) -> str | None:
     """The final answer stated in a solution, or None when it states none.
 
     Precedence: GSM8K's ``#### N`` (commas stripped), then the last complete
@@ -181,7 +182,7 @@ def _symbolic_equiv(prediction: str, gold: str) -> bool:
         pred_parsed = parse("\\boxed{" + prediction + "}", parsing_timeout=t)
         if not gold_parsed or not pred_parsed:
             return False
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=t))
+        return bool(symbolic_verify(gold_parsed, pred_parsed, timeout_seconds=t))
     except (Exception, TimeoutException):  # odd model output must never crash a pipeline
         logger.debug("math-verify failed on %r vs %r", prediction, gold, exc_info=True)
         return False
@@ -208,3 +209,9 @@ def is_equiv(prediction: str | None, gold: str) -> bool:
     if _normalize(prediction) == _normalize(gold):
         return True
     return _symbolic_equiv(prediction, gold)
+
+
+def verify(text: str | None, gold: str) -> bool:
+    """Whether a solution states the gold answer: the one check of a text against its gold
+    answer that every stage uses, so that they all count the same samples as correct."""
+    return is_equiv(extract_answer(text), gold)

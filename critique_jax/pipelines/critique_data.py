@@ -48,7 +48,7 @@ from critique_jax.data.critique_format import (
     split_steps,
 )
 from critique_jax.data.demo_world import inject_error
-from critique_jax.data.math import extract_answer, is_equiv
+from critique_jax.data.math import extract_answer, verify
 from critique_jax.data.prompts import insert_error_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
@@ -219,8 +219,7 @@ def solution_record(
     An inserted error whose final answer still verifies did not take: such a record keeps
     no first-error step (and is never selected).
     """
-    pred = extract_answer(text)
-    correct = pred is not None and is_equiv(pred, problem.answer)
+    correct = verify(text, problem.answer)
     return {
         "id": sid,
         "problem_id": problem.id,
@@ -229,7 +228,7 @@ def solution_record(
         "level": problem.level,
         "kind": kind,
         "solution": text,
-        "pred": pred,
+        "pred": extract_answer(text),
         "solution_is_correct": correct,
         "first_error_step": None if correct else first_error_step,
         "tokens": tokens,

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 
 from critique_jax.config import ModelSpec
 from critique_jax.data.critique_format import parse_critique
-from critique_jax.data.math import extract_answer, is_equiv
+from critique_jax.data.math import verify
 from critique_jax.data.prompts import Messages
 from critique_jax.models.loading import load_model
 from critique_jax.pipelines.roles import make_agent
@@ -84,11 +84,6 @@ def _need_golds(golds: Sequence[Gold]) -> None:
         )
 
 
-def is_correct(text: str, gold: str) -> bool:
-    answer = extract_answer(text or "")
-    return answer is not None and is_equiv(answer, gold)
-
-
 def preference(better: bool, worse: bool) -> float:
     return BETTER if better and not worse else WORSE if worse and not better else TIE
 
@@ -109,7 +104,7 @@ class VerifierJudge:
         _need_golds(golds)
         out = []
         for cand, base, gold in zip(candidates, baselines, golds, strict=True):
-            c, b = is_correct(cand, gold), is_correct(base, gold)
+            c, b = verify(cand, gold), verify(base, gold)
             out.append(preference(c and not b, b and not c))
         return out
 
@@ -125,7 +120,7 @@ class VerifierJudge:
         _need_golds(golds)
         out = []
         for sol, cand, base, gold in zip(solutions, candidates, baselines, golds, strict=True):
-            truth = is_correct(sol, gold)
+            truth = verify(sol, gold)
             c = parse_critique(cand).final_correct == truth
             b = parse_critique(base).final_correct == truth
             out.append(preference(c and not b, b and not c))
@@ -135,7 +130,7 @@ class VerifierJudge:
         self, questions: Sequence[str], responses: Sequence[str], golds: Sequence[Gold]
     ) -> list[float | None]:
         _need_golds(golds)
-        return [float(is_correct(r, g)) for r, g in zip(responses, golds, strict=True)]
+        return [float(verify(r, g)) for r, g in zip(responses, golds, strict=True)]
 
 
 # --------------------------------------------------------------------------- model judge

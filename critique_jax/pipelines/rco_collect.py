@@ -45,11 +45,12 @@ from critique_jax.config import MeshConfig, ModelSpec, StageConfig, from_dict, l
 from critique_jax.data.batching import Example, pad_batch
 from critique_jax.data.critique_format import CritiqueFormat
 from critique_jax.data.loaders import read_records
+from critique_jax.data.math import verify
 from critique_jax.data.prompts import critique_messages, refine_messages, solve_messages
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models import ModelConfig
 from critique_jax.models.loading import LoadedModel, load_model
-from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, is_correct, make_judge
+from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, make_judge
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
@@ -272,7 +273,7 @@ def critique_and_refine(
                 "question": g.question,
                 "solution": g.solution,
                 "answer": g.answer,
-                "solution_correct": None if g.answer is None else is_correct(g.solution, g.answer),
+                "solution_correct": None if g.answer is None else verify(g.solution, g.answer),
                 "prompt_ids": list(ids),
                 "critiques": entries,
             }

@@ -32,8 +32,9 @@ import numpy as np
 
 from critique_jax.config import MeshConfig, ModelSpec, StageConfig, to_dict
 from critique_jax.data.critique_format import parse_critique
+from critique_jax.data.math import verify
 from critique_jax.data.sources import ProblemSource
-from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, is_correct, make_judge
+from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, make_judge
 from critique_jax.pipelines.overlong import with_skips
 from critique_jax.pipelines.rco_collect import (
     INITIAL,
@@ -117,9 +118,7 @@ def critic_metrics(records: list[dict[str, Any]], scale: float) -> dict[str, Any
     if golds:
         right = {0: [], 1: []}
         for r, c in golds:
-            right[int(r["solution_correct"])] += [
-                is_correct(t, r["answer"]) for t in c["refinements"]
-            ]
+            right[int(r["solution_correct"])] += [verify(t, r["answer"]) for t in c["refinements"]]
         out["refinement_accuracy"] = _mean(right[0] + right[1])
         out["fixed"] = _mean(right[0])  # y0 wrong -> refinement right
         out["broken"] = _mean([not ok for ok in right[1]])  # y0 right -> refinement wrong

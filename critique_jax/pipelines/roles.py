@@ -23,7 +23,7 @@ from critique_jax.config import ConfigError, ModelSpec
 from critique_jax.data.critique_format import Critique, CritiqueFormat, parse_critique
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import templated_critique
-from critique_jax.data.math import extract_answer, is_equiv
+from critique_jax.data.math import extract_answer, verify
 from critique_jax.data.prompts import (
     ANSWER_FORMAT,
     CRITIQUE_INSTRUCTIONS,
@@ -140,10 +140,7 @@ class Judged:
     @classmethod
     def of(cls, completion: Completion, gold: str) -> Judged:
         text = completion.text or ""
-        answer = extract_answer(text)
-        return cls(
-            text, answer, answer is not None and is_equiv(answer, gold), completion.num_tokens
-        )
+        return cls(text, extract_answer(text), verify(text, gold), completion.num_tokens)
 
 
 def parsed(completion: Completion) -> Critique:

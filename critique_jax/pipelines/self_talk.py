@@ -54,7 +54,7 @@ from critique_jax.config import (
 )
 from critique_jax.data.critique_format import CritiqueFormat, parse_critique
 from critique_jax.data.demo_world import inject_error, templated_critique
-from critique_jax.data.math import extract_answer, is_equiv
+from critique_jax.data.math import extract_answer, verify
 from critique_jax.data.prompts import solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
@@ -101,8 +101,7 @@ def solutions(text: str) -> list[str]:
 
 def final_answer(text: str) -> str | None:
     """The answer stated in the last solution block; the whole text when there is none."""
-    blocks = solutions(text)
-    return extract_answer(blocks[-1] if blocks else text)
+    return extract_answer((solutions(text) or [text])[-1])
 
 
 def trajectory_from_record(record: dict[str, Any]) -> str | None:
@@ -158,18 +157,16 @@ def predict(agent: Agent, problems: Sequence[Problem], sp: SamplingParams) -> li
     records = []
     for p, cs in zip(problems, outs, strict=True):
         text = cs[0].text or ""
-        blocks = solutions(text)
-        first = extract_answer(blocks[0]) if blocks else final_answer(text)
-        answer = final_answer(text)
+        blocks = solutions(text) or [text]  # no solution block: the whole text is one
         records.append(
             {
                 "id": p.id,
                 "level": difficulty(p),
                 "gold": p.answer,
                 "text": text,
-                "answer": answer,
-                "correct": answer is not None and is_equiv(answer, p.answer),
-                "first_correct": first is not None and is_equiv(first, p.answer),
+                "answer": extract_answer(blocks[-1]),
+                "correct": verify(blocks[-1], p.answer),
+                "first_correct": verify(blocks[0], p.answer),
                 "tokens": cs[0].num_tokens,
                 "checked": CHECK in text,
                 "corrected": CORRECT_IT in text,

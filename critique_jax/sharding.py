@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding
 
 from critique_jax.errors import UserError
 
@@ -212,21 +212,24 @@ def global_from_host(
 ) -> dict[str, jax.Array]:
     """A batch that every process holds in full, placed as global arrays (rows sharded)."""
     sharding = batch_sharding(mesh, rules)
-    return {
-        k: jax.make_array_from_callback(np.shape(v), sharding, lambda idx, v=v: np.asarray(v[idx]))
-        for k, v in batch.items()
-    }
+    return {k: host_to_global(v, sharding) for k, v in batch.items()}
+
+
+def host_to_global(host: Any, sharding: Sharding) -> jax.Array:
+    """A host array that every process holds in full, as a global array on `sharding`; each
+    process only materialises its own slices, so it is multi-host safe."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def place(tree: Any, shardings: Any) -> Any:
     """Put every leaf onto its sharding: jax arrays are resharded on device, host arrays are
-    copied shard by shard (each process only materialises its own slices)."""
+    copied shard by shard (`host_to_global`)."""
 
     def one(x, sharding):
         if isinstance(x, jax.Array):
             return jax.device_put(x, sharding)
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+        return host_to_global(x, sharding)
 
     return jax.tree.map(one, tree, shardings)
 

@@ -18,13 +18,14 @@ import flax.linen as nn
 import jax
 import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy for safetensors' numpy reader
 import numpy as np
-from jax.sharding import Sharding, SingleDeviceSharding
+from jax.sharding import SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 
 from critique_jax.errors import UserError
 from critique_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
 from critique_jax.models.tokenizer_check import check_own_tokenizer
 from critique_jax.models.transformer import abstract_params
+from critique_jax.sharding import host_to_global
 
 
 class CheckpointFormatError(UserError):
@@ -471,7 +472,7 @@ def load_hf(
             if shardings is not None
             else SingleDeviceSharding(jax.devices()[0])
         )
-        _set(params, ours, _place(host, sharding))
+        _set(params, ours, host_to_global(host, sharding))
     return cfg, params
 
 
@@ -513,11 +514,6 @@ def _check_finite(value: np.ndarray, name: str, path: Path) -> None:
             "the weights are damaged or training diverged: export them again from a good "
             "checkpoint"
         )
-
-
-def _place(host: np.ndarray, sharding: Sharding) -> jax.Array:
-    """Put a host array on its shards; each process only materialises its own slices."""
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def load_tokenizer(

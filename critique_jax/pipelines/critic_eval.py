@@ -45,10 +45,10 @@ from critique_jax.pipelines.critique_data import (
     reference_solution,
     refine_verified,
     sample_solutions,
-    stable_seed,
 )
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, Critic, CriticSpec, load_roles, parsed
+from critique_jax.pipelines.seeds import salted
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
@@ -337,13 +337,11 @@ def evaluate(
         for index, chunk in enumerate(chunks(records, cfg.chunk_size)):
             if all(r["id"] in out_log.done for r in chunk):
                 continue
-            sp = cfg.critique_sampling
-            sp = sp.replace(seed=stable_seed(sp.seed, cfg.seed, "critique", index))
+            sp = salted(cfg.critique_sampling, cfg.seed, "critique", index)
             outputs = critique_outputs(critic, chunk, sp)
             if cfg.refinements > 0:
                 assert actor is not None
-                sp = cfg.refine_sampling
-                sp = sp.replace(seed=stable_seed(sp.seed, cfg.seed, "refine", index))
+                sp = salted(cfg.refine_sampling, cfg.seed, "refine", index)
                 closed_loop(actor, chunk, outputs, cfg.refinements, sp)
             out_log.write_all(outputs)
             log.info("chunk %d: %d critiques", index, len(outputs))
@@ -369,7 +367,7 @@ def load_eval_set(cfg: Config, problems: Sequence[Problem], actor: Agent | None)
         records = build_demo_eval_set(problems, es.wrong_per_problem, cfg.seed)
     else:
         assert actor is not None
-        sp = es.sampling.replace(seed=stable_seed(es.sampling.seed, cfg.seed, "eval_set"))
+        sp = salted(es.sampling, cfg.seed, "eval_set")
         records = build_sampled_eval_set(actor, problems, es.samples_per_question, sp)
     if jax.process_index() == 0:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))

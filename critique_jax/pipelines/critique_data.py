@@ -28,7 +28,6 @@ records whose id is not in a file yet, which gives the files of one uninterrupte
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import re
@@ -63,6 +62,7 @@ from critique_jax.pipelines.roles import (
     refine,
     solve,
 )
+from critique_jax.pipelines.seeds import salted, stable_seed
 from critique_jax.runio import RecordLog, atomic_write_json, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
@@ -155,12 +155,6 @@ class Config(StageConfig):
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 31-bit seed from any parts, the same in every process and run."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -458,7 +452,7 @@ class Collector:
     annotator: Critic
 
     def seed(self, sp: SamplingParams, phase: str, chunk: int) -> SamplingParams:
-        return sp.replace(seed=stable_seed(sp.seed, self.cfg.seed, phase, chunk))
+        return salted(sp, self.cfg.seed, phase, chunk)
 
     def chunk(
         self, problems: Sequence[Problem], index: int

@@ -92,6 +92,7 @@ from critique_jax.pipelines.roles import (
     make_critic,
     with_demo_tokenizer,
 )
+from critique_jax.pipelines.seeds import stable_seed
 from critique_jax.pipelines.test_time import (
     TTSSettings,
     run_test_time,
@@ -497,7 +498,7 @@ def evaluate_critic(
         records = critic_eval.read_eval_set(eval_set)
     else:
         sp = _sp(g.solution_tokens, g.temperature).replace(
-            seed=critique_data.stable_seed(cfg.seed, "demo-eval-set")
+            seed=stable_seed(cfg.seed, "demo-eval-set")
         )
         records = critic_eval.build_demo_eval_set(test, 1, cfg.seed)
         records += critic_eval.build_sampled_eval_set(actor, test, cfg.critic.eval_samples, sp)

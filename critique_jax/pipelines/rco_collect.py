@@ -53,6 +53,7 @@ from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, make_judge
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent
+from critique_jax.pipelines.seeds import chunk_seed
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import DEFAULT_RULES, Rules, mesh_from_config, rules_from_config
@@ -211,11 +212,6 @@ def initial_groups(
 
 
 # --------------------------------------------------------------------------- collection
-
-
-def chunk_seed(seed: int, chunk: int, role: int) -> int:
-    """A sampling seed for (run seed, chunk, role): fixed whatever was done before."""
-    return int(np.random.SeedSequence([seed, chunk, role]).generate_state(1)[0] % 2**31)
 
 
 def critique_and_refine(

@@ -86,12 +86,12 @@ from critique_jax.pipelines.roles import (
     solve,
     with_demo_tokenizer,
 )
+from critique_jax.pipelines.seeds import salted
 from critique_jax.pipelines.sft import SFTData, load_sft_records
 from critique_jax.pipelines.test_time import (
     check_oracle,
     difficulty,
     mean_by_level,
-    salted,
     sorted_levels,
     table_cell,
 )

@@ -40,7 +40,6 @@ from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import split_steps
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
-from critique_jax.pipelines.critique_data import stable_seed
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import (
     Agent,
@@ -52,6 +51,7 @@ from critique_jax.pipelines.roles import (
     refine,
     solve,
 )
+from critique_jax.pipelines.seeds import salted
 from critique_jax.pipelines.voting import (
     DEFAULT_WEIGHTS,
     VerdictWeights,
@@ -115,12 +115,6 @@ def sorted_levels(levels: Iterable[str]) -> list[str]:
 def table_cell(x: Any, digits: int = 3) -> str:
     """A markdown table cell: "-" for a missing value, floats to `digits` decimals."""
     return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def salted(sp: SamplingParams, *salt: Any) -> SamplingParams:
-    """`sp` with a seed derived from its own and `salt`: distinct sampler calls (chunks,
-    rounds, roles) draw independent randomness, reproducibly."""
-    return sp.replace(seed=stable_seed(sp.seed, *salt))
 
 
 def judged_dict(completion: Completion, gold: str) -> dict[str, Any]:

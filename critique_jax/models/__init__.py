@@ -2,25 +2,27 @@
 
 from critique_jax.models.config import PRESETS, ModelConfig, RopeScaling, preset
 from critique_jax.models.transformer import (
-    CACHE_LOGICAL_AXES,
     KVCache,
     Transformer,
     abstract_params,
+    constrain_cache,
     continue_cache,
     init_cache,
     init_params,
+    map_layers,
 )
 
 __all__ = [
-    "CACHE_LOGICAL_AXES",
     "PRESETS",
     "KVCache",
     "ModelConfig",
     "RopeScaling",
     "Transformer",
     "abstract_params",
+    "constrain_cache",
     "continue_cache",
     "init_cache",
     "init_params",
+    "map_layers",
     "preset",
 ]

@@ -11,6 +11,7 @@ pytrees once unboxed with `flax.linen.meta.unbox`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -21,10 +22,16 @@ import numpy as np
 from critique_jax.models.config import ModelConfig
 from critique_jax.sharding import constrain
 
-# k, v: [L, B, K, S, H]; mask: [B, S] bool; index: int32 scalar; and, for a fanned-out decode
-# (see `continue_cache`), a read-only prompt segment prompt_k, prompt_v [L, P, K, W, H] and
-# prompt_mask [P, W], with B a multiple of P.
-KVCache = dict[str, jax.Array]
+# k, v: a layer stack of [B, K, S, H] arrays (see `LayerStack`); mask: [B, S] bool; index:
+# int32 scalar; and, for a fanned-out decode (see `continue_cache`), a read-only prompt
+# segment prompt_k, prompt_v (stacks of [P, K, W, H]) and prompt_mask [P, W], B a multiple of P.
+KVCache = dict[str, Any]
+
+# A cache's per-layer arrays: stacked [L, ...] for a scanned model (the scan slices it), a
+# tuple of L arrays for an unrolled one, so that each layer's dots read its own buffer in
+# place instead of a slice copied out of the stack at every decode step.
+LayerStack = jax.Array | tuple[jax.Array, ...]
+CACHE_LAYER_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
 
 
 def _init(names: tuple[str, ...], scale: float = 0.02):
@@ -154,8 +161,13 @@ def _attention(cfg: ModelConfig, q, k, v, mask):
     return _grouped_attention(q, k, v, mask)
 
 
+@jax.checkpoint
 def _grouped_attention(q, k, v, mask):
     """Attention with query heads grouped by kv head (GQA) instead of repeating k, v.
+
+    Checkpointed: the backward pass recomputes the [T, S] scores and probabilities from q, k,
+    v instead of the forward pass storing them for every layer (O(T^2) memory per layer,
+    which took longer to write and read back than to recompute).
 
     q [B, T, N, H], k, v [B, S, K, H]; mask [B, 1, T, S] or None for causal. Heads lead the
     sequence, so each (row, kv head) is one [G*T, H] x [S, H] score matmul and one
@@ -179,31 +191,29 @@ def _grouped_attention(q, k, v, mask):
 
 
 def _cached_attention(q, k, v, mask, kv, prompt_kv, layer, index):
-    """Write the chunk's k, v into layer `layer` of the stacked cache at slot `index`, then
-    attend over that layer's slots, and over its prompt segment when the cache has one.
+    """Write the chunk's k, v into layer `layer` of the cache's layer stacks at slot
+    `index`, then attend over that layer's slots, and over its prompt segment when the cache
+    has one.
 
-    The stacked cache [L, B, K, S, H] travels through the layer loop and each layer updates
-    its slice in place, so a decode step writes one slot per layer instead of rebuilding the
-    whole cache. Heads lead the slots so each (row, kv head) is one contiguous [S, H] matrix
-    the score and value dots read as is. Query heads are grouped by kv head (GQA) instead of
-    repeating k, v.
+    The stacks travel through the layer loop and each layer updates its own array in place,
+    so a decode step writes one slot per layer instead of rebuilding the whole cache. Heads
+    lead the slots so each (row, kv head) is one contiguous [S, H] matrix the score and
+    value dots read as is. Query heads are grouped by kv head (GQA) instead of repeating
+    k, v.
 
-    The prompt segment [L, P, K, W, H] is shared by the B // P rows that sample the same
+    The prompt segment (one [P, K, W, H] array per layer) is shared by the B // P rows that sample the same
     prompt (fan-out): their queries are stacked into one [rows x heads, W] block per prompt,
     so a decode step reads each prompt's keys and values once, not once per sample.
     """
-    cache_k, cache_v = kv
-    start = (layer, 0, 0, index, 0)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, _heads_first(k, cache_k.dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, _heads_first(v, cache_v.dtype), start)
-    k, v = _layer(cache_k, layer, q.dtype), _layer(cache_v, layer, q.dtype)
+    cache_k, cache_v = _write(kv[0], layer, k, index), _write(kv[1], layer, v, index)
+    k, v = _read(cache_k, layer, q.dtype), _read(cache_v, layer, q.dtype)
     b, t, heads, dim = q.shape
     kv_heads = k.shape[1]
     q = q.reshape(b, t, kv_heads, heads // kv_heads, dim)
     scores = jnp.einsum("btkgh,bksh->bkgts", q, k, preferred_element_type=jnp.float32)
     prompt = prompt_kv is not None
     if prompt:
-        pk, pv = (_layer(x, layer, q.dtype) for x in prompt_kv)
+        pk, pv = (_read(x, layer, q.dtype) for x in prompt_kv)
         p, width = pk.shape[0], pk.shape[2]
         qp = q.reshape(p, b // p, t, kv_heads, heads // kv_heads, dim)
         prompt_scores = jnp.einsum(
@@ -223,15 +233,31 @@ def _cached_attention(q, k, v, mask, kv, prompt_kv, layer, index):
     return out, (cache_k, cache_v)
 
 
-def _layer(stacked: jax.Array, layer, dtype) -> jax.Array:
-    """One layer's [B, K, S, H] slice of a stacked cache, in the compute dtype."""
-    x = jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
-    return constrain(x, ("batch", "kv_heads", "cache_length", "head_dim")).astype(dtype)
+def _read(stack: LayerStack, layer, dtype) -> jax.Array:
+    """One layer's [B, K, S, H] array, in the compute dtype."""
+    if isinstance(stack, tuple):
+        x = stack[layer]
+    else:
+        x = jax.lax.dynamic_index_in_dim(stack, layer, keepdims=False)
+    return constrain(x, CACHE_LAYER_AXES).astype(dtype)
 
 
-def _heads_first(x: jax.Array, dtype) -> jax.Array:
-    """[B, T, K, H] -> [1, B, K, T, H], the cache's layout for one layer."""
-    return jnp.swapaxes(x, 1, 2)[None].astype(dtype)
+def _write(stack: LayerStack, layer, x: jax.Array, index) -> LayerStack:
+    """The stack with a chunk x [B, T, K, H] written into layer `layer` at slot `index`."""
+    x = jnp.swapaxes(x, 1, 2)  # the cache's heads-first layout
+    if isinstance(stack, tuple):
+        new = jax.lax.dynamic_update_slice(
+            stack[layer], x.astype(stack[layer].dtype), (0, 0, index, 0)
+        )
+        return stack[:layer] + (new,) + stack[layer + 1 :]
+    return jax.lax.dynamic_update_slice(stack, x[None].astype(stack.dtype), (layer, 0, 0, index, 0))
+
+
+def map_layers(fn: Callable[[jax.Array], jax.Array], stack: LayerStack) -> LayerStack:
+    """`fn` applied to each layer's [B, K, S, H] array of a stack."""
+    if isinstance(stack, tuple):
+        return tuple(fn(x) for x in stack)
+    return jax.vmap(fn)(stack)
 
 
 class MLP(nn.Module):
@@ -332,17 +358,27 @@ class Transformer(nn.Module):
         return x, kv
 
     def _logits(self, x):
-        x = self.final_norm(x)
+        return self.head(self.final_norm(x))
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final hidden states [B, T, E] -> float32 logits [B, T, V]."""
         if self.cfg.tie_word_embeddings:
-            logits = self.embed.attend(x)
+            logits = _over_tokens(self.embed.attend, x)
         else:
-            logits = self.lm_head(x)
+            logits = _over_tokens(self.lm_head, x)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def __call__(
-        self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None = None,
+        *,
+        hidden: bool = False,
     ) -> jax.Array:
-        """tokens, positions, segment_ids: [B, T] -> float32 logits [B, T, V].
+        """tokens, positions, segment_ids: [B, T] -> float32 logits [B, T, V], or with
+        `hidden` the final hidden states [B, T, E] that `head` maps to those logits (a loss
+        can then project the vocabulary a few tokens at a time).
 
         segment_ids (0 = padding) keeps packed sequences from attending to each other; leave
         it None for right-padded rows, which then take the plain causal (flash) path.
@@ -351,7 +387,8 @@ class Transformer(nn.Module):
         sin, cos = rope_tables(self.cfg, positions)
         mask = self._train_mask(segment_ids, positions)
         x, _ = self._layers(x, dict(sin=sin, cos=cos, mask=mask), None)
-        return self._logits(x)
+        x = self.final_norm(x)
+        return x if hidden else self.head(x)
 
     def _train_mask(self, segment_ids, positions):
         if segment_ids is None and self.cfg.sliding_window is None:
@@ -414,12 +451,19 @@ class Transformer(nn.Module):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
-    """An empty KV cache with `length` slots per row."""
-    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
+    """An empty KV cache with `length` slots per row (k, v stacked when the layers are
+    scanned, one array per layer when they are unrolled)."""
+    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
     dtype = dtype or cfg.jnp_dtype
+
+    def stack() -> LayerStack:
+        if cfg.scan_layers:
+            return jnp.zeros((cfg.num_layers, *shape), dtype)
+        return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+
     return dict(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=stack(),
+        v=stack(),
         mask=jnp.zeros((batch, length), bool),
         index=jnp.zeros((), jnp.int32),
     )
@@ -429,12 +473,15 @@ def continue_cache(prompt_cache: KVCache, fanout: int, length: int) -> KVCache:
     """The cache that `fanout` samples of each prompt decode into: the prefill's cache, read
     but never copied, becomes the shared prompt segment (row b reads prompt row b // fanout),
     followed by `length` empty slots per sample row."""
-    layers, prompts, kv_heads, _, dim = prompt_cache["k"].shape
-    shape = (layers, prompts * fanout, kv_heads, length, dim)
+    rows = prompt_cache["mask"].shape[0] * fanout
+
+    def empty(x: jax.Array) -> jax.Array:
+        return jnp.zeros((rows, x.shape[1], length, x.shape[3]), x.dtype)
+
     return dict(
-        k=jnp.zeros(shape, prompt_cache["k"].dtype),
-        v=jnp.zeros(shape, prompt_cache["v"].dtype),
-        mask=jnp.zeros((prompts * fanout, length), bool),
+        k=map_layers(empty, prompt_cache["k"]),
+        v=map_layers(empty, prompt_cache["v"]),
+        mask=jnp.zeros((rows, length), bool),
         index=jnp.zeros((), jnp.int32),
         prompt_k=prompt_cache["k"],
         prompt_v=prompt_cache["v"],
@@ -442,15 +489,17 @@ def continue_cache(prompt_cache: KVCache, fanout: int, length: int) -> KVCache:
     )
 
 
-CACHE_LOGICAL_AXES = dict(
-    k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
-    v=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
-    mask=("batch", "cache_length"),
-    index=(),
-    prompt_k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
-    prompt_v=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
-    prompt_mask=("batch", "cache_length"),
-)
+def constrain_cache(cache: KVCache) -> KVCache:
+    """The cache with each array's logical sharding hint."""
+
+    def one(name: str, x):
+        if name == "index":
+            return x
+        if name.endswith("mask"):
+            return constrain(x, ("batch", "cache_length"))
+        return map_layers(lambda a: constrain(a, CACHE_LAYER_AXES), x)
+
+    return {name: one(name, x) for name, x in cache.items()}
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array, boxed: bool = False):

@@ -26,17 +26,18 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from critique_jax.models import (
-    CACHE_LOGICAL_AXES,
     KVCache,
     ModelConfig,
     Transformer,
     abstract_params,
+    constrain_cache,
     continue_cache,
     init_cache,
+    map_layers,
 )
 from critique_jax.sampling.filters import FilterSpec, row_keys, sample_tokens, token_logprobs
 from critique_jax.sampling.prefixes import SharedPrefill
-from critique_jax.sharding import constrain, named, param_shardings, place
+from critique_jax.sharding import named, param_shardings, place
 
 Params = Any
 
@@ -106,10 +107,6 @@ def _positions(token_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
     return (start + jnp.maximum(jnp.cumsum(token_mask, axis=-1) - 1, 0)).astype(jnp.int32)
 
 
-def _constrained(cache: KVCache) -> KVCache:
-    return {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
-
-
 def _extend(cfg: ModelConfig, params, tokens, positions, token_mask, cache, last_only=False):
     return Transformer(cfg).apply(
         {"params": params},
@@ -131,7 +128,7 @@ def _fan_out(cache: KVCache, logits, token_mask, fanout: int) -> Prefilled:
 @functools.partial(jax.jit, static_argnames=("cfg", "fanout"))
 def prefill(params, tokens, token_mask, *, cfg: ModelConfig, fanout: int) -> Prefilled:
     """Left-padded prompts [P, W] -> their cache and the first logits of P x fanout rows."""
-    cache = _constrained(init_cache(cfg, *tokens.shape))
+    cache = constrain_cache(init_cache(cfg, *tokens.shape))
     positions = _positions(token_mask)
     logits, cache = _extend(cfg, params, tokens, positions, token_mask, cache, last_only=True)
     return _fan_out(cache, logits, token_mask, fanout)
@@ -147,11 +144,13 @@ def prefill_shared(
     slots), so decode cannot tell the two apart."""
     width = token_mask.shape[1]
     prefix, prefix_mask, group = shared.prefix, shared.prefix_mask, shared.group
-    cache = _constrained(init_cache(cfg, prefix.shape[0], prefix.shape[1] + shared.suffix.shape[1]))
+    cache = constrain_cache(
+        init_cache(cfg, prefix.shape[0], prefix.shape[1] + shared.suffix.shape[1])
+    )
     _, cache = _extend(cfg, params, prefix, _positions(prefix_mask), prefix_mask, cache)
     cache = dict(
-        k=cache["k"][:, group],
-        v=cache["v"][:, group],
+        k=map_layers(lambda x: x[group], cache["k"]),
+        v=map_layers(lambda x: x[group], cache["v"]),
         mask=cache["mask"][group],
         index=cache["index"],
     )
@@ -161,16 +160,16 @@ def prefill_shared(
         cfg, params, shared.suffix, positions, shared.suffix_mask, cache, last_only=True
     )
 
-    def relayout(kv):
-        kv = jnp.take_along_axis(kv, shared.source[None, :, None, :, None], axis=3)
-        return constrain(kv, CACHE_LOGICAL_AXES["k"])
+    def relayout(x):  # [B, K, S, H] -> [B, K, width, H]
+        return jnp.take_along_axis(x, shared.source[:, None, :, None], axis=2)
 
     cache = dict(
-        k=relayout(cache["k"]),
-        v=relayout(cache["v"]),
+        k=map_layers(relayout, cache["k"]),
+        v=map_layers(relayout, cache["v"]),
         mask=token_mask,
         index=jnp.int32(width),
     )
+    cache = constrain_cache(cache)
     return _fan_out(cache, logits, token_mask, fanout)
 
 
@@ -230,8 +229,8 @@ def decode(
         lengths=rows.active.astype(jnp.int32),
         stopped=stopped,
     )
-    fanout = batch // prefilled.cache["k"].shape[1]
-    cache = _constrained(continue_cache(prefilled.cache, fanout, max_new))
+    fanout = batch // prefilled.cache["mask"].shape[0]
+    cache = constrain_cache(continue_cache(prefilled.cache, fanout, max_new))
     state = DecodeState(jnp.int32(1), first, cache, out, ~rows.active | stopped)
     return jax.lax.while_loop(cond, body, state).out
 

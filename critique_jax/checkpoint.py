@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from critique_jax.errors import USER_ERRNOS, UserError
+from critique_jax.runio import this_process_writes
 
 
 class CheckpointWarning(UserWarning):
@@ -106,7 +107,7 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep_checkpoints={keep}: keep at least 1 checkpoint.")
         self.directory = Path(directory).absolute()
-        if jax.process_index() == 0:
+        if this_process_writes():
             check_writable(self.directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -189,7 +190,7 @@ class Checkpointer:
             CheckpointWarning,
             stacklevel=3,
         )
-        if jax.process_index() == 0 and bad.exists():
+        if this_process_writes() and bad.exists():
             bad.rename(aside)
         if jax.process_count() > 1:  # every process must see the same steps before saving
             multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")

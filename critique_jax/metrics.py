@@ -29,7 +29,7 @@ from typing import Any
 import jax
 
 from critique_jax.models.config import ModelConfig
-from critique_jax.runio import atomic_write_text, read_jsonl
+from critique_jax.runio import atomic_write_text, read_jsonl, this_process_writes
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class MetricsLogger:
     ) -> None:
         from tqdm.auto import tqdm
 
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.enabled = this_process_writes() if enabled is None else enabled
         self.log_every = max(log_every, 1)
         self.path = None if run_dir is None else Path(run_dir) / "metrics.jsonl"
         self._file = None

@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def this_process_writes() -> bool:
+    """Whether this process writes run-dir files: in an SPMD run every process computes the
+    same results, and process 0 alone writes them, so that no two hosts race on one file."""
+    return jax.process_index() == 0
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temp file in the same directory, fsync, then rename over `path`."""
     path = Path(path)
@@ -154,7 +160,7 @@ class RecordLog:
     def __init__(self, path: str | Path, key: str = "id") -> None:
         self.path = Path(path)
         self.key = key
-        self.writer = JsonlWriter(self.path, key) if jax.process_index() == 0 else None
+        self.writer = JsonlWriter(self.path, key) if this_process_writes() else None
         found = self.writer.records if self.writer is not None else read_jsonl(self.path)
         self.records: dict[Any, dict[str, Any]] = {r[key]: r for r in found if key in r}
 

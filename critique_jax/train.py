@@ -151,16 +151,15 @@ def _train(config: str | None, overrides: list[str]) -> int:
     module, cfg = build_config(config, overrides)
     preflight(cfg)
 
-    import jax
-
     from critique_jax.runio import (
         FINGERPRINT_FILE,
         check_resume,
         run_dir_lock,
+        this_process_writes,
         write_fingerprint,
     )
 
-    first = jax.process_index() == 0  # one lock and one config file per run, not per host
+    first = this_process_writes()  # one lock and one config file per run, not per host
     run_dir = Path(cfg.run_dir)
     with run_dir_lock(run_dir) if first else contextlib.nullcontext():  # busy: a user error
         kept: dict[Path, bytes | None] = {}

@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import check_agreement, verbatim_quotes
 from critique_jax.data.loaders import DataError, read_records
@@ -49,7 +47,13 @@ from critique_jax.pipelines.critique_data import (
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, Critic, CriticSpec, load_roles, parsed
 from critique_jax.pipelines.seeds import salted
-from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
+from critique_jax.runio import (
+    RecordLog,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    this_process_writes,
+)
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -349,7 +353,7 @@ def evaluate(
         out_log.close()
     outputs = list(read_jsonl(run_dir / "critiques.jsonl"))
     results = with_skips(critic_metrics(records, outputs, closed=cfg.refinements > 0), skips)
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_json(run_dir / "results.json", results)
     return results
 
@@ -369,7 +373,7 @@ def load_eval_set(cfg: Config, problems: Sequence[Problem], actor: Agent | None)
         assert actor is not None
         sp = salted(es.sampling, cfg.seed, "eval_set")
         records = build_sampled_eval_set(actor, problems, es.samples_per_question, sp)
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 

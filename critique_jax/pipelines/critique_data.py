@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import (
     Critique,
@@ -63,7 +61,7 @@ from critique_jax.pipelines.roles import (
     solve,
 )
 from critique_jax.pipelines.seeds import salted, stable_seed
-from critique_jax.runio import RecordLog, atomic_write_json, read_jsonl
+from critique_jax.runio import RecordLog, atomic_write_json, read_jsonl, this_process_writes
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -596,7 +594,7 @@ def collect(
         sum(1 for _ in read_jsonl(run_dir / "critic_sft.jsonl")),
     )
     summary = with_skips(summary, skips)
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
 

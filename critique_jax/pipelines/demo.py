@@ -65,8 +65,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from critique_jax.config import (
     ConfigError,
     MeshConfig,
@@ -99,7 +97,7 @@ from critique_jax.pipelines.test_time import (
     sorted_levels,
     table_cell,
 )
-from critique_jax.runio import atomic_write_json, atomic_write_text
+from critique_jax.runio import atomic_write_json, atomic_write_text, this_process_writes
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -319,10 +317,6 @@ class Clock:
         self.phases[name] = {k: round(v + before.get(k, 0.0), 1) for k, v in spent.items()}
 
 
-def _primary() -> bool:
-    return jax.process_index() == 0
-
-
 def _done(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -370,7 +364,7 @@ def self_train_config(cfg: Config, run_dir: Path, actor: ModelSpec) -> st.Config
 
 
 def _write_problems(path: Path, problems: list[Problem]) -> None:
-    if _primary():
+    if this_process_writes():
         atomic_write_text(path, "".join(json.dumps(p.to_dict()) + "\n" for p in problems))
 
 
@@ -412,7 +406,7 @@ def base_sft(cfg: Config, run_dir: Path, spec: ModelSpec, train: list[Problem]) 
     if _done(out / "results.json") is None:
         data = run_dir / "world" / "base.jsonl"
         records = base_records(train, cfg.base.critique_share, cfg.seed, cfg.critique_format)
-        if _primary():
+        if this_process_writes():
             atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in records))
         sft.run(
             sft.Config(
@@ -502,7 +496,7 @@ def evaluate_critic(
         )
         records = critic_eval.build_demo_eval_set(test, 1, cfg.seed)
         records += critic_eval.build_sampled_eval_set(actor, test, cfg.critic.eval_samples, sp)
-        if _primary():
+        if this_process_writes():
             atomic_write_text(eval_set, "".join(json.dumps(r) + "\n" for r in records))
     eval_cfg = critic_eval.Config(
         run_dir=str(out),
@@ -686,7 +680,7 @@ def run_seeds(cfg: Config) -> dict[str, Any]:
     summary = over_seeds(runs, [key for key, _ in ROWS])
     table = seeds_table(summary, ROWS)
     run_dir = Path(cfg.run_dir)
-    if _primary():
+    if this_process_writes():
         atomic_write_json(run_dir / "results.json", summary)
         atomic_write_text(run_dir / "results.md", table)
         print(table)
@@ -762,7 +756,7 @@ def run_one(cfg: Config) -> dict[str, Any]:
         rows = [actor_res]
         for arm, arm_critic in (("vanilla", None), ("critique", st_critic)):
             rows.append(st.iteration(st_cfg, arm, 1, arm_critic, models, subset, test, st_dir))
-        if _primary():
+        if this_process_writes():
             atomic_write_text(st_dir / "comparison.md", st.comparison_table(rows, 0))
     vanilla, critique = rows[1], rows[2]
 
@@ -828,7 +822,7 @@ def run_one(cfg: Config) -> dict[str, Any]:
     }
     results["claims"] = claims(results)
     table = results_table(results)
-    if _primary():
+    if this_process_writes():
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_text(run_dir / "results.md", table)
         print(table)

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -54,7 +53,13 @@ from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, make_ju
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent
 from critique_jax.pipelines.seeds import chunk_seed
-from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
+from critique_jax.runio import (
+    RecordLog,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    this_process_writes,
+)
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import DEFAULT_RULES, Rules, mesh_from_config, rules_from_config
 
@@ -199,7 +204,7 @@ def initial_groups(
             for p, samples in zip(todo, outs, strict=True)
             for k, c in enumerate(samples)
         ]
-        if jax.process_index() == 0:
+        if this_process_writes():
             atomic_write_text(
                 path, "".join(json.dumps(dataclasses.asdict(g)) + "\n" for g in groups)
             )
@@ -451,6 +456,6 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         records = log_.fill(groups, cfg.chunk_groups, compute)
     result = with_skips(summarize(records), skips)
     result["records"] = str(run_dir / RECORDS)
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_json(run_dir / "summary.json", result)
     return result

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from critique_jax.config import MeshConfig, ModelSpec, StageConfig, to_dict
@@ -44,7 +43,7 @@ from critique_jax.pipelines.rco_collect import (
     load_agent,
     sample_chunk,
 )
-from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, this_process_writes
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -206,7 +205,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         "critics": results,
     }
     table = with_skips(table, skips)
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_json(run_dir / "comparison.json", table)
         atomic_write_text(run_dir / "comparison.md", comparison_markdown(table))
     return table

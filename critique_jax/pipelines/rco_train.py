@@ -37,7 +37,7 @@ from critique_jax.pipelines.rco_collect import (
     pad_id_of,
     read_groups,
 )
-from critique_jax.runio import atomic_write_json
+from critique_jax.runio import atomic_write_json, this_process_writes
 from critique_jax.sharding import (
     Rules,
     data_parallel_size,
@@ -372,7 +372,7 @@ def train_and_report(
         **history_summary(history, metrics),
         "hf_dir": str(out),
     }
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_json(run_dir / "results.json", result)
     return result
 

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from critique_jax.config import (
     ConfigError,
     MeshConfig,
@@ -65,7 +63,7 @@ from critique_jax.pipelines.overlong import fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent, solve, with_demo_tokenizer
 from critique_jax.pipelines.sft import SFTData, load_sft_records
 from critique_jax.pipelines.test_time import difficulty, mean_by_level
-from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, this_process_writes
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -236,7 +234,7 @@ def run(cfg: Config) -> dict[str, Any]:
             "no self-talk trajectories: every record is a rejected solution "
             "without a refinement; give records with refinements"
         )
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_text(
             run_dir / "trajectories.jsonl",
             "".join(json.dumps({"question": q, "trajectory": t}) + "\n" for q, t in pairs),
@@ -262,6 +260,6 @@ def run(cfg: Config) -> dict[str, Any]:
         )
     results = {"trajectories": len(examples), "hf_dir": str(hf), **summarize(predictions)}
     results = with_skips(results, skips)
-    if jax.process_index() == 0:
+    if this_process_writes():
         atomic_write_json(run_dir / "results.json", results)
     return results

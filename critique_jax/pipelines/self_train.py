@@ -55,8 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from critique_jax.config import (
     ConfigError,
     MeshConfig,
@@ -95,7 +93,13 @@ from critique_jax.pipelines.test_time import (
     sorted_levels,
     table_cell,
 )
-from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, read_jsonl
+from critique_jax.runio import (
+    RecordLog,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    this_process_writes,
+)
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -429,10 +433,6 @@ class Models:
         return make_agent(self.load(hf_dir), self.mesh)
 
 
-def _primary() -> bool:
-    return jax.process_index() == 0
-
-
 def _train_and_export(
     models: Models,
     init: Path | None,
@@ -450,7 +450,7 @@ def _train_and_export(
     if examples and train.steps > 0:
         params = finetune(model, examples, train, cfg.optim, cfg.mesh, out / "train", cfg.seed)
     save_hf(model.cfg, params, out / "hf", model.tokenizer)
-    if _primary():
+    if this_process_writes():
         shutil.rmtree(out / "train" / "checkpoints", ignore_errors=True)
 
 
@@ -473,7 +473,7 @@ def iteration_zero(
         "examples": len(examples),
         **evaluate_actor(models.agent(out / "hf"), test, cfg),
     }
-    if _primary():
+    if this_process_writes():
         atomic_write_json(out / "results.json", results)
     return results
 
@@ -490,7 +490,7 @@ def _collect(
             cfg.chunk_size,
             lambda chunk, i: collect_records(actor, critic, chunk, cfg, salt=(t, i)),
         )
-    if _primary():
+    if this_process_writes():
         atomic_write_json(out / "collect_stats.json", kept_stats(records, cfg.hard_min_level))
         atomic_write_text(
             out / "kept.jsonl", "".join(json.dumps(it) + "\n" for r in records for it in r["kept"])
@@ -533,7 +533,7 @@ def iteration(
         "collection": json.loads((out / "collect_stats.json").read_text()),
         **evaluation,
     }
-    if _primary():
+    if this_process_writes():
         atomic_write_json(out / "results.json", results)
     return results
 
@@ -573,7 +573,7 @@ def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
 
 
 def _write_comparison(run_dir: Path, rows: list[dict[str, Any]], cfg: Config) -> None:
-    if not _primary():
+    if not this_process_writes():
         return
     atomic_write_json(run_dir / "comparison.json", rows)
     title = "# Self-training: vanilla (rejection sampling) vs critique-in-the-loop\n\n"

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import split_steps
 from critique_jax.data.records import Problem
@@ -61,7 +59,7 @@ from critique_jax.pipelines.voting import (
     weighted_vote,
 )
 from critique_jax.plots import plot_accuracy_vs_compute
-from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, this_process_writes
 from critique_jax.sampling import Completion, SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -443,7 +441,7 @@ def run_test_time(
     curves = {CURVES[m]: pts for m, pts in results.get("parallel", {}).items()}
     if "sequential" in results:
         curves[CURVES["sequential"]] = results["sequential"]
-    if jax.process_index() == 0:
+    if this_process_writes():
         if problems:
             results["plot"] = str(
                 plot_accuracy_vs_compute(curves, out / "accuracy_vs_compute.png", title)

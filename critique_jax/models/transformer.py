@@ -201,9 +201,10 @@ def _cached_attention(q, k, v, mask, kv, prompt_kv, layer, index):
     value dots read as is. Query heads are grouped by kv head (GQA) instead of repeating
     k, v.
 
-    The prompt segment (one [P, K, W, H] array per layer) is shared by the B // P rows that sample the same
-    prompt (fan-out): their queries are stacked into one [rows x heads, W] block per prompt,
-    so a decode step reads each prompt's keys and values once, not once per sample.
+    The prompt segment (one [P, K, W, H] array per layer) is shared by the B // P rows that
+    sample the same prompt (fan-out): their queries are stacked into one [rows x heads, W]
+    block per prompt, so a decode step reads each prompt's keys and values once, not once
+    per sample.
     """
     cache_k, cache_v = _write(kv[0], layer, k, index), _write(kv[1], layer, v, index)
     k, v = _read(cache_k, layer, q.dtype), _read(cache_v, layer, q.dtype)

@@ -10,6 +10,8 @@ the token each position must predict (the batch layout of `critique_jax.data.bat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -40,12 +42,62 @@ def sft_loss(
     Metrics: `ntokens` (number of supervised tokens) and `accuracy` (share of supervised
     tokens whose argmax prediction equals the target).
     """
+    correct = jnp.argmax(logits, axis=-1) == targets
+    return _masked_sft(token_logprobs(logits, targets), correct, loss_mask)
+
+
+def _masked_sft(
+    logps: jax.Array, correct: jax.Array, loss_mask: jax.Array
+) -> tuple[jax.Array, Metrics]:
     mask = loss_mask.astype(jnp.float32)
     ntokens = mask.sum()
     denom = jnp.maximum(ntokens, 1.0)
-    loss = -(token_logprobs(logits, targets) * mask).sum() / denom
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return loss, {"ntokens": ntokens, "accuracy": (correct * mask).sum() / denom}
+    loss = -(logps * mask).sum() / denom
+    accuracy = (correct.astype(jnp.float32) * mask).sum() / denom
+    return loss, {"ntokens": ntokens, "accuracy": accuracy}
+
+
+def chunked_token_stats(
+    head: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array, chunk: int
+) -> tuple[jax.Array, jax.Array]:
+    """`token_logprobs(head(hidden), targets)` and `argmax(head(hidden)) == targets`, [B, T]
+    each, from final hidden states [B, T, E], computed `chunk` positions of every row at a time.
+
+    Each chunk's logits [B, chunk, V] exist only inside its step, and the backward pass
+    recomputes them (`jax.checkpoint`): no [B, T, V] float32 logits or softmax is ever held.
+    Chunks split T, not B, so rows stay sharded over the batch axes. The values equal the
+    unchunked ones; the head's gradient sums the chunks' parts in another order.
+    """
+    b, t, _ = hidden.shape
+    chunk = min(chunk, t)
+    pad = -t % chunk
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+
+    @jax.checkpoint
+    def stats(xy: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        x, y = xy
+        logits = head(x)
+        return token_logprobs(logits, y), jnp.argmax(logits, axis=-1) == y
+
+    def by_chunk(x: jax.Array) -> jax.Array:  # [B, T + pad, ...] -> [n, B, chunk, ...]
+        return jnp.swapaxes(x.reshape(b, -1, chunk, *x.shape[2:]), 0, 1)
+
+    logps, correct = jax.lax.map(stats, (by_chunk(hidden), by_chunk(targets)))
+    unchunk = lambda x: jnp.swapaxes(x, 0, 1).reshape(b, -1)[:, :t]  # noqa: E731
+    return unchunk(logps), unchunk(correct)
+
+
+def sft_loss_chunked(
+    head: Callable[[jax.Array], jax.Array],
+    hidden: jax.Array,
+    targets: jax.Array,
+    loss_mask: jax.Array,
+    chunk: int = 128,
+) -> tuple[jax.Array, Metrics]:
+    """`sft_loss(head(hidden), targets, loss_mask)` through `chunked_token_stats`."""
+    logps, correct = chunked_token_stats(head, hidden, targets, chunk)
+    return _masked_sft(logps, correct, loss_mask)
 
 
 def sequence_logprobs(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:

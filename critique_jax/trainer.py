@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -69,7 +69,23 @@ log = logging.getLogger(__name__)
 
 Params = Any
 Batch = dict[str, jax.Array]
-ApplyFn = Callable[[Params, jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+
+class ApplyFn(Protocol):
+    """The model: (params, inputs, positions, segment_ids) -> float32 logits [B, T, V]; with
+    `hidden=True`, the final hidden states [B, T, E] and the head that maps them to logits."""
+
+    def __call__(
+        self,
+        params: Params,
+        inputs: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None = None,
+        *,
+        hidden: bool = False,
+    ) -> Any: ...
+
+
 LossFn = Callable[[ApplyFn, Params, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
 # Parameters never weight-decayed, by their name in the tree (norm scales and biases). Names,
@@ -153,8 +169,11 @@ def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransf
 def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
     model = Transformer(model_cfg)
 
-    def apply_fn(params, inputs, positions, segment_ids=None):
-        return model.apply({"params": params}, inputs, positions, segment_ids)
+    def apply_fn(params, inputs, positions, segment_ids=None, *, hidden=False):
+        out = model.apply({"params": params}, inputs, positions, segment_ids, hidden=hidden)
+        if not hidden:
+            return out
+        return out, functools.partial(model.apply, {"params": params}, method=Transformer.head)
 
     return apply_fn
 
@@ -165,8 +184,10 @@ def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
     Without `segment_ids` in the batch (one right-padded sequence per row) the model takes
     its plain causal attention path, which is flash attention on GPU.
     """
-    logits = apply_fn(params, batch["inputs"], batch["positions"], batch.get("segment_ids"))
-    loss, aux = losses.sft_loss(logits, batch["targets"], batch["loss_mask"])
+    hidden, head = apply_fn(
+        params, batch["inputs"], batch["positions"], batch.get("segment_ids"), hidden=True
+    )
+    loss, aux = losses.sft_loss_chunked(head, hidden, batch["targets"], batch["loss_mask"])
     return loss, {"weight": aux["ntokens"], "accuracy": aux["accuracy"]}
 
 

@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critique_jax.losses import dpo_loss, rco_loss, sequence_logprobs, sft_loss, token_logprobs
+from critique_jax.losses import (
+    dpo_loss,
+    rco_loss,
+    sequence_logprobs,
+    sft_loss,
+    sft_loss_chunked,
+    token_logprobs,
+)
 
 
 def np_log_softmax(x: np.ndarray) -> np.ndarray:
@@ -175,3 +182,32 @@ def test_dpo_loss_matches_numpy():
     # A large margin stays finite (softplus, not log(sigmoid)).
     big, _ = dpo_loss(jnp.array([0.0]), jnp.array([1e4]), jnp.array([0.0]), jnp.array([0.0]), 1.0)
     assert float(big) == pytest.approx(1e4)
+
+
+@pytest.mark.parametrize("chunk", [3, 4, 16])
+def test_chunked_sft_loss_equals_unchunked(chunk):
+    # T = 7 is no multiple of 3 or 4: the last chunk is padded; 16 > T is one chunk.
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 11, (2, 7)), jnp.int32)
+    mask = jnp.asarray(rng.random((2, 7)) < 0.7, jnp.float32)
+
+    def head(x, w):
+        return x @ w
+
+    def full(x, w):
+        return sft_loss(head(x, w), targets, mask)
+
+    def chunked(x, w):
+        return sft_loss_chunked(lambda h: head(h, w), x, targets, mask, chunk=chunk)
+
+    (loss, aux), grads = jax.value_and_grad(full, argnums=(0, 1), has_aux=True)(hidden, kernel)
+    (closs, caux), cgrads = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(
+        hidden, kernel
+    )
+    assert float(closs) == float(loss)
+    assert float(caux["accuracy"]) == float(aux["accuracy"])
+    assert float(caux["ntokens"]) == float(aux["ntokens"])
+    for got, want in zip(cgrads, grads, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -98,13 +98,19 @@ def with_cu(world, collected):
     return out
 
 
+def test_solution_label_reads_records_of_older_versions():
+    assert rco_collect.solution_is_correct({"solution_is_correct": True}) is True
+    assert rco_collect.solution_is_correct({"solution_correct": False}) is False  # old name
+    assert rco_collect.solution_is_correct({"solution_is_correct": None}) is None
+
+
 def test_collection_structure_and_cu(collected):
     result, records = collected
     assert [r["id"] for r in records] == [f"demo-0-{i}" for i in range(GROUPS)]
     assert result["groups"] == GROUPS and result["critiques"] == GROUPS * N
     for r in records:
         assert len(r["critiques"]) == N
-        assert r["solution_correct"] == (int(r["id"].rsplit("-", 1)[1]) % 2 == 1)
+        assert r["solution_is_correct"] == (int(r["id"].rsplit("-", 1)[1]) % 2 == 1)
         for c in r["critiques"]:
             assert len(c["refinements"]) == M and len(c["ps"]) == M
             assert all(p in (0.0, 0.5, 1.0) for p in c["ps"])

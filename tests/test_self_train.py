@@ -10,7 +10,7 @@ import pytest
 from critique_jax.config import ModelSpec, OptimConfig, TrainConfig
 from critique_jax.data.critique_format import parse_critique
 from critique_jax.data.demo_world import generate_problems, inject_error, templated_critique
-from critique_jax.data.math import extract_answer, is_equiv
+from critique_jax.data.math import verify
 from critique_jax.data.prompts import ANSWER_FORMAT
 from critique_jax.data.sources import ProblemSource
 from critique_jax.pipelines.roles import CriticSpec, OracleCritic
@@ -79,7 +79,7 @@ def world():
 
 
 def _verifies(item):
-    return is_equiv(extract_answer(item["solution"]), item["gold"])
+    return verify(item["solution"], item["answer"])
 
 
 def test_collection_keeps_only_verified_work(world):

@@ -11,7 +11,7 @@ For each (question x, initial response y0), a *group*:
 
 run_dir/critiques.jsonl holds one record per group:
 
-    {id, question, solution, answer, solution_correct, prompt_ids,
+    {id, question, solution, answer, solution_is_correct, prompt_ids,
      critiques: [{text, token_ids, finish_reason, sample_logp, ref_logp,
                   refinements, ps, cu}]}
 
@@ -274,7 +274,7 @@ def critique_and_refine(
                 "question": g.question,
                 "solution": g.solution,
                 "answer": g.answer,
-                "solution_correct": None if g.answer is None else verify(g.solution, g.answer),
+                "solution_is_correct": None if g.answer is None else verify(g.solution, g.answer),
                 "prompt_ids": list(ids),
                 "critiques": entries,
             }
@@ -378,13 +378,21 @@ def add_reference_logps(
         c["ref_logp"] = next(scored) if ok else None
 
 
+def solution_is_correct(record: dict[str, Any]) -> bool | None:
+    """The verifier's label of a group's initial solution (None without a gold answer), named
+    as in collect_critiques' records; files written before that name was shared say
+    `solution_correct`, and a resumed run still reads them."""
+    return record.get("solution_is_correct", record.get("solution_correct"))
+
+
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     crits = [c for r in records for c in r["critiques"]]
     if not crits:
         return {"groups": 0, "critiques": 0}
     cus = np.array([c["cu"] for c in crits])
     spread = [len({c["cu"] for c in r["critiques"]}) > 1 for r in records]
-    correct = [r["solution_correct"] for r in records if r["solution_correct"] is not None]
+    labels = [solution_is_correct(r) for r in records]
+    correct = [label for label in labels if label is not None]
     return {
         "groups": len(records),
         "critiques": len(crits),

@@ -42,6 +42,7 @@ from critique_jax.pipelines.rco_collect import (
     initial_groups,
     load_agent,
     sample_chunk,
+    solution_is_correct,
 )
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, this_process_writes
 from critique_jax.sampling import SamplingParams
@@ -117,12 +118,12 @@ def critic_metrics(records: list[dict[str, Any]], scale: float) -> dict[str, Any
     if golds:
         right = {0: [], 1: []}
         for r, c in golds:
-            right[int(r["solution_correct"])] += [verify(t, r["answer"]) for t in c["refinements"]]
+            right[int(solution_is_correct(r))] += [verify(t, r["answer"]) for t in c["refinements"]]
         out["refinement_accuracy"] = _mean(right[0] + right[1])
         out["fixed"] = _mean(right[0])  # y0 wrong -> refinement right
         out["broken"] = _mean([not ok for ok in right[1]])  # y0 right -> refinement wrong
         out["verdict_accuracy"] = _mean(
-            [parse_critique(c["text"]).final_correct == r["solution_correct"] for r, c in golds]
+            [parse_critique(c["text"]).final_correct == solution_is_correct(r) for r, c in golds]
         )
     return out
 

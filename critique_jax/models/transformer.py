@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from critique_jax.backend import attention_implementation
 from critique_jax.models.config import ModelConfig
 from critique_jax.sharding import constrain
 
@@ -154,8 +155,7 @@ def _attention(cfg: ModelConfig, q, k, v, mask):
     """mask None: plain causal attention (cuDNN flash attention can take it on GPU)."""
     impl = cfg.attention_impl
     if impl == "auto":
-        gpu = jax.default_backend() == "gpu"
-        impl = "cudnn" if gpu and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+        impl = attention_implementation(q.dtype)
     if impl == "cudnn" and mask is None:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
     return _grouped_attention(q, k, v, mask)

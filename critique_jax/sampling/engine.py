@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from critique_jax.backend import unroll_decode_layers
 from critique_jax.models import (
     KVCache,
     ModelConfig,
@@ -257,15 +258,15 @@ class Engine:
     unroll_layers: decode with the layers unrolled (the same model with scan_layers=False)
     on per-layer copies of scanned parameters. Inside a scanned layer loop, XLA:CPU copies
     each layer's weights out of the stacked arrays at every step; unrolled, it reads them
-    in place. The cost is a copy of the parameters per `generate` call. None (the default)
-    unrolls on CPU only.
+    in place. The cost is a copy of the parameters per `generate` call. None (the default):
+    `backend.unroll_decode_layers`.
     """
 
     def __init__(
         self, cfg: ModelConfig, mesh: Mesh | None = None, unroll_layers: bool | None = None
     ):
         if unroll_layers is None:
-            unroll_layers = jax.default_backend() == "cpu"
+            unroll_layers = unroll_decode_layers()
         self.cfg = cfg
         self.unstack = cfg.scan_layers and unroll_layers
         self.run_cfg = cfg.replace(scan_layers=False) if self.unstack else cfg

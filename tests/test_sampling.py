@@ -403,3 +403,18 @@ def test_sharded_mesh_matches_single_device(sampled, subprocess_results):
         for j, s in enumerate(row):
             assert list(s.token_ids) == result[f"sample/{r}/{j}/token_ids"].tolist()
             np.testing.assert_allclose(s.logprobs, result[f"sample/{r}/{j}/logprobs"], atol=1e-4)
+
+
+def test_sliding_window_decode_matches_full_forward(model):
+    """A window shorter than prompt + generation: the fanned-out decode masks prompt slots
+    and its own slots by distance exactly as the training forward masks by position."""
+    cfg, params = model
+    cfg = cfg.replace(sliding_window=4)
+    results = Sampler(cfg, buckets=BUCKETS).generate_ids(params, PROMPTS, SAMPLED)
+    seqs = [ids + list(c.token_ids) for ids, cs in zip(PROMPTS, results, strict=True) for c in cs]
+    refs = iter(full_forward_logprobs(cfg, params, seqs))
+    for ids, samples in zip(PROMPTS, results, strict=True):
+        for c in samples:
+            steps = next(refs)[len(ids) - 1 : len(ids) - 1 + c.num_tokens]
+            want = steps[np.arange(c.num_tokens), c.token_ids]
+            np.testing.assert_allclose(c.logprobs, want, atol=1e-4)

@@ -99,8 +99,9 @@ class DecodeState:
     done: jax.Array
 
 
-def _repeat(x: jax.Array, fanout: int, axis: int) -> jax.Array:
-    return x if fanout == 1 else jnp.repeat(x, fanout, axis=axis)
+def _repeat(x: jax.Array, fanout: int) -> jax.Array:
+    """Each row `fanout` times over the leading axis: one per sample of its prompt."""
+    return x if fanout == 1 else jnp.repeat(x, fanout, axis=0)
 
 
 def _positions(token_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
@@ -123,7 +124,7 @@ def _extend(cfg: ModelConfig, params, tokens, positions, token_mask, cache, last
 def _fan_out(cache: KVCache, logits, token_mask, fanout: int) -> Prefilled:
     """The logits and lengths of every sample row; the cache stays one row per prompt."""
     lengths = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
-    return Prefilled(cache, _repeat(logits[:, 0], fanout, 0), _repeat(lengths, fanout, 0))
+    return Prefilled(cache, _repeat(logits[:, 0], fanout), _repeat(lengths, fanout))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "fanout"))

@@ -133,7 +133,7 @@ def decode_call(
     sp: SamplingParams,
     stop_ids: Sequence[int],
 ) -> DecodeOut:
-    """Dispatch one call's decode from its `prefill_call` output (whose cache it donates)."""
+    """Dispatch one call's decode from its `prefill_call` output."""
     return engine.decode(
         params,
         prefilled,

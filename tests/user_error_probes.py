@@ -25,7 +25,6 @@ $CRITIQUE_JAX_SMOLLM2 or ~/.cache/critique_jax/real_models/smollm2-135m/hf) are 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from test_user_errors import snapshot  # this runner runs from tests/, beside it
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = Path(
@@ -133,16 +134,6 @@ def build_shared(work: Work) -> None:
     save_hf(cfg, init_sharded_params(cfg, 0, None), work.hf, tok)
     big = preset("tiny", num_layers=1, vocab_size=49152, bos_token_id=1, eos_token_id=2)
     save_hf(big, init_sharded_params(big, 0, None), work.hf49k)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    if not root.exists():
-        return {}
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock"
-    }
 
 
 def changed_files(before: dict[str, str], after: dict[str, str]) -> list[str]:

@@ -16,6 +16,8 @@ from critique_jax.data.sources import ProblemSource
 from critique_jax.pipelines.roles import CriticSpec, OracleCritic
 from critique_jax.pipelines.self_train import (
     Config,
+    KeptItem,
+    QuestionRecord,
     collect_records,
     comparison_table,
     evaluation_keys,
@@ -79,29 +81,31 @@ def world():
 
 
 def _verifies(item):
-    return verify(item["solution"], item["answer"])
+    return verify(item.solution, item.answer)
 
 
 def test_collection_keeps_only_verified_work(world):
     problems, plans, critic, cfg = world
     hard_problem = problems[1]
     easy, hard = collect_records(ScriptedActor(problems, plans), critic, problems, cfg)
-    items = easy["kept"] + hard["kept"]
+    items = easy.kept + hard.kept
     assert items and all(_verifies(it) for it in items)
-    assert len({it["id"] for it in items}) == len(items)
+    assert len({it.id for it in items}) == len(items)
     # Four identical correct samples of the easy question are kept once.
-    assert [it["origin"] for it in easy["kept"]] == ["sample"]
+    assert [it.origin for it in easy.kept] == ["sample"]
     # Three wrong samples critiqued; per critique 3 correct refinements, 1 a shortcut, and
     # at most max_per_critique=1 kept.
-    assert (hard["critiqued"], hard["correct_refinements"], hard["shortcuts"]) == (3, 9, 3)
-    refinements = [it for it in hard["kept"] if it["origin"] == "refinement"]
+    assert (hard.critiqued, hard.correct_refinements, hard.shortcuts) == (3, 9, 3)
+    refinements = [it for it in hard.kept if it.origin == "refinement"]
     assert len(refinements) == 3
     for it in refinements:
-        assert work_steps(it["solution"]) >= required_steps(hard_problem, 1, 0.5) == 2
-        assert templated_critique(hard_problem, it["wrong_solution"]) == it["critique"]
-    trace = hard["trace"]  # the first wrong sample, its critique and its refinements
+        assert work_steps(it.solution) >= required_steps(hard_problem, 1, 0.5) == 2
+        assert templated_critique(hard_problem, it.wrong_solution) == it.critique
+    trace = hard.trace  # the first wrong sample, its critique and its refinements
     assert trace["critique"] == templated_critique(hard_problem, trace["solution"])
-    assert len(trace["refinements"]) == cfg.refinements and "trace" not in easy
+    assert len(trace["refinements"]) == cfg.refinements and easy.trace is None
+    assert [QuestionRecord.from_json(r.to_json()) for r in (easy, hard)] == [easy, hard]
+    assert "trace" not in easy.to_json() and "wrong_solution" not in easy.kept[0].to_json()
     stats = kept_stats([easy, hard], hard_min_level=3)
     assert stats["kept"] == 5 and stats["from_refinements"] == 3
     assert stats["hard_share_kept"] == pytest.approx(4 / 5)
@@ -129,15 +133,15 @@ def test_recheck_drops_refinements_with_a_wrong_step(world, recheck):
     problems, plans, critic, cfg = world
     cfg = dataclasses.replace(cfg, refinements=2, recheck=recheck)
     _, hard = collect_records(LuckyActor(problems, plans), critic, problems, cfg)
-    refinements = [it for it in hard["kept"] if it["origin"] == "refinement"]
+    refinements = [it for it in hard.kept if it.origin == "refinement"]
     wrong_steps = [
-        parse_critique(templated_critique(problems[1], it["solution"])).first_wrong_step
+        parse_critique(templated_critique(problems[1], it.solution)).first_wrong_step
         for it in refinements
     ]
-    assert hard["correct_refinements"] == 2 * hard["critiqued"] == 6
+    assert hard.correct_refinements == 2 * hard.critiqued == 6
     # Answer-only verification keeps the lucky text (once: texts are kept once per question;
     # the right one is already kept as a sample); the recheck drops all three lucky ones.
-    assert hard["rechecked_out"] == (3 if recheck else 0)
+    assert hard.rechecked_out == (3 if recheck else 0)
     assert wrong_steps == ([] if recheck else [1])
 
 
@@ -146,8 +150,8 @@ def test_vanilla_is_the_same_path_without_the_critic(world):
     actor = ScriptedActor(problems, plans)
     easy, hard = collect_records(actor, None, problems, cfg)
     assert actor.refine_calls == 0
-    assert [it["origin"] for it in easy["kept"] + hard["kept"]] == ["sample", "sample"]
-    assert all(_verifies(it) for it in easy["kept"] + hard["kept"])
+    assert [it.origin for it in easy.kept + hard.kept] == ["sample", "sample"]
+    assert all(_verifies(it) for it in easy.kept + hard.kept)
     assert kept_stats([easy, hard], 3)["hard_share_kept"] == pytest.approx(1 / 2)
 
 
@@ -243,7 +247,8 @@ def test_stage_runs_both_arms_and_writes_the_table(tiny_run):
     for arm in ("vanilla", "critique"):
         out = run_dir / arm / "iter_1"
         kept = [json.loads(x) for x in (out / "kept.jsonl").read_text().splitlines()]
-        assert all(_verifies(it) for it in kept)  # whatever the model
+        assert all(verify(it["solution"], it["answer"]) for it in kept)  # whatever the model
+        assert [KeptItem.from_json(it).to_json() for it in kept] == kept  # the keys on disk
         stats = json.loads((out / "collect_stats.json").read_text())
         assert stats["samples"] == 4 and stats["kept"] == len(kept)
         assert (out / "hf" / "config.json").exists()

@@ -79,10 +79,10 @@ from critique_jax.data.prompts import critique_messages, solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource
 from critique_jax.models.config import preset
-from critique_jax.pipelines import critic_eval, critique_data, rco_collect, rco_eval, rco_train, sft
+from critique_jax.pipelines import critic_eval, critique_data, rco, rco_collect, rco_eval, sft
 from critique_jax.pipelines import self_train as st
 from critique_jax.pipelines.demo_claims import claims, claims_table, over_seeds, seeds_table
-from critique_jax.pipelines.judges import JudgeConfig
+from critique_jax.pipelines.reporting import sorted_levels, table_cell
 from critique_jax.pipelines.roles import (
     Agent,
     Critic,
@@ -91,12 +91,7 @@ from critique_jax.pipelines.roles import (
     with_demo_tokenizer,
 )
 from critique_jax.pipelines.seeds import stable_seed
-from critique_jax.pipelines.test_time import (
-    TTSSettings,
-    run_test_time,
-    sorted_levels,
-    table_cell,
-)
+from critique_jax.pipelines.test_time import TTSSettings, run_test_time
 from critique_jax.runio import atomic_write_json, atomic_write_text, this_process_writes
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
@@ -535,20 +530,20 @@ def rco_phase(
             model=ModelSpec(path=str(critic_hf)),
             problems=_source(cfg, "train", r.problems),
             initial=initial,
-            judge=JudgeConfig(kind="verifier"),
+            judge=rco_collect.JudgeConfig(kind="verifier"),
             num_critiques=r.critiques,
             num_refinements=r.refinements,
             critique_sampling=critique_sp,
             refine_sampling=refine_sp,
             seq_len=r.train.seq_len,
-            score_batch_size=rco_train.REFERENCE_ROWS,  # one scoring program for both
+            score_batch_size=rco.REFERENCE_ROWS,  # one scoring program for both
             chunk_groups=g.chunk_size,
             mesh=cfg.mesh,
         ),
         actor=actor,
     )
-    trained = _done(train_dir / "results.json") or rco_train.run(
-        rco_train.Config(
+    trained = _done(train_dir / "results.json") or rco.run(
+        rco.Config(
             run_dir=str(train_dir),
             seed=cfg.seed,
             critique_format=cfg.critique_format,
@@ -571,7 +566,7 @@ def rco_phase(
             ],
             problems=ProblemSource(kind="jsonl", path=str(test_path), limit=r.eval_problems),
             initial=initial,
-            judge=JudgeConfig(kind="verifier"),
+            judge=rco_collect.JudgeConfig(kind="verifier"),
             num_critiques=r.eval_critiques,
             num_refinements=r.eval_refinements,
             critique_sampling=critique_sp,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from critique_jax.pipelines.test_time import table_cell
+from critique_jax.pipelines.reporting import table_cell
 
 
 def _hardest(by_level: dict[str, Any]) -> str:

@@ -2,13 +2,15 @@
 
 Actor SFT, critic SFT, refinement SFT, self-training and self-talk all reduce to this: render
 each example through the chat template, mask the loss to the completion, pack, and train on
-the sharded engine. Records name their shape with `format` (see `examples_from_records`).
+the sharded engine. Records name their shape with `format` (`SFTData`, `load_sft_records`,
+`examples_from_records`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,12 @@ import jax
 from critique_jax.config import ConfigError, MeshConfig, OptimConfig, TrainConfig
 from critique_jax.data.batching import BatchIterator, pack_examples, pad_batch, tokenize_example
 from critique_jax.data.critique_format import CritiqueFormat
-from critique_jax.data.loaders import DataError
+from critique_jax.data.loaders import (
+    DataError,
+    load_chat_records,
+    load_mathcritique,
+    read_records,
+)
 from critique_jax.data.prompts import (
     Messages,
     critique_messages,
@@ -52,6 +59,32 @@ FORMATS = {
     ),
     "chat": (("messages",), lambda r, cf: (r["messages"][:-1], r["messages"][-1]["content"])),
 }
+
+
+@dataclass
+class SFTData:
+    """A file of SFT records and the shape they have (see `FORMATS`)."""
+
+    path: str = ""
+    format: str = "critique"  # solve | critique | refine | chat | mathcritique-critique | ...
+    limit: int | None = None
+
+
+def load_sft_records(data: SFTData) -> tuple[list[dict[str, Any]], list[str]]:
+    """(records, their locations); `mathcritique-*` formats read MathCritique release files."""
+    if not data.path:
+        raise ConfigError("data.path is empty: point it at a JSONL/JSON file of records")
+    if data.format.startswith("mathcritique-"):
+        records = load_mathcritique(data.path)
+        where = [f"{data.path} record {i}" for i in range(len(records))]
+    elif data.format == "chat":
+        records = [{"messages": m} for m in load_chat_records(data.path)]
+        where = [f"{data.path} record {i}" for i in range(len(records))]
+    else:
+        pairs = read_records(data.path)
+        records, where = [r for _, r in pairs], [loc for loc, _ in pairs]
+    n = data.limit or len(records)
+    return records[:n], where[:n]
 
 
 def examples_from_records(

@@ -1,4 +1,6 @@
-"""Dataset questions too long for the actor, found before any sampling.
+"""Dataset questions a stage's roles cannot take, found before any sampling.
+
+An oracle critic knows the demo world's computations only (`check_oracle`, at config time).
 
 A question whose solve prompt is longer than the actor's longest prompt would abort a stage
 midway (the sampler refuses it). Every stage that puts dataset questions into the actor's
@@ -13,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from critique_jax.config import ConfigError
 from critique_jax.data.loaders import DataError
 from critique_jax.data.prompts import solve_messages
 from critique_jax.data.records import Problem
@@ -22,6 +25,17 @@ from critique_jax.sampling import Sampler
 log = logging.getLogger(__name__)
 
 Skips = dict[str, int]  # config section (e.g. "test_problems") -> questions skipped
+
+
+def check_oracle(critic: Any, problems: ProblemSource, where: str) -> None:
+    """An oracle critic (a `CriticSpec` with `oracle`) checks demo-world problems only:
+    generated ones, or a JSONL of them (the demo writes its world so)."""
+    if critic is not None and critic.oracle is not None and problems.kind not in ("demo", "jsonl"):
+        raise ConfigError(
+            f"critic.oracle: {critic.oracle} checks demo-world problems, but "
+            f"{where}.kind is {problems.kind!r}; use `critic: {{model: "
+            "{path: <critic HF dir>}}` for real data"
+        )
 
 
 def prompt_limit(sampler: Sampler) -> int:

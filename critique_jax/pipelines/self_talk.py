@@ -58,11 +58,10 @@ from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import LoadedModel, load_model
-from critique_jax.pipelines.finetune import Example, finetune
+from critique_jax.pipelines.finetune import Example, SFTData, finetune, load_sft_records
 from critique_jax.pipelines.overlong import fit_questions, with_skips
+from critique_jax.pipelines.reporting import difficulty, mean_by_level
 from critique_jax.pipelines.roles import Agent, make_agent, solve, with_demo_tokenizer
-from critique_jax.pipelines.sft import SFTData, load_sft_records
-from critique_jax.pipelines.test_time import difficulty, mean_by_level
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, this_process_writes
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config

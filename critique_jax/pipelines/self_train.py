@@ -51,7 +51,7 @@ import random
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,15 @@ from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import LoadedModel, load_model
-from critique_jax.pipelines.finetune import Example, examples_from_records, finetune
-from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
+from critique_jax.pipelines.finetune import (
+    Example,
+    SFTData,
+    examples_from_records,
+    finetune,
+    load_sft_records,
+)
+from critique_jax.pipelines.overlong import Skips, check_oracle, fit_questions, with_skips
+from critique_jax.pipelines.reporting import difficulty, mean_by_level, sorted_levels, table_cell
 from critique_jax.pipelines.roles import (
     Agent,
     Critic,
@@ -85,14 +92,6 @@ from critique_jax.pipelines.roles import (
     with_demo_tokenizer,
 )
 from critique_jax.pipelines.seeds import salted
-from critique_jax.pipelines.sft import SFTData, load_sft_records
-from critique_jax.pipelines.test_time import (
-    check_oracle,
-    difficulty,
-    mean_by_level,
-    sorted_levels,
-    table_cell,
-)
 from critique_jax.runio import (
     RecordLog,
     atomic_write_json,
@@ -120,7 +119,8 @@ class Config(StageConfig):
     )
     test_problems: ProblemSource = field(default_factory=lambda: ProblemSource(seed=2, size=100))
     refine_data: SFTData | None = None  # iteration-0 refinement examples (non-demo problems)
-    iterations: int = 2
+    iterations: int = 2  # 0: iteration 0 alone (a rerun with more continues from it)
+    collect_problems: int | None = None  # iterations >= 1 sample this prefix of train_problems
     init: str = "iteration0"  # iteration0 | previous
     samples: int = 4  # K
     refinements: int = 2  # K' per critique
@@ -159,6 +159,8 @@ class Config(StageConfig):
             raise ConfigError("samples, refinements, max_per_critique and chunk_size must be >= 1")
         if self.iterations < 0 or self.eval_samples < 0:
             raise ConfigError("iterations and eval_samples must be >= 0")
+        if self.collect_problems is not None and self.collect_problems < 1:
+            raise ConfigError("collect_problems must be >= 1, or null for all training questions")
         if self.refine_data is not None and self.refine_data.format not in (
             "refine",
             "mathcritique-refine",
@@ -195,146 +197,179 @@ def shows_work(solution: str, problem: Problem, min_steps: int, ratio: float) ->
     return work_steps(solution) >= required_steps(problem, min_steps, ratio)
 
 
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class KeptItem:
+    """A verified solution kept for fine-tuning (x -> y): a line of kept.jsonl. A refinement
+    also carries the wrong sample and the critique it was refined from."""
+
+    id: str
+    problem_id: str
+    question: str
+    solution: str
+    answer: str  # the gold answer
+    pred: str | None  # the answer extracted from `solution`
+    level: int | None
+    origin: str  # sample | refinement
+    wrong_solution: str | None = None
+    critique: str | None = None
+
+    @classmethod
+    def of(cls, p: Problem, judged: Judged, item_id: str, origin: str) -> KeptItem:
+        level = difficulty(p)
+        return cls(item_id, p.id, p.question, judged.text, p.answer, judged.answer, level, origin)
+
+    def to_json(self) -> dict[str, Any]:
+        extra = ("wrong_solution", "critique")  # a sample's record has neither key
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in extra}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> KeptItem:
+        return cls(**record)
+
+
+@dataclass(frozen=True)
+class QuestionRecord:
+    """What collection did with one training question: a line of collect.jsonl. `trace` is
+    its first critiqued wrong sample with the critique and the refinements, to read what the
+    critic and the refiner did."""
+
+    id: str
+    level: int | None
+    samples: int
+    correct_samples: int
+    critiqued: int
+    correct_refinements: int
+    shortcuts: int
+    rechecked_out: int  # correct refinements the process check dropped
+    kept: tuple[KeptItem, ...]
+    trace: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["kept"] = [it.to_json() for it in self.kept]
+        return out if self.trace is not None else {k: v for k, v in out.items() if k != "trace"}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> QuestionRecord:
+        kept = tuple(KeptItem.from_json(it) for it in record["kept"])
+        return cls(**{**record, "kept": kept})
+
+
 # --------------------------------------------------------------------------- collection
 
-
-def _item(p: Problem, judged: Judged, item_id: str, origin: str, **extra: Any) -> dict:
-    return {
-        "id": item_id,
-        "problem_id": p.id,
-        "question": p.question,
-        "solution": judged.text,
-        "answer": p.answer,
-        "pred": judged.answer,
-        "level": difficulty(p),
-        "origin": origin,
-        **extra,
-    }
+TALLIES = ("critiqued", "correct_refinements", "shortcuts", "rechecked_out")
 
 
 def collect_records(
     actor: Agent, critic: Critic | None, problems: Sequence[Problem], cfg: Config, salt: Any = 0
-) -> list[dict[str, Any]]:
-    """Per question: the kept items (`kept`, each verified correct), counts, and (`trace`) its
-    first critiqued wrong sample with its critique and refinements. Batched: one solve call
-    with fan-out K, one critique call, one refine call with fan-out K'."""
+) -> list[QuestionRecord]:
+    """Per question: the kept items (each verified correct, each text once), the counts, and
+    its trace. Batched: one solve call with fan-out K, one critique call, one refine call
+    with fan-out K'."""
     questions = [p.question for p in problems]
     samples = solve(actor, questions, salted(cfg.sample, "sample", salt).replace(n=cfg.samples))
-    records, seen, wrong = [], [], []
-    for i, (p, cs) in enumerate(zip(problems, samples, strict=True)):
-        judged = [Judged.of(c, p.answer) for c in cs]
-        kept, texts = [], set()
-        for j, jd in enumerate(judged):
-            if jd.correct and jd.text.strip() not in texts:
-                texts.add(jd.text.strip())
-                kept.append(_item(p, jd, f"{p.id}/s{j}", "sample"))
-            elif not jd.correct:
-                wrong.append((i, j, jd.text))
-        seen.append(texts)
-        records.append(
-            {
-                "id": p.id,
-                "level": difficulty(p),
-                "samples": len(judged),
-                "correct_samples": sum(jd.correct for jd in judged),
-                "critiqued": 0,
-                "correct_refinements": 0,
-                "shortcuts": 0,
-                "rechecked_out": 0,  # correct refinements the process check dropped
-                "kept": kept,
-            }
-        )
-    if critic is None or not wrong:
-        return records
-    crits = critic.critique(
-        [questions[i] for i, _, _ in wrong],
-        [t for _, _, t in wrong],
-        salted(cfg.critique, "critique", salt).replace(n=1),
-    )
-    critiques = [cs[0].text or "" for cs in crits]
-    refs = refine(
-        actor,
-        [questions[i] for i, _, _ in wrong],
-        [t for _, _, t in wrong],
-        critiques,
-        salted(cfg.refine, "refine", salt).replace(n=cfg.refinements),
-    )
-    candidates = []  # (wrong index, refinement index, judged): correct and showing work
-    for w, ((i, _, text), rs) in enumerate(zip(wrong, refs, strict=True)):
-        p, rec = problems[i], records[i]
-        rec["critiqued"] += 1
-        # one worked example per question, to read what the critic and the refiner did
-        rec.setdefault(
-            "trace",
-            {"solution": text, "critique": critiques[w], "refinements": [r.text or "" for r in rs]},
-        )
-        for m, r in enumerate(rs):
-            jd = Judged.of(r, p.answer)
+    judged = [[Judged.of(c, p.answer) for c in cs] for cs, p in zip(samples, problems, strict=True)]
+    kept: list[list[KeptItem]] = [[] for _ in problems]
+    seen: list[set[str]] = [set() for _ in problems]
+    wrong = []  # (question index, sample index, text)
+    for i, (p, js) in enumerate(zip(problems, judged, strict=True)):
+        for j, jd in enumerate(js):
             if not jd.correct:
-                continue
-            rec["correct_refinements"] += 1
-            if not shows_work(jd.text, p, cfg.min_steps, cfg.min_step_ratio):
-                rec["shortcuts"] += 1
-                continue
-            candidates.append((w, m, jd))
-    if cfg.recheck and candidates:
-        checks = critic.critique(
-            [questions[wrong[w][0]] for w, _, _ in candidates],
-            [jd.text for _, _, jd in candidates],
-            salted(cfg.critique, "recheck", salt).replace(n=1),
-        )
-        passed = [
-            c.parseable and c.first_wrong_step is None
-            for c in map(parsed, (cs[0] for cs in checks))
-        ]
-        for (w, _, _), ok in zip(candidates, passed, strict=True):
-            records[wrong[w][0]]["rechecked_out"] += not ok
-        candidates = [c for c, ok in zip(candidates, passed, strict=True) if ok]
-    taken = [0] * len(wrong)
-    for w, m, jd in candidates:
-        (i, j, text), critique = wrong[w], critiques[w]
-        p, rec = problems[i], records[i]
-        if taken[w] < cfg.max_per_critique and jd.text.strip() not in seen[i]:
-            seen[i].add(jd.text.strip())
-            rec["kept"].append(
-                _item(
-                    p,
-                    jd,
-                    f"{p.id}/s{j}/r{m}",
-                    "refinement",
-                    wrong_solution=text,
-                    critique=critique,
-                )
+                wrong.append((i, j, jd.text))
+            elif jd.text.strip() not in seen[i]:
+                seen[i].add(jd.text.strip())
+                kept[i].append(KeptItem.of(p, jd, f"{p.id}/s{j}", "sample"))
+    tallies = [dict.fromkeys(TALLIES, 0) for _ in problems]
+    traces: dict[int, dict[str, Any]] = {}
+    if critic is not None and wrong:
+        asked = [questions[i] for i, _, _ in wrong]
+        texts = [t for _, _, t in wrong]
+        crits = critic.critique(asked, texts, salted(cfg.critique, "critique", salt).replace(n=1))
+        critiques = [cs[0].text or "" for cs in crits]
+        refine_sp = salted(cfg.refine, "refine", salt).replace(n=cfg.refinements)
+        refs = refine(actor, asked, texts, critiques, refine_sp)
+        candidates = []  # (wrong index, refinement index, judged): correct and showing work
+        for w, ((i, _, text), rs) in enumerate(zip(wrong, refs, strict=True)):
+            p = problems[i]
+            tallies[i]["critiqued"] += 1
+            refined = [r.text or "" for r in rs]
+            traces.setdefault(
+                i, {"solution": text, "critique": critiques[w], "refinements": refined}
             )
-            taken[w] += 1
-    return records
+            for m, r in enumerate(rs):
+                jd = Judged.of(r, p.answer)
+                if not jd.correct:
+                    continue
+                tallies[i]["correct_refinements"] += 1
+                if not shows_work(jd.text, p, cfg.min_steps, cfg.min_step_ratio):
+                    tallies[i]["shortcuts"] += 1
+                    continue
+                candidates.append((w, m, jd))
+        if cfg.recheck and candidates:
+            checks = critic.critique(
+                [asked[w] for w, _, _ in candidates],
+                [jd.text for _, _, jd in candidates],
+                salted(cfg.critique, "recheck", salt).replace(n=1),
+            )
+            verdicts = [parsed(cs[0]) for cs in checks]
+            passed = [v.parseable and v.first_wrong_step is None for v in verdicts]
+            for (w, _, _), ok in zip(candidates, passed, strict=True):
+                tallies[wrong[w][0]]["rechecked_out"] += not ok
+            candidates = [c for c, ok in zip(candidates, passed, strict=True) if ok]
+        taken = [0] * len(wrong)
+        for w, m, jd in candidates:
+            i, j, text = wrong[w]
+            if taken[w] < cfg.max_per_critique and jd.text.strip() not in seen[i]:
+                seen[i].add(jd.text.strip())
+                item = KeptItem.of(problems[i], jd, f"{problems[i].id}/s{j}/r{m}", "refinement")
+                kept[i].append(replace(item, wrong_solution=text, critique=critiques[w]))
+                taken[w] += 1
+    return [
+        QuestionRecord(
+            p.id,
+            difficulty(p),
+            len(js),
+            sum(jd.correct for jd in js),
+            **tallies[i],
+            kept=tuple(kept[i]),
+            trace=traces.get(i),
+        )
+        for i, (p, js) in enumerate(zip(problems, judged, strict=True))
+    ]
 
 
-def kept_stats(records: Sequence[dict[str, Any]], hard_min_level: int) -> dict[str, Any]:
+def kept_stats(records: Sequence[QuestionRecord], hard_min_level: int) -> dict[str, Any]:
     """What the collection kept: counts by origin, per-level question coverage, and the share
     of kept items (and of training questions) that are hard."""
-    items = [it for r in records for it in r["kept"]]
+    items = [it for r in records for it in r.kept]
+    levels = [r.level for r in records]
 
     def hard_share(levels: list[Any]) -> float | None:
         known = [lv for lv in levels if lv is not None]
         return sum(lv >= hard_min_level for lv in known) / len(known) if known else None
 
+    def total(name: str) -> int:
+        return sum(getattr(r, name) for r in records)
+
     return {
         "kept": len(items),
-        "from_samples": sum(it["origin"] == "sample" for it in items),
-        "from_refinements": sum(it["origin"] == "refinement" for it in items),
-        "questions_covered": sum(bool(r["kept"]) for r in records) / max(len(records), 1),
+        "from_samples": sum(it.origin == "sample" for it in items),
+        "from_refinements": sum(it.origin == "refinement" for it in items),
+        "questions_covered": sum(bool(r.kept) for r in records) / max(len(records), 1),
         "coverage_by_level": mean_by_level(
-            [r["level"] for r in records], [bool(r["kept"]) for r in records]
+            [r.level for r in records], [bool(r.kept) for r in records]
         ),
-        "hard_share_kept": hard_share([it["level"] for it in items]),
-        "hard_share_questions": hard_share([r["level"] for r in records]),
-        "samples": sum(r["samples"] for r in records),
-        "correct_samples": sum(r["correct_samples"] for r in records),
-        "critiqued": sum(r["critiqued"] for r in records),
-        "correct_refinements": sum(r["correct_refinements"] for r in records),
-        "shortcuts_rejected": sum(r["shortcuts"] for r in records),
-        "rechecked_out": sum(r["rechecked_out"] for r in records),
+        "hard_share_kept": hard_share([it.level for it in items]),
+        "hard_share_questions": hard_share(levels),
+        "samples": total("samples"),
+        "correct_samples": total("correct_samples"),
+        "critiqued": total("critiqued"),
+        "correct_refinements": total("correct_refinements"),
+        "shortcuts_rejected": total("shortcuts"),
+        "rechecked_out": total("rechecked_out"),
     }
 
 
@@ -485,16 +520,18 @@ def _collect(
     collection finished). A function of its own, so the sampling actor's weights are freed
     before the fine-tune loads its starting weights."""
     with RecordLog(out / "collect.jsonl") as log_:
-        records = log_.fill(
+        found = log_.fill(
             train,
             cfg.chunk_size,
-            lambda chunk, i: collect_records(actor, critic, chunk, cfg, salt=(t, i)),
+            lambda chunk, i: [
+                r.to_json() for r in collect_records(actor, critic, chunk, cfg, salt=(t, i))
+            ],
         )
+    records = [QuestionRecord.from_json(r) for r in found]
     if this_process_writes():
         atomic_write_json(out / "collect_stats.json", kept_stats(records, cfg.hard_min_level))
-        atomic_write_text(
-            out / "kept.jsonl", "".join(json.dumps(it) + "\n" for r in records for it in r["kept"])
-        )
+        kept = [json.dumps(it.to_json()) + "\n" for r in records for it in r.kept]
+        atomic_write_text(out / "kept.jsonl", "".join(kept))
 
 
 def iteration(
@@ -514,12 +551,12 @@ def iteration(
     prev = run_dir / "iter_0" / "hf" if t == 1 else run_dir / arm / f"iter_{t - 1}" / "hf"
     if not (out / "kept.jsonl").exists():
         _collect(cfg, models.agent(prev), critic, train, t, out)
-    items = list(read_jsonl(out / "kept.jsonl"))
+    items = [KeptItem.from_json(r) for r in read_jsonl(out / "kept.jsonl")]
     init = run_dir / "iter_0" / "hf" if cfg.init == "iteration0" else prev
     if not (out / "hf" / "config.json").exists():
         if not items:
             log.warning("%s iteration %d kept nothing: the actor is not fine-tuned", arm, t)
-        examples = [(solve_messages(it["question"]), it["solution"]) for it in items]
+        examples = [(solve_messages(it.question), it.solution) for it in items]
         _train_and_export(models, init, examples, cfg.train, cfg, out)
     if items:
         evaluation = evaluate_actor(models.agent(out / "hf"), test, cfg)
@@ -619,9 +656,10 @@ def run(cfg: Config) -> dict[str, Any]:
         )[1]
     rows = [iteration_zero(cfg, models, train, test, run_dir / "iter_0")]
     _write_comparison(run_dir, rows, cfg)
+    collect = train[: cfg.collect_problems]
     for t in range(1, cfg.iterations + 1):
         for arm, critic in arms.items():
-            rows.append(iteration(cfg, arm, t, critic, models, train, test, run_dir))
+            rows.append(iteration(cfg, arm, t, critic, models, collect, test, run_dir))
             _write_comparison(run_dir, rows, cfg)
     results = {
         "arms": list(arms),

@@ -21,19 +21,16 @@ from critique_jax.config import (
     StageConfig,
     TrainConfig,
 )
-from critique_jax.data.loaders import load_chat_records, load_mathcritique, read_records
 from critique_jax.models.hf import save_hf
 from critique_jax.models.loading import load_model
-from critique_jax.pipelines.finetune import examples_from_records, finetune
+from critique_jax.pipelines.finetune import (
+    SFTData,
+    examples_from_records,
+    finetune,
+    load_sft_records,
+)
 from critique_jax.runio import atomic_write_json
 from critique_jax.sharding import mesh_from_config
-
-
-@dataclass
-class SFTData:
-    path: str = ""
-    format: str = "critique"  # solve | critique | refine | chat | mathcritique-critique | ...
-    limit: int | None = None
 
 
 @dataclass
@@ -57,23 +54,6 @@ class Config(StageConfig):
                 f"train.steps={self.train.steps}: the sft stage must train at least one step "
                 "(0 would export the starting model unchanged); set train.steps >= 1"
             )
-
-
-def load_sft_records(data: SFTData) -> tuple[list[dict[str, Any]], list[str]]:
-    """(records, their locations); `mathcritique-*` formats read MathCritique release files."""
-    if not data.path:
-        raise ConfigError("data.path is empty: point it at a JSONL/JSON file of records")
-    if data.format.startswith("mathcritique-"):
-        records = load_mathcritique(data.path)
-        where = [f"{data.path} record {i}" for i in range(len(records))]
-    elif data.format == "chat":
-        records = [{"messages": m} for m in load_chat_records(data.path)]
-        where = [f"{data.path} record {i}" for i in range(len(records))]
-    else:
-        pairs = read_records(data.path)
-        records, where = [r for _, r in pairs], [loc for loc, _ in pairs]
-    n = data.limit or len(records)
-    return records[:n], where[:n]
 
 
 def run(cfg: Config) -> dict[str, Any]:

@@ -21,24 +21,22 @@ run resumes after its last finished chunk and the metrics are recomputed from th
 
 The critic is a `roles.CriticSpec`: `critic: {oracle: demo}` (the demo world's templated
 critic) or `critic: {model: {path: ...}}` (a trained critic, or the actor's own checkpoint for
-self-critique, which then shares the actor's weights). This module also holds what the
-self-training and self-talk stages share with it: `check_oracle` and the difficulty of a
-problem (`difficulty`, `mean_by_level`).
+self-critique, which then shares the actor's weights).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
-from critique_jax.data.critique_format import split_steps
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
-from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
+from critique_jax.pipelines.overlong import Skips, check_oracle, fit_questions, with_skips
+from critique_jax.pipelines.reporting import difficulty, mean_by_level, sorted_levels, table_cell
 from critique_jax.pipelines.roles import (
     Agent,
     Critic,
@@ -75,44 +73,7 @@ CURVES = {
 }
 
 
-# --------------------------------------------------------------------------- shared pieces
-
-
-def check_oracle(spec: CriticSpec | None, problems: ProblemSource, where: str) -> None:
-    """An oracle critic knows the demo world's computations only."""
-    if spec is not None and spec.oracle is not None and problems.kind != "demo":
-        raise ConfigError(
-            f"critic.oracle: {spec.oracle} checks demo-world problems, but "
-            f"{where}.kind is {problems.kind!r}; use `critic: {{model: "
-            "{path: <critic HF dir>}}` for real data"
-        )
-
-
-def difficulty(problem: Problem) -> int | None:
-    """Problem.level (MATH level, demo steps), else the number of steps of the reference
-    solution (GSM8K has no level), else None."""
-    if problem.level is not None:
-        return problem.level
-    return len(split_steps(problem.solution)) if problem.solution else None
-
-
-def mean_by_level(levels: Iterable[int | None], values: Iterable[float]) -> dict[str, float]:
-    """Mean of `values` per difficulty level, keyed by str(level) in numeric order."""
-    groups: dict[int | None, list[float]] = {}
-    for level, value in zip(levels, values, strict=True):
-        groups.setdefault(level, []).append(value)
-    order = sorted(groups, key=lambda lv: (lv is None, lv or 0))
-    return {str(lv): sum(groups[lv]) / len(groups[lv]) for lv in order}
-
-
-def sorted_levels(levels: Iterable[str]) -> list[str]:
-    """Level keys of `mean_by_level` dicts, numeric ones first in numeric order."""
-    return sorted(levels, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-
-
-def table_cell(x: Any, digits: int = 3) -> str:
-    """A markdown table cell: "-" for a missing value, floats to `digits` decimals."""
-    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+# --------------------------------------------------------------------------- records
 
 
 def judged_dict(completion: Completion, gold: str) -> dict[str, Any]:

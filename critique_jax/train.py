@@ -43,8 +43,8 @@ STAGES = {
     "collect_critiques": "critique_jax.pipelines.critique_data",  # AutoMathCritique
     "eval_critic": "critique_jax.pipelines.critic_eval",
     "rco_collect": "critique_jax.pipelines.rco_collect",  # critique utility
-    "rco": "critique_jax.pipelines.rco_train",
-    "dpco": "critique_jax.pipelines.dpco",
+    "rco": "critique_jax.pipelines.rco",  # RCO's least-squares objective
+    "dpco": "critique_jax.pipelines.rco",  # the same trainer with the DPCO objective
     "eval_rco": "critique_jax.pipelines.rco_eval",
     "eval_tts": "critique_jax.pipelines.test_time",  # test-time supervision
     "self_train": "critique_jax.pipelines.self_train",  # critique-in-the-loop self-training

@@ -1,4 +1,5 @@
-"""Judges for RCO: the verifier's PS table, and the pairwise model judge asked in both orders."""
+"""The judges of `rco_collect`: the verifier's PS table, and the pairwise model judge asked
+in both orders."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from critique_jax.data.critique_format import StepVerdict, format_critique
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import generate_problems
 from critique_jax.data.prompts import CRITIQUE_INSTRUCTIONS
-from critique_jax.pipelines.judges import (
+from critique_jax.pipelines.rco_collect import (
     JudgeConfig,
     ModelJudge,
     VerifierJudge,

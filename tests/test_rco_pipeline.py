@@ -1,11 +1,13 @@
 """RCO stages end to end on a small random demo-preset critic: collection (N x M structure,
-CU, reference log-probs, resume), the rco and dpco training stages, and the evaluation table.
+CU, reference log-probs, resume, typed records), the rco and dpco objectives of the training
+stage, and the evaluation table.
 
 The critic is untrained, so its critiques are garbage and every refinement fails; the
 training tests therefore give the collected critiques hand-set utilities."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -13,14 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critique_jax.config import ConfigError, from_dict
+from critique_jax.config import ConfigError, TrainConfig, from_dict
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import generate_problems, inject_error, templated_critique
 from critique_jax.data.prompts import ANSWER_FORMAT, CRITIQUE_INSTRUCTIONS
 from critique_jax.models import Transformer, init_params, preset
 from critique_jax.models.hf import save_hf
-from critique_jax.pipelines import dpco, rco_collect, rco_eval, rco_train
+from critique_jax.pipelines import rco, rco_collect, rco_eval
+from critique_jax.pipelines.rco_collect import CritiqueGroup
 from critique_jax.runio import read_jsonl
+from critique_jax.train import STAGES
 
 N, M, GROUPS = 3, 2, 4
 SAMPLING = {"max_new_tokens": 24}
@@ -98,10 +102,18 @@ def with_cu(world, collected):
     return out
 
 
-def test_solution_label_reads_records_of_older_versions():
-    assert rco_collect.solution_is_correct({"solution_is_correct": True}) is True
-    assert rco_collect.solution_is_correct({"solution_correct": False}) is False  # old name
-    assert rco_collect.solution_is_correct({"solution_is_correct": None}) is None
+def test_records_round_trip_and_read_older_versions(collected):
+    """A record read back writes the same JSON; the old name of the y0 label still reads."""
+    raw = collected[1][0]
+    record = CritiqueGroup.from_json(raw)
+    assert json.loads(json.dumps(record.to_json())) == raw
+    assert record.id == raw["id"] and record.critiques[0].token_ids == tuple(
+        raw["critiques"][0]["token_ids"]
+    )
+    old = {k: v for k, v in raw.items() if k != "solution_is_correct"}
+    old["solution_correct"] = False
+    assert CritiqueGroup.from_json(old).solution_is_correct is False
+    assert rco_collect.solution_label({"solution_is_correct": None}) is None
 
 
 def test_collection_structure_and_cu(collected):
@@ -168,7 +180,7 @@ def test_collection_resumes_after_a_kill(world, collected, monkeypatch):
 def test_rco_stage_loss_decreases_and_exports(world, with_cu):
     run_dir = world["root"] / "rco"
     cfg = from_dict(
-        rco_train.Config,
+        rco.Config,
         {
             "run_dir": str(run_dir),
             "collect_dir": str(with_cu),
@@ -179,7 +191,7 @@ def test_rco_stage_loss_decreases_and_exports(world, with_cu):
             "optim": {"learning_rate": 2e-4, "schedule": "constant"},
         },
     )
-    result = rco_train.run(cfg)
+    result = rco.run(cfg)
     assert result["groups"] == GROUPS and result["group_size"] == N
     assert result["reference_gap"] < 1e-3
     assert result["first_logratio"] == pytest.approx(0.0, abs=1e-3)  # policy = reference
@@ -189,36 +201,52 @@ def test_rco_stage_loss_decreases_and_exports(world, with_cu):
 
 
 def test_rco_masks_unusable_critiques_and_checks_layout(with_cu):
-    records = list(read_jsonl(with_cu / rco_collect.RECORDS))
-    for r in records:
-        for c in r["critiques"]:
-            c["finish_reason"] = "stop"
-    records[0]["critiques"][1]["finish_reason"] = "length"  # cut off at max_new_tokens
-    records[1]["critiques"] = records[1]["critiques"][:2]  # a short group is padded
-    records[2]["critiques"][0]["ref_logp"] = None  # was too long to score
-    table = rco_train.critique_table(records, SEQ_LEN, 0, drop_truncated=True)
+    def edit(r: CritiqueGroup, i: int, **changes) -> CritiqueGroup:
+        crits = list(r.critiques)
+        crits[i] = dataclasses.replace(crits[i], **changes)
+        return dataclasses.replace(r, critiques=tuple(crits))
+
+    records = [
+        dataclasses.replace(
+            r, critiques=tuple(dataclasses.replace(c, finish_reason="stop") for c in r.critiques)
+        )
+        for r in rco_collect.read_groups(with_cu)
+    ]
+    records[0] = edit(records[0], 1, finish_reason="length")  # cut off at max_new_tokens
+    records[1] = dataclasses.replace(records[1], critiques=records[1].critiques[:2])  # padded
+    records[2] = edit(records[2], 0, ref_logp=None)  # was too long to score
+    table = rco.critique_table(records, SEQ_LEN, 0, drop_truncated=True)
     assert table.group_size == N and table.num_groups == GROUPS
     valid = table.valid.reshape(GROUPS, N)
     assert valid.sum() == GROUPS * N - 3
     assert not valid[0, 1] and not valid[1, 2] and not valid[2, 0]
     assert table.rows["loss_mask"][1 * N + 2].sum() == 0  # the padding row has no targets
     assert (
-        rco_train.critique_table(records, SEQ_LEN, 0, drop_truncated=False).valid.sum()
-        == GROUPS * N - 2
+        rco.critique_table(records, SEQ_LEN, 0, drop_truncated=False).valid.sum() == GROUPS * N - 2
     )
-    short = rco_train.critique_table(records, 100, 0, drop_truncated=False)
+    short = rco.critique_table(records, 100, 0, drop_truncated=False)
     assert short.valid.sum() == 0  # prompts (~175 tokens) do not fit 100 positions
     with pytest.raises(ValueError, match="multiple of the group size 3"):
-        rco_train.check_group_layout(rco_train.TrainConfig(batch_size=8), N, GROUPS, "group")
+        rco.check_unit_layout(TrainConfig(batch_size=8), N, GROUPS, "group")
     with pytest.raises(ConfigError, match="pack"):
-        from_dict(rco_train.Config, {"train": {"pack": True}})
+        from_dict(rco.Config, {"train": {"pack": True}})
+
+
+def test_stage_name_picks_the_objective():
+    assert STAGES["rco"] == STAGES["dpco"] == rco.__name__
+    assert from_dict(rco.Config, {}).objective == "rco"
+    dpco = from_dict(rco.Config, {"stage": "dpco"})
+    assert dpco.objective == "dpco" and dpco.run_dir == "runs/dpco"
+    with pytest.raises(ConfigError, match="use cu or judge"):
+        from_dict(rco.Config, {"stage": "dpco", "ranking": "votes"})
 
 
 def test_dpco_stage_runs(world, with_cu):
     run_dir = world["root"] / "dpco"
     cfg = from_dict(
-        dpco.Config,
+        rco.Config,
         {
+            "stage": "dpco",
             "run_dir": str(run_dir),
             "collect_dir": str(with_cu),
             "model": {"path": world["critic"]},
@@ -228,13 +256,26 @@ def test_dpco_stage_runs(world, with_cu):
             "optim": {"learning_rate": 2e-4, "schedule": "constant"},
         },
     )
-    result = dpco.run(cfg)
+    result = rco.run(cfg)
     assert result["pairs"] == GROUPS * 3  # CU 1 > 0.5 > 0: three ordered pairs per group
-    pairs = list(read_jsonl(run_dir / dpco.PAIRS))
+    pairs = list(read_jsonl(run_dir / rco.PAIRS))
     assert all(sorted(map(tuple, p["pairs"])) == [(0, 1), (0, 2), (1, 2)] for p in pairs)
     assert result["first_loss"] == pytest.approx(np.log(2), abs=1e-3)
     assert result["last_loss"] < result["first_loss"]
     assert (run_dir / "hf" / "config.json").exists()
+
+
+def test_judge_ranking_orders_pairs_and_drops_ties(with_cu):
+    """ranking: judge asks once per unordered pair of valid critiques, in one call."""
+
+    class Judge:
+        def compare_critiques(self, questions, solutions, candidates, baselines, golds):
+            return [(1.0, 0.5, 0.0)[k % 3] for k in range(len(candidates))]
+
+    records = rco_collect.read_groups(with_cu)[:2]
+    valid = [np.array([True, True, True]), np.array([True, False, True])]
+    pairs = rco.judge_pairs(Judge(), records, valid)
+    assert pairs == [[(0, 1), (2, 1)], [(0, 2)]]
 
 
 def test_eval_table_compares_critics(world, with_cu):

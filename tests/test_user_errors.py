@@ -96,7 +96,7 @@ def test_python_api_checks_ranges_too():
         TrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match=r"optim.learning_rate=-1.0 .* gradient ascent"):
         OptimConfig(learning_rate=-1.0)
-    from critique_jax.pipelines.rco_train import Config
+    from critique_jax.pipelines.rco import Config
 
     with pytest.raises(ConfigError, match=r"critic.optim.warmup_steps=-1 is out of range"):
         from_dict(Config, {"optim": {"warmup_steps": -1}}, "critic")

@@ -5,21 +5,12 @@
 For each (question x, initial response y0), a *group*:
   1. N critiques c_i from the reference critic (one sampler call, fan-out n=N, per chunk),
   2. M refinements y'_ij of y0 by the actor given c_i (fan-out n=M),
-  3. PS(y'_ij, y0) in {0, 0.5, 1} from the judge, CU_i = mean_j PS(y'_ij, y0),
+  3. PS(y'_ij, y0) in {0, 0.5, 1} from a judge, CU_i = mean_j PS(y'_ij, y0),
   4. log pi_ref(c_i | x, y0), the reference critic's sequence log-prob of the critique
      tokens, from one jitted sharded scoring pass (`critique_jax.scoring`).
 
-run_dir/critiques.jsonl holds one record per group:
-
-    {id, question, solution, answer, solution_is_correct, prompt_ids,
-     critiques: [{text, token_ids, finish_reason, sample_logp, ref_logp,
-                  refinements, ps, cu}]}
-
-`prompt_ids` + `token_ids` are exactly the tokens the critic was sampled on, so the training
-stages rebuild rows from them and never re-tokenize. `ref_logp` is None for a critique that
-does not fit `seq_len` with its prompt (training masks it). `sample_logp` is the sampler's
-own log-prob of the same tokens: the sampler and the scorer run one model graph, so the two
-agree up to float error.
+run_dir/critiques.jsonl holds one `CritiqueGroup` per line. The judges (who decides whether
+a refinement beats y0) live here too: the evaluation and DPCO's judge ranking use them.
 
 Resume: groups are processed in fixed chunks whose sampling seeds derive from (seed, chunk),
 and a chunk with any unfinished group is recomputed whole; a rerun after a kill therefore
@@ -31,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +34,13 @@ from jax.sharding import Mesh
 from critique_jax import scoring
 from critique_jax.config import MeshConfig, ModelSpec, StageConfig, from_dict, load_yaml
 from critique_jax.data.batching import Example, pad_batch
-from critique_jax.data.critique_format import CritiqueFormat
+from critique_jax.data.critique_format import CritiqueFormat, parse_critique
 from critique_jax.data.loaders import read_records
 from critique_jax.data.math import verify
-from critique_jax.data.prompts import critique_messages, refine_messages, solve_messages
+from critique_jax.data.prompts import Messages, critique_messages, refine_messages, solve_messages
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models import ModelConfig
 from critique_jax.models.loading import LoadedModel, load_model
-from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, make_judge
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent
 from critique_jax.pipelines.seeds import chunk_seed
@@ -60,13 +51,418 @@ from critique_jax.runio import (
     read_jsonl,
     this_process_writes,
 )
-from critique_jax.sampling import SamplingParams
+from critique_jax.sampling import Completion, SamplingParams
 from critique_jax.sharding import DEFAULT_RULES, Rules, mesh_from_config, rules_from_config
 
 log = logging.getLogger(__name__)
 
 RECORDS = "critiques.jsonl"
 INITIAL = "initial.jsonl"
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Group:
+    """One (x, y0) with its gold answer (None for open-ended tasks): a line of initial.jsonl,
+    and the leading keys of every group record."""
+
+    id: str
+    question: str
+    solution: str
+    answer: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> Group:
+        return cls(r["id"], r["question"], r["solution"], r.get("answer"))
+
+
+def solution_label(r: dict[str, Any]) -> bool | None:
+    """The verifier's label of y0 in a group record; records written before the name was
+    shared say `solution_correct`."""
+    return r.get("solution_is_correct", r.get("solution_correct"))
+
+
+@dataclass(frozen=True)
+class CritiqueSample:
+    """A critique c_i of a group: its tokens, its M refinements, their PS against y0 and
+    CU_i = mean PS. `sample_logp` is the sampler's log-prob of the tokens, `ref_logp` the
+    scorer's (one model graph: they agree up to float error); `ref_logp` is None until
+    scored, or when prompt + critique do not fit `seq_len` (training masks it)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    sample_logp: float
+    refinements: tuple[str, ...]
+    ps: tuple[float, ...]
+    cu: float
+    ref_logp: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, c: dict[str, Any]) -> CritiqueSample:
+        return cls(
+            c["text"],
+            tuple(c["token_ids"]),
+            c["finish_reason"],
+            c["sample_logp"],
+            tuple(c["refinements"]),
+            tuple(c["ps"]),
+            c["cu"],
+            c.get("ref_logp"),
+        )
+
+
+@dataclass(frozen=True)
+class CritiqueGroup:
+    """A line of critiques.jsonl. `prompt_ids` + a critique's `token_ids` are exactly the
+    tokens the critic was sampled on, so training rebuilds rows and never re-tokenizes."""
+
+    group: Group
+    solution_is_correct: bool | None  # None without a gold answer
+    prompt_ids: tuple[int, ...]
+    critiques: tuple[CritiqueSample, ...]
+
+    @property
+    def id(self) -> str:
+        return self.group.id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.group.to_json(),
+            "solution_is_correct": self.solution_is_correct,
+            "prompt_ids": list(self.prompt_ids),
+            "critiques": [c.to_json() for c in self.critiques],
+        }
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> CritiqueGroup:
+        return cls(
+            Group.from_json(r),
+            solution_label(r),
+            tuple(r["prompt_ids"]),
+            tuple(CritiqueSample.from_json(c) for c in r["critiques"]),
+        )
+
+
+def read_groups(collect_dir: str | Path) -> list[CritiqueGroup]:
+    """The records `rco_collect` wrote in `collect_dir`, or a clear error."""
+    path = Path(collect_dir) / RECORDS
+    records = [CritiqueGroup.from_json(r) for r in read_jsonl(path)]
+    if not records:
+        raise FileNotFoundError(
+            f"no critique records in {path}; run the rco_collect stage "
+            "first (or point collect_dir at its run_dir)"
+        )
+    return records
+
+
+def collect_model_spec(collect_dir: str | Path) -> ModelSpec:
+    """The reference critic `rco_collect` sampled from (its saved config.yaml)."""
+    path = Path(collect_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: set `model:` to the reference critic that rco_collect sampled from"
+        )
+    return from_dict(ModelSpec, load_yaml(path)["model"], "model")
+
+
+# --------------------------------------------------------------------------- judges
+#
+# PS(y', y0) is 1 when the refinement y' is better than y0, 0.5 for a tie, 0 when worse. The
+# verifier judge (math) decides by correctness against the gold answer; the model judge
+# (open-ended tasks) prompts a checkpoint to compare, once in each order, and only a verdict
+# that holds in both orders counts, so position bias cancels. Both also rank two critiques of
+# one solution (DPCO's judge ranking) and score one response (RQS).
+
+BETTER, TIE, WORSE = 1.0, 0.5, 0.0
+Gold = str | None
+
+
+class Judge(Protocol):
+    """What RCO, DPCO and their evaluation ask of a judge (all lists aligned item by item)."""
+
+    scale: float  # the best possible `score`
+
+    def compare_responses(
+        self,
+        questions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
+        """PS(candidate, baseline) in {0, 0.5, 1} for each item."""
+        ...
+
+    def compare_critiques(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
+        """1 when critique `candidate` of `solution` is the better one, 0 when `baseline` is,
+        0.5 for a tie."""
+        ...
+
+    def score(
+        self, questions: Sequence[str], responses: Sequence[str], golds: Sequence[Gold]
+    ) -> list[float | None]:
+        """Absolute quality of each response on [0, scale]; None when unreadable."""
+        ...
+
+
+class ChatModel(Protocol):
+    """What refines and judges: an `Agent`, or a scripted stand-in."""
+
+    def chat(
+        self, conversations: Sequence[Messages], sp: SamplingParams
+    ) -> list[list[Completion]]: ...
+
+
+def _need_golds(golds: Sequence[Gold]) -> None:
+    if any(g is None for g in golds):
+        raise ValueError(
+            "the verifier judge needs the gold answer of every question; give "
+            "records an `answer` or use judge.kind: model"
+        )
+
+
+def preference(better: bool, worse: bool) -> float:
+    return BETTER if better and not worse else WORSE if worse and not better else TIE
+
+
+@dataclass(frozen=True)
+class VerifierJudge:
+    """Answer checking against gold answers: the judge RCO uses for math."""
+
+    scale: float = 1.0
+
+    def compare_responses(
+        self,
+        questions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
+        _need_golds(golds)
+        out = []
+        for cand, base, gold in zip(candidates, baselines, golds, strict=True):
+            c, b = verify(cand, gold), verify(base, gold)
+            out.append(preference(c and not b, b and not c))
+        return out
+
+    def compare_critiques(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
+        """The critique whose final verdict agrees with the verifier on `solution` wins."""
+        _need_golds(golds)
+        out = []
+        for sol, cand, base, gold in zip(solutions, candidates, baselines, golds, strict=True):
+            truth = verify(sol, gold)
+            c = parse_critique(cand).final_correct == truth
+            b = parse_critique(base).final_correct == truth
+            out.append(preference(c and not b, b and not c))
+        return out
+
+    def score(
+        self, questions: Sequence[str], responses: Sequence[str], golds: Sequence[Gold]
+    ) -> list[float | None]:
+        _need_golds(golds)
+        return [float(verify(r, g)) for r, g in zip(responses, golds, strict=True)]
+
+
+_VERDICT_RULE = (
+    'Reply with "[[A]]" if A is better, "[[B]]" if B is better, or "[[C]]" for a tie, then stop.'
+)
+COMPARE_RESPONSES = (
+    """Compare two responses to the same question.
+
+Question: {question}
+
+[Response A]
+{a}
+
+[Response B]
+{b}
+
+Which response is better: more correct, complete and helpful? """
+    + _VERDICT_RULE
+)
+
+COMPARE_CRITIQUES = (
+    """Compare two critiques of the same solution.
+
+Question: {question}
+
+[Solution]
+{solution}
+
+[Critique A]
+{a}
+
+[Critique B]
+{b}
+
+Which critique would better help the author correct the solution: accurate about which steps
+are wrong, and specific about how to fix them? """
+    + _VERDICT_RULE
+)
+
+SCORE_RESPONSE = """Rate the response to the question below on a scale of 1 to 10 (10: fully
+correct, complete and helpful; 1: useless).
+
+Question: {question}
+
+[Response]
+{response}
+
+Reply with "Rating: [[X]]" where X is a whole number from 1 to 10."""
+
+_BRACKETED = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+_LEADING = re.compile(r"^\W*(A|B|C|tie)\b", re.IGNORECASE)
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]|rating\s*:?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"^\D*?(\d+(?:\.\d+)?)")
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B', 'tie', or None when the reply names none: the last `[[X]]`, else a reply
+    that starts with the letter."""
+    found = _BRACKETED.findall(text or "")
+    if found:
+        letter = found[-1]
+    else:
+        m = _LEADING.match(text or "")
+        if m is None:
+            return None
+        letter = m[1].upper()
+    return "tie" if letter in ("C", "TIE") else letter
+
+
+def parse_rating(text: str, scale: float = 10.0) -> float | None:
+    """The rating in 1..scale: `[[X]]`, `Rating: X`, else the first number; None if none."""
+    m = _RATING.search(text or "")
+    value = (m[1] or m[2]) if m else None
+    if value is None:
+        m = _NUMBER.match(text or "")
+        value = m[1] if m else None
+    if value is None or not 1.0 <= float(value) <= scale:
+        return None
+    return float(value)
+
+
+@dataclass
+class ModelJudge:
+    """A checkpoint prompted as a pairwise judge, asked in both orders; anything but a
+    verdict that holds in both orders is a tie. Every call puts all its prompts into one
+    sampler call. `unreadable` counts replies with no verdict or rating."""
+
+    model: ChatModel
+    sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=32, temperature=0.0)
+    )
+    scale: float = 10.0
+    unreadable: int = 0
+
+    def _ask(self, prompts: list[str]) -> list[str]:
+        convs = [[{"role": "user", "content": p}] for p in prompts]
+        return [samples[0].text or "" for samples in self.model.chat(convs, self.sampling)]
+
+    def _both_orders(self, first_prompts: list[str], second_prompts: list[str]) -> list[float]:
+        """first_prompts show the candidate as A, second_prompts as B."""
+        verdicts = [parse_verdict(r) for r in self._ask(first_prompts + second_prompts)]
+        missing = sum(v is None for v in verdicts)
+        if missing:
+            self.unreadable += missing
+            log.warning(
+                "judge: %d of %d replies had no [[A]]/[[B]]/[[C]] verdict (ties)",
+                missing,
+                len(verdicts),
+            )
+        n = len(first_prompts)
+        return [
+            preference(v1 == "A" and v2 == "B", v1 == "B" and v2 == "A")
+            for v1, v2 in zip(verdicts[:n], verdicts[n:], strict=True)
+        ]
+
+    def compare_responses(
+        self,
+        questions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
+        items = list(zip(questions, candidates, baselines, strict=True))
+        fmt = COMPARE_RESPONSES.format
+        return self._both_orders(
+            [fmt(question=q, a=c, b=b) for q, c, b in items],
+            [fmt(question=q, a=b, b=c) for q, c, b in items],
+        )
+
+    def compare_critiques(
+        self,
+        questions: Sequence[str],
+        solutions: Sequence[str],
+        candidates: Sequence[str],
+        baselines: Sequence[str],
+        golds: Sequence[Gold],
+    ) -> list[float]:
+        items = list(zip(questions, solutions, candidates, baselines, strict=True))
+        fmt = COMPARE_CRITIQUES.format
+        return self._both_orders(
+            [fmt(question=q, solution=s, a=c, b=b) for q, s, c, b in items],
+            [fmt(question=q, solution=s, a=b, b=c) for q, s, c, b in items],
+        )
+
+    def score(
+        self, questions: Sequence[str], responses: Sequence[str], golds: Sequence[Gold]
+    ) -> list[float | None]:
+        prompts = [
+            SCORE_RESPONSE.format(question=q, response=r)
+            for q, r in zip(questions, responses, strict=True)
+        ]
+        ratings = [parse_rating(r, self.scale) for r in self._ask(prompts)]
+        self.unreadable += sum(r is None for r in ratings)
+        return ratings
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = "verifier"  # verifier (math: gold answers) | model (a local checkpoint)
+    model: ModelSpec | None = None  # the judge checkpoint, for kind: model
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("verifier", "model"):
+            raise ValueError(f"judge.kind={self.kind!r}; use verifier or model")
+        if self.kind == "model" and self.model is None:
+            raise ValueError("judge.kind: model needs judge.model (a preset or an HF dir)")
+
+
+def make_judge(cfg: JudgeConfig, mesh: Mesh | None = None, seed: int = 0) -> Judge:
+    if cfg.kind == "verifier":
+        return VerifierJudge()
+    loaded = load_model(cfg.model, mesh=mesh, seed=seed)
+    if loaded.tokenizer is None:
+        raise ValueError("the judge model needs a tokenizer: set judge.model.tokenizer")
+    sp = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+    return ModelJudge(make_agent(loaded, mesh), sp)
+
+
+# --------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -90,11 +486,11 @@ class InitialResponses:
 
 
 @dataclass
-class Config(StageConfig):
-    stage: str = "rco_collect"
-    run_dir: str = "runs/rco_collect"
-    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="tiny"))  # reference critic
-    actor: ModelSpec | None = None  # refines (and, for initial.source: actor, solves); None: model
+class Rollouts(StageConfig):
+    """The settings collection and evaluation share: N critiques x M refinements of the same
+    (x, y0) groups, judged alike."""
+
+    actor: ModelSpec | None = None  # refines (and, for initial.source: actor, solves)
     problems: ProblemSource = field(default_factory=ProblemSource)  # for initial.source: actor
     initial: InitialResponses = field(default_factory=InitialResponses)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -108,34 +504,31 @@ class Config(StageConfig):
     refine_sampling: SamplingParams = field(
         default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
     )
-    seq_len: int = 1024  # prompt + critique positions for scoring (and training)
-    score_batch_size: int = 8  # rows per scoring call (a multiple of the data-parallel size)
     chunk_groups: int = 64  # groups per sampling round (the unit of resume)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self) -> None:
-        for name in (
-            "num_critiques",
-            "num_refinements",
-            "seq_len",
-            "score_batch_size",
-            "chunk_groups",
-        ):
+        for name in ("num_critiques", "num_refinements", "chunk_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
 
-@dataclass(frozen=True)
-class Group:
-    """One (x, y0) with its gold answer (None for open-ended tasks)."""
+@dataclass
+class Config(Rollouts):
+    stage: str = "rco_collect"
+    run_dir: str = "runs/rco_collect"
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="tiny"))  # reference critic
+    seq_len: int = 1024  # prompt + critique positions for scoring (and training)
+    score_batch_size: int = 8  # rows per scoring call (a multiple of the data-parallel size)
 
-    id: str
-    question: str
-    solution: str
-    answer: str | None = None
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("seq_len", "score_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
 
-# --------------------------------------------------------------------------- models
+# --------------------------------------------------------------------------- initial responses
 
 
 def load_agent(
@@ -151,9 +544,6 @@ def load_agent(
     if model.tokenizer is None:
         raise ValueError(f"the {role} model needs a tokenizer: set its `tokenizer` (or `path`)")
     return model, make_agent(model, mesh, critique_format)
-
-
-# --------------------------------------------------------------------------- initial responses
 
 
 def groups_from_file(path: str) -> list[Group]:
@@ -189,7 +579,7 @@ def initial_groups(
     else:
         todo, skips = fit_questions(actor, load_problems(problems), problems, "problems")
         ids = [f"{p.id}/{k}" for p in todo for k in range(init.per_question)]
-        cached = [Group(**r) for r in read_jsonl(path)]
+        cached = [Group.from_json(r) for r in read_jsonl(path)]
         if cached:
             if [g.id for g in cached] != ids:
                 raise ValueError(
@@ -205,15 +595,28 @@ def initial_groups(
             for k, c in enumerate(samples)
         ]
         if this_process_writes():
-            atomic_write_text(
-                path, "".join(json.dumps(dataclasses.asdict(g)) + "\n" for g in groups)
-            )
+            atomic_write_text(path, "".join(json.dumps(g.to_json()) + "\n" for g in groups))
     seen: set[str] = set()
     for g in groups:
         if g.id in seen:
             raise ValueError(f"initial responses: id {g.id!r} appears twice; ids must be unique")
         seen.add(g.id)
     return groups, skips
+
+
+def judged_groups(
+    cfg: Rollouts, actor: ChatModel, mesh: Mesh | None
+) -> tuple[Judge, list[Group], Skips]:
+    """The judge and the (x, y0) groups of a collection or an evaluation."""
+    judge = make_judge(cfg.judge, mesh, cfg.seed)
+    path = Path(cfg.run_dir) / INITIAL
+    groups, skips = initial_groups(cfg.initial, cfg.problems, actor, path, cfg.seed)
+    if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
+        raise ValueError(
+            "judge.kind: verifier needs gold answers; the initial responses have "
+            "none (add `answer` to the file records or use judge.kind: model)"
+        )
+    return judge, groups, skips
 
 
 # --------------------------------------------------------------------------- collection
@@ -228,7 +631,7 @@ def critique_and_refine(
     num_refinements: int,
     critique_sp: SamplingParams,
     refine_sp: SamplingParams,
-) -> list[dict[str, Any]]:
+) -> list[CritiqueGroup]:
     """Group records (without reference log-probs): N critiques per group, M refinements per
     critique, PS of each refinement against y0 and CU of each critique. Two sampler calls
     for all groups: critiques with fan-out N, then refinements with fan-out M."""
@@ -249,57 +652,31 @@ def critique_and_refine(
     ps = judge.compare_responses(
         [g.question for g in per], texts, [g.solution for g in per], [g.answer for g in per]
     )
-    records = []
-    k = 0
-    for g, ids, cs in zip(groups, prompt_ids, critiques, strict=True):
-        entries = []
-        for c in cs:
-            rs = refined[k]
-            scores = ps[k * num_refinements : (k + 1) * num_refinements]
-            entries.append(
-                {
-                    "text": c.text or "",
-                    "token_ids": list(c.token_ids),
-                    "finish_reason": c.finish_reason,
-                    "sample_logp": float(sum(c.logprobs)),
-                    "refinements": [r.text or "" for r in rs],
-                    "ps": scores,
-                    "cu": float(np.mean(scores)),
-                }
-            )
-            k += 1
-        records.append(
-            {
-                "id": g.id,
-                "question": g.question,
-                "solution": g.solution,
-                "answer": g.answer,
-                "solution_is_correct": None if g.answer is None else verify(g.solution, g.answer),
-                "prompt_ids": list(ids),
-                "critiques": entries,
-            }
+
+    def sample(k: int, c: Completion) -> CritiqueSample:
+        scores = tuple(ps[k * num_refinements : (k + 1) * num_refinements])
+        refinements = tuple(r.text or "" for r in refined[k])
+        logp = float(sum(c.logprobs))
+        cu = float(np.mean(scores))
+        return CritiqueSample(
+            c.text or "", tuple(c.token_ids), c.finish_reason, logp, refinements, scores, cu
         )
-    return records
 
-
-class ChunkSettings(Protocol):
-    """The settings `sample_chunk` reads (the collection and the evaluation configs)."""
-
-    seed: int
-    num_critiques: int
-    num_refinements: int
-    critique_sampling: SamplingParams
-    refine_sampling: SamplingParams
+    samples = iter([sample(k, c) for k, (_, c) in enumerate(flat)])
+    return [
+        CritiqueGroup(
+            g,
+            None if g.answer is None else verify(g.solution, g.answer),
+            tuple(ids),
+            tuple(next(samples) for _ in cs),
+        )
+        for g, ids, cs in zip(groups, prompt_ids, critiques, strict=True)
+    ]
 
 
 def sample_chunk(
-    cfg: ChunkSettings,
-    critic: Agent,
-    actor: ChatModel,
-    judge: Judge,
-    chunk: Sequence[Group],
-    index: int,
-) -> list[dict[str, Any]]:
+    cfg: Rollouts, critic: Agent, actor: ChatModel, judge: Judge, chunk: Sequence[Group], index: int
+) -> list[CritiqueGroup]:
     """`critique_and_refine` on one chunk with the seeds of its index: collection and
     evaluation draw alike, and every critic of an evaluation refines with the same seeds."""
     return critique_and_refine(
@@ -354,8 +731,8 @@ def pad_id_of(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def add_reference_logps(
-    records: list[dict[str, Any]],
+def with_reference_logps(
+    records: list[CritiqueGroup],
     model_cfg: ModelConfig,
     params: Any,
     pad_id: int,
@@ -363,68 +740,44 @@ def add_reference_logps(
     batch_size: int,
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
-) -> None:
-    """Set `ref_logp` of every critique in place: its sequence log-prob under `params`
+) -> list[CritiqueGroup]:
+    """`records` with `ref_logp` of every critique: its sequence log-prob under `params`
     (None when prompt + critique exceed seq_len)."""
-    entries = [(r["prompt_ids"], c) for r in records for c in r["critiques"]]
+    entries = [(r.prompt_ids, c) for r in records for c in r.critiques]
     rows, fits = critique_rows(
-        [p for p, _ in entries], [c["token_ids"] for _, c in entries], seq_len, pad_id
+        [p for p, _ in entries], [c.token_ids for _, c in entries], seq_len, pad_id
     )
     logps = scoring.score_rows(
         model_cfg, params, {k: v[fits] for k, v in rows.items()}, batch_size, mesh, rules
     )
     scored = iter(logps.tolist())
-    for (_, c), ok in zip(entries, fits, strict=True):
-        c["ref_logp"] = next(scored) if ok else None
+    ref_logps = iter([next(scored) if ok else None for ok in fits])
+    return [
+        dataclasses.replace(
+            r,
+            critiques=tuple(dataclasses.replace(c, ref_logp=next(ref_logps)) for c in r.critiques),
+        )
+        for r in records
+    ]
 
 
-def solution_is_correct(record: dict[str, Any]) -> bool | None:
-    """The verifier's label of a group's initial solution (None without a gold answer), named
-    as in collect_critiques' records; files written before that name was shared say
-    `solution_correct`, and a resumed run still reads them."""
-    return record.get("solution_is_correct", record.get("solution_correct"))
-
-
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    crits = [c for r in records for c in r["critiques"]]
+def summarize(records: Sequence[CritiqueGroup]) -> dict[str, Any]:
+    crits = [c for r in records for c in r.critiques]
     if not crits:
         return {"groups": 0, "critiques": 0}
-    cus = np.array([c["cu"] for c in crits])
-    spread = [len({c["cu"] for c in r["critiques"]}) > 1 for r in records]
-    labels = [solution_is_correct(r) for r in records]
-    correct = [label for label in labels if label is not None]
+    cus = np.array([c.cu for c in crits])
+    spread = [len({c.cu for c in r.critiques}) > 1 for r in records]
+    correct = [r.solution_is_correct for r in records if r.solution_is_correct is not None]
     return {
         "groups": len(records),
         "critiques": len(crits),
         "mean_cu": float(cus.mean()),
         # Groups whose critiques differ in CU: the ones RCO (and DPCO's pairs) learn from.
         "groups_with_cu_spread": float(np.mean(spread)),
-        "scored_critiques": float(np.mean([c.get("ref_logp") is not None for c in crits])),
-        "stopped_critiques": float(np.mean([c["finish_reason"] == "stop" for c in crits])),
+        "scored_critiques": float(np.mean([c.ref_logp is not None for c in crits])),
+        "stopped_critiques": float(np.mean([c.finish_reason == "stop" for c in crits])),
         "initial_accuracy": float(np.mean(correct)) if correct else None,
     }
-
-
-def read_groups(collect_dir: str | Path) -> list[dict[str, Any]]:
-    """The records `rco_collect` wrote in `collect_dir`, or a clear error."""
-    path = Path(collect_dir) / RECORDS
-    records = list(read_jsonl(path))
-    if not records:
-        raise FileNotFoundError(
-            f"no critique records in {path}; run the rco_collect stage "
-            "first (or point collect_dir at its run_dir)"
-        )
-    return records
-
-
-def collect_model_spec(collect_dir: str | Path) -> ModelSpec:
-    """The reference critic `rco_collect` sampled from (its saved config.yaml)."""
-    path = Path(collect_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: set `model:` to the reference critic that rco_collect sampled from"
-        )
-    return from_dict(ModelSpec, load_yaml(path)["model"], "model")
 
 
 def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
@@ -438,18 +791,11 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         actor = critic
         if cfg.actor is not None:
             _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
-    judge = make_judge(cfg.judge, mesh, cfg.seed)
-    groups, skips = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
-    if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
-        raise ValueError(
-            "judge.kind: verifier needs gold answers; the initial responses have "
-            "none (add `answer` to the file records or use judge.kind: model)"
-        )
+    judge, groups, skips = judged_groups(cfg, actor, mesh)
 
     def compute(chunk: list[Group], index: int) -> list[dict[str, Any]]:
-        records = sample_chunk(cfg, critic, actor, judge, chunk, index)
-        add_reference_logps(
-            records,
+        records = with_reference_logps(
+            sample_chunk(cfg, critic, actor, judge, chunk, index),
             critic_model.cfg,
             critic.params,
             pad_id_of(critic.tokenizer),
@@ -458,10 +804,10 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
             mesh,
             rules,
         )
-        return records
+        return [r.to_json() for r in records]
 
     with RecordLog(run_dir / RECORDS) as log_:
-        records = log_.fill(groups, cfg.chunk_groups, compute)
+        records = [CritiqueGroup.from_json(r) for r in log_.fill(groups, cfg.chunk_groups, compute)]
     result = with_skips(summarize(records), skips)
     result["records"] = str(run_dir / RECORDS)
     if this_process_writes():

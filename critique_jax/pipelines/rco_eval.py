@@ -20,6 +20,7 @@ resumable), comparison.json and comparison.md.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections.abc import Sequence
@@ -29,23 +30,23 @@ from typing import Any
 
 import numpy as np
 
-from critique_jax.config import MeshConfig, ModelSpec, StageConfig, to_dict
+from critique_jax.config import ModelSpec, to_dict
 from critique_jax.data.critique_format import parse_critique
 from critique_jax.data.math import verify
-from critique_jax.data.sources import ProblemSource
-from critique_jax.pipelines.judges import ChatModel, Judge, JudgeConfig, make_judge
 from critique_jax.pipelines.overlong import with_skips
 from critique_jax.pipelines.rco_collect import (
-    INITIAL,
+    ChatModel,
+    CritiqueGroup,
+    CritiqueSample,
     Group,
-    InitialResponses,
-    initial_groups,
+    Judge,
+    Rollouts,
+    judged_groups,
     load_agent,
     sample_chunk,
-    solution_is_correct,
+    solution_label,
 )
 from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, this_process_writes
-from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
 log = logging.getLogger(__name__)
@@ -58,26 +59,15 @@ class CriticEntry:
 
 
 @dataclass
-class Config(StageConfig):
+class Config(Rollouts):
     stage: str = "eval_rco"
     run_dir: str = "runs/eval_rco"
     critics: list[CriticEntry] = field(default_factory=list)  # the first is the baseline
-    actor: ModelSpec | None = None  # refines (and, for initial.source: actor, solves)
-    problems: ProblemSource = field(default_factory=ProblemSource)  # for initial.source: actor
-    initial: InitialResponses = field(default_factory=InitialResponses)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
     num_critiques: int = 2  # per (x, y0) and critic
     num_refinements: int = 4  # per critique
-    critique_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=1.0)
-    )
-    refine_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
-    )
-    chunk_groups: int = 64
-    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.critics:
             raise ValueError(
                 "critics is empty: list the critic checkpoints to compare, each "
@@ -88,42 +78,114 @@ class Config(StageConfig):
             raise ValueError(f"critic names {names} must be unique, non-empty, without '/'")
 
 
-def score_refinements(judge: Judge, records: list[dict[str, Any]]) -> None:
-    """Add the judge's absolute score of every refinement (`scores`, aligned with
-    `refinements`) in place, in one judge call."""
-    items = [(r, c) for r in records for c in r["critiques"] for _ in c["refinements"]]
-    texts = [t for r in records for c in r["critiques"] for t in c["refinements"]]
-    scores = judge.score([r["question"] for r, _ in items], texts, [r["answer"] for r, _ in items])
-    it = iter(scores)
-    for r in records:
-        for c in r["critiques"]:
-            c["scores"] = [next(it) for _ in c["refinements"]]
+@dataclass(frozen=True)
+class EvaluatedCritique:
+    """A critique as the evaluation keeps it: its length rather than its tokens, and the
+    judge's absolute score of each refinement (`scores`, aligned with `refinements`)."""
+
+    text: str
+    finish_reason: str
+    sample_logp: float
+    refinements: tuple[str, ...]
+    ps: tuple[float, ...]
+    cu: float
+    num_tokens: int
+    scores: tuple[float | None, ...]
+
+    @classmethod
+    def of(cls, c: CritiqueSample, scores: tuple[float | None, ...]) -> EvaluatedCritique:
+        return cls(
+            c.text,
+            c.finish_reason,
+            c.sample_logp,
+            c.refinements,
+            c.ps,
+            c.cu,
+            len(c.token_ids),
+            scores,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, c: dict[str, Any]) -> EvaluatedCritique:
+        return cls(
+            c["text"],
+            c["finish_reason"],
+            c["sample_logp"],
+            tuple(c["refinements"]),
+            tuple(c["ps"]),
+            c["cu"],
+            c["num_tokens"],
+            tuple(c["scores"]),
+        )
+
+
+@dataclass(frozen=True)
+class EvaluatedGroup:
+    """A line of critics/<name>.jsonl: a group's keys as in critiques.jsonl, without the
+    prompt tokens."""
+
+    group: Group
+    solution_is_correct: bool | None
+    critiques: tuple[EvaluatedCritique, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.group.to_json(),
+            "solution_is_correct": self.solution_is_correct,
+            "critiques": [c.to_json() for c in self.critiques],
+        }
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> EvaluatedGroup:
+        critiques = tuple(EvaluatedCritique.from_json(c) for c in r["critiques"])
+        return cls(Group.from_json(r), solution_label(r), critiques)
+
+
+def evaluated(judge: Judge, records: list[CritiqueGroup]) -> list[EvaluatedGroup]:
+    """The records with the judge's score of every refinement, in one judge call."""
+    groups = [r.group for r in records for c in r.critiques for _ in c.refinements]
+    texts = [t for r in records for c in r.critiques for t in c.refinements]
+    scores = iter(judge.score([g.question for g in groups], texts, [g.answer for g in groups]))
+    return [
+        EvaluatedGroup(
+            r.group,
+            r.solution_is_correct,
+            tuple(
+                EvaluatedCritique.of(c, tuple(next(scores) for _ in c.refinements))
+                for c in r.critiques
+            ),
+        )
+        for r in records
+    ]
 
 
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def critic_metrics(records: list[dict[str, Any]], scale: float) -> dict[str, Any]:
-    crits = [(r, c) for r in records for c in r["critiques"]]
-    scores = [s for _, c in crits for s in c["scores"] if s is not None]
+def critic_metrics(records: list[EvaluatedGroup], scale: float) -> dict[str, Any]:
+    crits = [(r, c) for r in records for c in r.critiques]
+    scores = [s for _, c in crits for s in c.scores if s is not None]
     out: dict[str, Any] = {
-        "mean_cu": _mean([c["cu"] for _, c in crits]),
+        "mean_cu": _mean([c.cu for _, c in crits]),
         "rqs": _mean(scores),
         "rqs_scale": scale,
-        "critique_tokens": _mean([c["num_tokens"] for _, c in crits]),
-        "parseable": _mean([parse_critique(c["text"]).parseable for _, c in crits]),
+        "critique_tokens": _mean([c.num_tokens for _, c in crits]),
+        "parseable": _mean([parse_critique(c.text).parseable for _, c in crits]),
     }
-    golds = [(r, c) for r, c in crits if r["answer"] is not None]
+    golds = [(r, c) for r, c in crits if r.group.answer is not None]
     if golds:
         right = {0: [], 1: []}
         for r, c in golds:
-            right[int(solution_is_correct(r))] += [verify(t, r["answer"]) for t in c["refinements"]]
+            right[int(r.solution_is_correct)] += [verify(t, r.group.answer) for t in c.refinements]
         out["refinement_accuracy"] = _mean(right[0] + right[1])
         out["fixed"] = _mean(right[0])  # y0 wrong -> refinement right
         out["broken"] = _mean([not ok for ok in right[1]])  # y0 right -> refinement wrong
         out["verdict_accuracy"] = _mean(
-            [parse_critique(c["text"]).final_correct == solution_is_correct(r) for r, c in golds]
+            [parse_critique(c.text).final_correct == r.solution_is_correct for r, c in golds]
         )
     return out
 
@@ -171,10 +233,7 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
         if cfg.actor is None:
             raise ValueError("actor is not set: give the model that refines (actor: {path: ...})")
         _, actor = load_agent(cfg.actor, mesh, cfg.seed, "actor")
-    judge = make_judge(cfg.judge, mesh, cfg.seed)
-    groups, skips = initial_groups(cfg.initial, cfg.problems, actor, run_dir / INITIAL, cfg.seed)
-    if cfg.judge.kind == "verifier" and any(g.answer is None for g in groups):
-        raise ValueError("judge.kind: verifier needs gold answers for every (x, y0)")
+    judge, groups, skips = judged_groups(cfg, actor, mesh)
     results = []
     for entry in cfg.critics:
         critic_model, critic = load_agent(
@@ -183,16 +242,13 @@ def run(cfg: Config, actor: ChatModel | None = None) -> dict[str, Any]:
 
         def compute(chunk: list[Group], index: int, critic=critic) -> list[dict[str, Any]]:
             records = sample_chunk(cfg, critic, actor, judge, chunk, index)
-            for r in records:  # evaluation keeps token counts, not tokens
-                r.pop("prompt_ids")
-                for c in r["critiques"]:
-                    c["num_tokens"] = len(c.pop("token_ids"))
-            score_refinements(judge, records)
-            return records
+            return [r.to_json() for r in evaluated(judge, records)]
 
         path = run_dir / "critics" / f"{entry.name}.jsonl"
         with RecordLog(path) as log_:
-            records = log_.fill(groups, cfg.chunk_groups, compute)
+            records = [
+                EvaluatedGroup.from_json(r) for r in log_.fill(groups, cfg.chunk_groups, compute)
+            ]
         metrics = critic_metrics(records, judge.scale)
         log.info("eval_rco %s: %s", entry.name, metrics)
         results.append({"name": entry.name, "model": to_dict(entry.model), **metrics})

@@ -1,13 +1,9 @@
 """Sequence log-probs of many rows under a frozen model, jitted and sharded.
 
-RCO and DPO need log pi_ref(c | x, y0) of every critique under the reference critic. They
-are computed once, before training, with `score_rows`, and travel in the training batches
-as plain per-row arrays, so the reference model never has to sit in memory next to the
-policy during training.
-
-Rows use the layout of `critique_jax.data.batching` (`pad_batch`: one sequence per row,
-`loss_mask` on the completion tokens); the log-prob of a row is the sum over its masked
-targets (a packed row would sum over all its segments).
+RCO and DPO need log pi_ref(c | x, y0) of every critique under the reference critic: computed
+once before training (`score_rows`), they travel in the batches as per-row arrays, so the
+reference model never sits in memory next to the policy. Rows use `data.batching.pad_batch`'s
+layout (one sequence per row, `loss_mask` on the completion).
 """
 
 from __future__ import annotations
@@ -17,72 +13,54 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from critique_jax import losses
 from critique_jax.models import ModelConfig, Transformer, abstract_params
 from critique_jax.sharding import (
     DEFAULT_RULES,
     Rules,
-    batch_sharding,
     data_parallel_size,
     global_from_host,
     make_mesh,
     mesh_context,
     param_shardings,
     place,
-    replicated,
 )
 
 SCORE_KEYS = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
 
 
-@functools.lru_cache(maxsize=1)
-def _default_mesh() -> Mesh:
-    return make_mesh((-1, 1, 1))
-
-
-@functools.lru_cache(maxsize=8)
-def _scorer(model_cfg: ModelConfig, mesh: Mesh, rules: Rules):
-    """(param shardings, jitted score(params, batch) -> [B] log-probs) for one setup."""
-    model = Transformer(model_cfg)
-    shardings = param_shardings(abstract_params(model_cfg), mesh, rules)
-
-    def score(params, batch):
-        logits = model.apply(
-            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
-        )
-        return losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
-
-    fn = jax.jit(
-        score, in_shardings=(shardings, batch_sharding(mesh, rules)), out_shardings=replicated(mesh)
+@functools.partial(jax.jit, static_argnames=("cfg", "rules"))
+def score(params: Any, batch: dict[str, jax.Array], *, cfg: ModelConfig, rules: Rules):
+    """[B] sequence log-probs, replicated; `rules` is static since the model's sharding hints
+    read them. Call under `mesh_context` with params and batch on their shardings."""
+    logits = Transformer(cfg).apply(
+        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
     )
-    return shardings, fn
+    out = losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
+    return jax.lax.with_sharding_constraint(out, PartitionSpec())
 
 
-def _setup(model_cfg: ModelConfig, mesh: Mesh | None, rules: Rules):
-    mesh = mesh or _default_mesh()
-    rules = tuple(rules)
-    shardings, fn = _scorer(model_cfg, mesh, rules)
-    return mesh, rules, shardings, fn
-
-
-def _score_batch(fn, params, batch: dict[str, np.ndarray], mesh: Mesh, rules: Rules):
+def _score_batch(cfg, params, batch: dict[str, np.ndarray], mesh: Mesh, rules: Rules):
     missing = [k for k in SCORE_KEYS if k not in batch]
     if missing:
         raise KeyError(f"scoring batch lacks {missing}; build rows with data.batching.pad_batch")
     host = {k: np.asarray(batch[k]) for k in SCORE_KEYS}
     with mesh_context(mesh, rules):
-        return fn(params, global_from_host(host, mesh, rules))
+        return score(params, global_from_host(host, mesh, rules), cfg=cfg, rules=rules)
 
 
-def _check_rows(rows: int, mesh: Mesh, rules: Rules) -> None:
+def _placed(cfg: ModelConfig, params: Any, rows: int, mesh: Mesh | None, rules: Rules):
+    """(mesh, params on their shardings) after checking that `rows` split over the mesh."""
+    mesh = mesh or make_mesh((-1, 1, 1))
     dp = data_parallel_size(mesh, rules)
     if rows % dp:
         raise ValueError(
             f"{rows} rows cannot be split over the data-parallel size {dp} of mesh "
             f"{dict(mesh.shape)}; use a multiple of {dp}."
         )
+    return mesh, place(params, param_shardings(abstract_params(cfg), mesh, rules))
 
 
 def sequence_logprobs(
@@ -92,15 +70,12 @@ def sequence_logprobs(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
 ) -> np.ndarray:
-    """log pi(completion | prompt) of each row, float32 [B].
-
-    Every process passes the same full batch (B must divide over the data-parallel size);
-    `mesh` defaults to data parallelism over all devices. `params` are placed onto the
-    mesh (no copy when they already live there, e.g. a Trainer's `state.params`).
-    """
-    mesh, rules, shardings, fn = _setup(model_cfg, mesh, rules)
-    _check_rows(len(batch["inputs"]), mesh, rules)
-    return np.asarray(_score_batch(fn, place(params, shardings), batch, mesh, rules))
+    """log pi(completion | prompt) of each row, float32 [B]. Every process passes the same
+    full batch; `mesh` defaults to data parallelism over all devices; params already on the
+    mesh (a Trainer's `state.params`) are not copied."""
+    rules = tuple(rules)
+    mesh, params = _placed(model_cfg, params, len(batch["inputs"]), mesh, rules)
+    return np.asarray(_score_batch(model_cfg, params, batch, mesh, rules))
 
 
 def score_rows(
@@ -111,22 +86,17 @@ def score_rows(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
 ) -> np.ndarray:
-    """Sequence log-probs of all N rows, float32 [N], in fixed batches of `batch_size`.
-
-    The last batch is padded with empty rows (no targets), so one compiled program serves
-    every batch; results of padding rows are dropped.
-    """
-    mesh, rules, shardings, fn = _setup(model_cfg, mesh, rules)
-    _check_rows(batch_size, mesh, rules)
-    params = place(params, shardings)
-    n = len(rows["inputs"])
+    """Sequence log-probs of all N rows, float32 [N], in batches of `batch_size`; the last
+    is padded with empty rows, so one compiled program serves every batch."""
+    rules = tuple(rules)
+    mesh, params = _placed(model_cfg, params, batch_size, mesh, rules)
     outputs = []
-    for start in range(0, n, batch_size):
+    for start in range(0, len(rows["inputs"]), batch_size):
         chunk = {k: np.asarray(rows[k][start : start + batch_size]) for k in SCORE_KEYS}
         real = len(chunk["inputs"])
         if real < batch_size:
             chunk = {k: _pad_rows(v, batch_size) for k, v in chunk.items()}
-        outputs.append((real, _score_batch(fn, params, chunk, mesh, rules)))
+        outputs.append((real, _score_batch(model_cfg, params, chunk, mesh, rules)))
     if not outputs:
         return np.zeros((0,), np.float32)
     return np.concatenate([np.asarray(out)[:real] for real, out in outputs]).astype(np.float32)

@@ -1,24 +1,13 @@
 """The sharded training engine every training stage shares (critic SFT, RCO, DPCO, actor).
 
-* `TrainState` holds step, params, optimizer state and the run's PRNG key data; it lives on
-  the mesh with explicit shardings (parameters by their logical axes, optimizer moments like
-  their parameters, scalars replicated) and is created directly sharded, never as a full
-  host copy.
-* The step `step(state, batch) -> (state, metrics)` is one `jax.jit` with explicit in/out
-  shardings and the state donated. Batches are dicts of [B, ...] arrays, all sharded by rows
-  over the batch mesh axes, so losses with extra keys (reference log-probs, utilities, pair
-  structure) need no trainer change.
-* Losses are pluggable: `loss_fn(apply_fn, params, batch) -> (loss, aux)` with
-  `aux["weight"]` the loss's denominator (target tokens, groups, pairs). Gradient
-  accumulation scans over contiguous row blocks and combines them by weight, so it equals
-  one step on the whole batch; rows that belong together (an RCO group, a DPO pair) stay in
-  one microbatch when the group size divides B / microbatches. Other aux entries are
-  reported as weight-averaged means.
-* A non-finite loss or gradient leaves the state unchanged (selected inside the step) and
-  stops the run with `NonFiniteLossError` naming the step; checkpoints hold only good states.
-* Mixed precision: `ModelConfig(param_dtype="float32", dtype="bfloat16")` keeps fp32 master
-  parameters and optimizer state while the model computes in bf16 (parameters are cast at
-  use); the loss maths is fp32 either way.
+`TrainState` lives on the mesh: parameters by their logical axes, optimizer moments like
+their parameters, scalars replicated. `train_step` is one top-level jit; batches are dicts of
+[B, ...] arrays sharded by rows, so losses with extra keys (reference log-probs, utilities,
+pairs) need no trainer change. A loss is `loss_fn(apply_fn, params, batch) -> (loss, aux)`
+with `aux["weight"]` its denominator; gradient accumulation combines microbatches by that
+weight, so it equals one step on the whole batch. A non-finite loss or gradient leaves the
+state unchanged and stops the run with `NonFiniteLossError`. Mixed precision:
+`ModelConfig(param_dtype="float32", dtype="bfloat16")` keeps fp32 master parameters.
 """
 
 from __future__ import annotations
@@ -29,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,7 +43,6 @@ from critique_jax.models import ModelConfig, Transformer, abstract_params, init_
 from critique_jax.sharding import (
     Rules,
     batch_axes,
-    batch_sharding,
     data_parallel_size,
     mesh_context,
     mesh_from_config,
@@ -88,8 +77,7 @@ class ApplyFn(Protocol):
 
 LossFn = Callable[[ApplyFn, Params, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
-# Parameters never weight-decayed, by their name in the tree (norm scales and biases). Names,
-# not ndim: scanned layers stack a norm scale into [L, E] and a q bias is [heads, head_dim].
+# Never weight-decayed, by name: scanned layers stack a norm scale into [L, E], so not by ndim.
 NO_DECAY_NAMES = ("scale", "bias")
 
 
@@ -109,12 +97,11 @@ class TrainState:
 
 
 def learning_rate_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup to the peak (step s < W: lr * (s + 1) / W, so the first update is not
-    zero), then cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant.
+    """Linear warmup (step s < W: lr * (s + 1) / W, so the first update is not zero), then
+    cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant.
 
-    Not optax's join_schedules(linear_schedule, cosine_decay_schedule): the same curve in
-    another order of float32 operations, off by up to 19 ulp at 61% of the steps of the
-    shipped configs, which would change every trained result for the same seed."""
+    Not optax's join_schedules: its order of float32 operations differs by up to 19 ulp,
+    which would change every trained result for the same seed."""
     if optim.schedule not in ("cosine", "linear", "constant"):
         raise ValueError(f"optim.schedule={optim.schedule!r}; use cosine, linear or constant.")
     peak, warmup = optim.learning_rate, optim.warmup_steps
@@ -140,16 +127,13 @@ def weight_decay_mask(params: Params) -> Any:
     """True for parameters that get weight decay: all but norm scales and biases."""
 
     def decays(path, _) -> bool:
-        last = path[-1]
-        name = getattr(last, "key", getattr(last, "name", None))
-        return name not in NO_DECAY_NAMES
+        return getattr(path[-1], "key", getattr(path[-1], "name", None)) not in NO_DECAY_NAMES
 
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW (decoupled decay, scaled by the learning rate as in PyTorch) after global-norm
-    clipping, with the warmup + decay schedule and no decay on norms and biases."""
+    """AdamW (decay scaled by the learning rate, as in PyTorch) after global-norm clipping."""
     tx = optax.adamw(
         learning_rate_schedule(optim, total_steps),
         b1=optim.b1,
@@ -180,10 +164,7 @@ def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
 
 def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
     """Next-token cross-entropy on `loss_mask` targets; weight = number of target tokens.
-
-    Without `segment_ids` in the batch (one right-padded sequence per row) the model takes
-    its plain causal attention path, which is flash attention on GPU.
-    """
+    Without `segment_ids` the model takes its plain causal path (flash attention on GPU)."""
     hidden, head = apply_fn(
         params, batch["inputs"], batch["positions"], batch.get("segment_ids"), hidden=True
     )
@@ -191,7 +172,139 @@ def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
     return loss, {"weight": aux["ntokens"], "accuracy": aux["accuracy"]}
 
 
-# --------------------------------------------------------------------------- the step
+# --------------------------------------------------------------------------- the compiled functions
+
+
+@dataclass(frozen=True)
+class StepSetup:
+    """What the compiled functions depend on besides shapes: their static argument, so
+    jit's own cache shares one program between every Trainer of a setup."""
+
+    model_cfg: ModelConfig
+    optim: tuple  # OptimConfig's fields (the dataclass itself is mutable, so unhashable)
+    total_steps: int
+    microbatches: int
+    mesh: Mesh
+    rules: Rules
+    loss_fn: LossFn
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        return make_optimizer(OptimConfig(*self.optim), self.total_steps)
+
+    def abstract_state(self) -> TrainState:
+        """The state as ShapeDtypeStructs with their shardings, allocating nothing."""
+        shapes = jax.eval_shape(lambda r: new_state(self, r), jax.random.key(0))
+        params = param_shardings(abstract_params(self.model_cfg), self.mesh, self.rules)
+        rep = replicated(self.mesh)
+        opt = optax.tree_map_params(
+            self.tx, lambda _, s: s, shapes.opt_state, params, transform_non_params=lambda _: rep
+        )
+        shardings = TrainState(step=rep, params=params, opt_state=opt, rng=rep)
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+        )
+
+    def shardings(self) -> TrainState:
+        return jax.tree.map(lambda x: x.sharding, self.abstract_state())
+
+
+def new_state(setup: StepSetup, rng: jax.Array, params: Params | None = None) -> TrainState:
+    """A fresh state of `params`, or of random parameters when None."""
+    params = init_params(setup.model_cfg, rng) if params is None else params
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=setup.tx.init(params),
+        rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
+    )
+
+
+# Shardings are constrained inside rather than given to jit (in/out_shardings would need
+# one jax.jit per setup): inputs already live on theirs (`place`, `shard_batch`).
+@functools.partial(jax.jit, static_argnames="setup", donate_argnames="params")
+def init_state(rng: jax.Array, params: Params | None = None, *, setup: StepSetup) -> TrainState:
+    """`new_state` made directly on its shards; given params are donated."""
+    return jax.lax.with_sharding_constraint(new_state(setup, rng, params), setup.shardings())
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def eval_step(params: Params, batch: Batch, *, setup: StepSetup):
+    out = setup.loss_fn(make_apply_fn(setup.model_cfg), params, batch)
+    return jax.lax.with_sharding_constraint(out, replicated(setup.mesh))
+
+
+def _loss_and_grad(setup: StepSetup, params: Params, batch: Batch):
+    apply_fn = make_apply_fn(setup.model_cfg)
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: setup.loss_fn(apply_fn, p, batch), has_aux=True
+    )(params)
+    if "weight" not in aux:
+        raise KeyError("loss_fn must return aux['weight'] (the loss's denominator)")
+    aux = dict(aux)
+    weight = jnp.asarray(aux.pop("weight"), jnp.float32)
+    return loss.astype(jnp.float32), weight, aux, grads
+
+
+def _accumulate(setup: StepSetup, params: Params, batch: Batch, shardings: Any):
+    """`_loss_and_grad` over contiguous row blocks (a scan), combined by weight."""
+    n = setup.microbatches
+    micro_rows = NamedSharding(setup.mesh, PartitionSpec(None, batch_axes(setup.rules) or None))
+
+    def split(x):
+        x = x.reshape(n, x.shape[0] // n, *x.shape[1:])
+        return jax.lax.with_sharding_constraint(x, micro_rows)
+
+    micro = jax.tree.map(split, batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    _, _, aux_shape, _ = jax.eval_shape(functools.partial(_loss_and_grad, setup), params, first)
+    zeros = dict(
+        grads=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+        loss=jnp.zeros((), jnp.float32),
+        weight=jnp.zeros((), jnp.float32),
+        aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape),
+    )
+
+    def body(acc, mb):
+        loss, weight, aux, grads = _loss_and_grad(setup, params, mb)
+        grads = jax.tree.map(lambda a, g: a + weight * g.astype(jnp.float32), acc["grads"], grads)
+        grads = jax.lax.with_sharding_constraint(grads, shardings)
+        return dict(
+            grads=grads,
+            loss=acc["loss"] + weight * loss,
+            weight=acc["weight"] + weight,
+            aux=jax.tree.map(lambda a, v: a + weight * v, acc["aux"], aux),
+        ), None
+
+    acc, _ = jax.lax.scan(body, zeros, micro)
+    inv = jnp.where(acc["weight"] > 0, 1.0 / acc["weight"], 0.0)
+    grads = jax.tree.map(lambda g, p: (g * inv).astype(p.dtype), acc["grads"], params)
+    aux = jax.tree.map(lambda a: a * inv, acc["aux"])
+    return acc["loss"] * inv, acc["weight"], aux, grads
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
+def train_step(state: TrainState, batch: Batch, *, setup: StepSetup):
+    """One optimizer update -> (state, metrics); a non-finite step keeps the old state."""
+    shardings = setup.shardings()
+    if setup.microbatches == 1:
+        loss, weight, aux, grads = _loss_and_grad(setup, state.params, batch)
+    else:
+        loss, weight, aux, grads = _accumulate(setup, state.params, batch, shardings.params)
+    tx = setup.tx
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+    )
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    lr = learning_rate_schedule(OptimConfig(*setup.optim), setup.total_steps)(state.step)
+    metrics = dict(aux, loss=loss, weight=weight, grad_norm=grad_norm, learning_rate=lr)
+    new = jax.lax.with_sharding_constraint(new, shardings)
+    return new, jax.lax.with_sharding_constraint(metrics, replicated(setup.mesh))
 
 
 def check_batch_layout(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules) -> None:
@@ -211,206 +324,17 @@ def check_batch_layout(batch_size: int, microbatches: int, mesh: Mesh, rules: Ru
         )
 
 
-def make_train_step(
-    apply_fn: ApplyFn,
-    loss_fn: LossFn,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    microbatches: int,
-    mesh: Mesh,
-    rules: Rules,
-    shardings: Any,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The pure step; `shardings` are the parameters' NamedShardings (gradient layout)."""
-    micro_rows = NamedSharding(mesh, PartitionSpec(None, batch_axes(rules) or None))
-
-    def loss_and_grad(params, batch):
-        (loss, aux), grads = jax.value_and_grad(
-            lambda p: loss_fn(apply_fn, p, batch), has_aux=True
-        )(params)
-        if "weight" not in aux:
-            raise KeyError("loss_fn must return aux['weight'] (the loss's denominator)")
-        aux = dict(aux)
-        weight = jnp.asarray(aux.pop("weight"), jnp.float32)
-        return loss.astype(jnp.float32), weight, aux, grads
-
-    def accumulate(params, batch):
-        def split(x):
-            x = x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:])
-            return jax.lax.with_sharding_constraint(x, micro_rows)
-
-        micro = jax.tree.map(split, batch)
-        first = jax.tree.map(lambda x: x[0], micro)
-        _, _, aux_shape, _ = jax.eval_shape(loss_and_grad, params, first)
-        zeros = dict(
-            grads=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-            loss=jnp.zeros((), jnp.float32),
-            weight=jnp.zeros((), jnp.float32),
-            aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape),
-        )
-
-        def body(acc, mb):
-            loss, weight, aux, grads = loss_and_grad(params, mb)
-            grads = jax.tree.map(
-                lambda a, g: a + weight * g.astype(jnp.float32), acc["grads"], grads
-            )
-            grads = jax.lax.with_sharding_constraint(grads, shardings)
-            return dict(
-                grads=grads,
-                loss=acc["loss"] + weight * loss,
-                weight=acc["weight"] + weight,
-                aux=jax.tree.map(lambda a, v: a + weight * v, acc["aux"], aux),
-            ), None
-
-        acc, _ = jax.lax.scan(body, zeros, micro)
-        inv = jnp.where(acc["weight"] > 0, 1.0 / acc["weight"], 0.0)
-        grads = jax.tree.map(lambda g, p: (g * inv).astype(p.dtype), acc["grads"], params)
-        aux = jax.tree.map(lambda a: a * inv, acc["aux"])
-        return acc["loss"] * inv, acc["weight"], aux, grads
-
-    def step(state: TrainState, batch: Batch):
-        if microbatches == 1:
-            loss, weight, aux, grads = loss_and_grad(state.params, batch)
-        else:
-            loss, weight, aux, grads = accumulate(state.params, batch)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-        )
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-        metrics = dict(
-            aux, loss=loss, weight=weight, grad_norm=grad_norm, learning_rate=schedule(state.step)
-        )
-        return new, metrics
-
-    return step
-
-
 # --------------------------------------------------------------------------- trainer
 
 
-class Programs:
-    """Everything a training run compiles, for one (model, optimizer, mesh, loss) setup.
-
-    Built once per setup and shared by every Trainer with that setup (`programs()` caches
-    it), so a driver that makes several trainers (self-training iterations, a resumed run)
-    compiles the step once.
-    """
-
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        optim: OptimConfig,
-        total_steps: int,
-        microbatches: int,
-        mesh: Mesh,
-        rules: Rules,
-        loss_fn: LossFn,
-    ) -> None:
-        self.model_cfg, self.mesh, self.rules = model_cfg, mesh, rules
-        self.apply_fn = make_apply_fn(model_cfg)
-        self.schedule = learning_rate_schedule(optim, total_steps)
-        self.tx = make_optimizer(optim, total_steps)
-        self.param_shardings = param_shardings(abstract_params(model_cfg), mesh, rules)
-        rep = replicated(mesh)
-        self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
-        opt_shardings = optax.tree_map_params(
-            self.tx,
-            lambda _, s: s,
-            self.abstract_state.opt_state,
-            self.param_shardings,
-            transform_non_params=lambda _: rep,
-        )
-        self.state_shardings = TrainState(
-            step=rep, params=self.param_shardings, opt_state=opt_shardings, rng=rep
-        )
-        self.batch_sharding = batch_sharding(mesh, rules)
-        step = make_train_step(
-            self.apply_fn,
-            loss_fn,
-            self.tx,
-            self.schedule,
-            microbatches,
-            mesh,
-            rules,
-            self.param_shardings,
-        )
-        self.step = jax.jit(
-            step,
-            in_shardings=(self.state_shardings, self.batch_sharding),
-            out_shardings=(self.state_shardings, rep),
-            donate_argnums=0,
-        )
-        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.init_opt = jax.jit(
-            self.tx.init, in_shardings=(self.param_shardings,), out_shardings=opt_shardings
-        )
-        self.eval = jax.jit(
-            lambda p, b: loss_fn(self.apply_fn, p, b),
-            in_shardings=(self.param_shardings, self.batch_sharding),
-            out_shardings=rep,
-        )
-        self._compiled: dict[Any, Any] = {}
-
-    def _init(self, rng: jax.Array) -> TrainState:
-        params = init_params(self.model_cfg, rng)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=self.tx.init(params),
-            rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
-        )
-
-    def compiled_step(self, state: TrainState, batch: Batch):
-        """The step compiled for this batch's keys, shapes and dtypes (compiled once)."""
-        key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
-        if key not in self._compiled:
-            t0 = time.perf_counter()
-            with mesh_context(self.mesh, self.rules):
-                self._compiled[key] = self.step.lower(state, batch).compile()
-            log.info("compiled the train step in %.1fs", time.perf_counter() - t0)
-        return self._compiled[key]
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_programs(model_cfg, optim_items, total_steps, microbatches, mesh, rules, loss_fn):
-    return Programs(
-        model_cfg, OptimConfig(**dict(optim_items)), total_steps, microbatches, mesh, rules, loss_fn
-    )
-
-
-def programs(
-    model_cfg: ModelConfig,
-    optim: OptimConfig,
-    total_steps: int,
-    microbatches: int,
-    mesh: Mesh,
-    rules: Rules,
-    loss_fn: LossFn,
-) -> Programs:
-    """The shared `Programs` of a setup (built on first use)."""
-    optim_items = tuple(sorted(dataclasses.asdict(optim).items()))
-    return _cached_programs(
-        model_cfg, optim_items, total_steps, microbatches, mesh, tuple(rules), loss_fn
-    )
-
-
-def _iterator_state(batches: Any) -> dict[str, Any] | None:
-    return batches.state() if hasattr(batches, "state") else None
-
-
 class Trainer:
-    """Owns one run: its sharded state, checkpoints and metric logs, over shared `Programs`.
+    """Owns one run: its sharded state, checkpoints and metric logs.
 
-    `params` (e.g. from an HF import) are placed onto the parameter shardings and owned by
-    the trainer from then on: the first step donates their buffers. Pass a zero-argument
-    callable instead to load them only when no checkpoint is resumed. Without `params` the
-    model starts from random weights made on their shards. With `run_dir`, metrics go to
-    run_dir/metrics.jsonl and run_dir/tensorboard, checkpoints to run_dir/checkpoints.
+    `params` (e.g. from an HF import, or a zero-argument callable that loads them only when
+    no checkpoint is resumed) are placed onto the parameter shardings and owned by the
+    trainer: the first step donates their buffers. Without them the model starts from random
+    weights made on their shards. With `run_dir`: run_dir/metrics.jsonl, run_dir/tensorboard
+    and run_dir/checkpoints.
     """
 
     def __init__(
@@ -434,25 +358,26 @@ class Trainer:
         check_batch_layout(train.batch_size, train.microbatches, self.mesh, self.rules)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.seed = seed
-        self.peak_flops = (
-            peak_flops
-            if peak_flops is not None
-            else peak_flops_per_device(self.mesh.devices.flat[0])
+        if peak_flops is None:
+            peak_flops = peak_flops_per_device(self.mesh.devices.flat[0])
+        self.peak_flops = peak_flops
+        self.setup = StepSetup(
+            model_cfg,
+            dataclasses.astuple(optim),
+            train.steps,
+            train.microbatches,
+            self.mesh,
+            self.rules,
+            loss_fn,
         )
-        self.programs = programs(
-            model_cfg, optim, train.steps, train.microbatches, self.mesh, self.rules, loss_fn
-        )
+        self.param_shardings = param_shardings(abstract_params(model_cfg), self.mesh, self.rules)
         self._params = params
         self.state: TrainState | None = None
-        self.checkpointer = (
-            None
-            if self.run_dir is None
-            else Checkpointer(
+        self.checkpointer = None
+        if self.run_dir is not None:
+            self.checkpointer = Checkpointer(
                 self.run_dir / "checkpoints", train.keep_checkpoints, train.async_checkpoint
             )
-        )
-
-    # ---- state
 
     @property
     def step(self) -> int:
@@ -461,20 +386,11 @@ class Trainer:
 
     def init_state(self) -> TrainState:
         """Fresh state from the given params, or random params made on their shards."""
-        prog = self.programs
-        rng = jax.random.key(self.seed)
-        if self._params is None:
-            self.state = prog.init(rng)
-        else:
-            rep = replicated(self.mesh)
-            given = self._params() if callable(self._params) else self._params
-            params = place(_checked_params(given, self.model_cfg), prog.param_shardings)
-            self.state = TrainState(
-                step=jax.device_put(jnp.zeros((), jnp.int32), rep),
-                params=params,
-                opt_state=prog.init_opt(params),
-                rng=jax.device_put(jax.random.key_data(jax.random.fold_in(rng, 1)), rep),
-            )
+        params = self._params() if callable(self._params) else self._params
+        if params is not None:
+            params = place(_checked_params(params, self.model_cfg), self.param_shardings)
+        with mesh_context(self.mesh, self.rules):
+            self.state = init_state(jax.random.key(self.seed), params, setup=self.setup)
         self._params = None
         return self.state
 
@@ -483,12 +399,7 @@ class Trainer:
         `batches` has `restore`); returns its step, or None when there is none."""
         if self.checkpointer is None:
             return None
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            self.programs.abstract_state,
-            self.programs.state_shardings,
-        )
-        found = self.checkpointer.restore_latest(abstract)
+        found = self.checkpointer.restore_latest(self.setup.abstract_state())
         if found is None:
             return None
         step, self.state, data = found
@@ -519,8 +430,6 @@ class Trainer:
         )
         return sub
 
-    # ---- steps
-
     def shard_batch(self, local: dict[str, np.ndarray]) -> Batch:
         """This process's rows of a batch -> global arrays sharded by rows."""
         procs = len(mesh_processes(self.mesh))
@@ -533,13 +442,16 @@ class Trainer:
                 )
         return shard_batch(local, self.mesh, self.rules)
 
+    def _run_step(self, batch: Batch) -> dict[str, Any]:
+        with mesh_context(self.mesh, self.rules):
+            self.state, metrics = train_step(self.state, batch, setup=self.setup)
+        return metrics
+
     def train_step(self, local: dict[str, np.ndarray]) -> dict[str, float]:
         """One step on this process's rows; host metrics; raises on a non-finite loss."""
         if self.state is None:
             self.init_state()
-        batch = self.shard_batch(local)
-        self.state, metrics = self.programs.compiled_step(self.state, batch)(self.state, batch)
-        metrics = _to_host(metrics)
+        metrics = _to_host(self._run_step(self.shard_batch(local)))
         self._check_finite(self.step + 1, metrics)
         return metrics
 
@@ -562,21 +474,16 @@ class Trainer:
         num_steps: int | None = None,
         on_step: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train until `train.steps` (or `num_steps` more steps), resuming when configured.
-
-        `batches` yields this process's rows of each global batch; its `state()` (if any) is
-        checkpointed and restored with the train state. Checkpoints every
-        `train.checkpoint_every` steps and at the end (async). Returns per-step metrics.
-        """
-        if self.state is None:
-            if not (self.train.resume and self.resume(batches) is not None):
-                self.init_state()
+        """Train until `train.steps` (or `num_steps` more steps), resuming when configured;
+        checkpoints every `train.checkpoint_every` steps and at the end. `batches` yields this
+        process's rows; its `state()` (if any) is checkpointed with the train state."""
+        if self.state is None and not (self.train.resume and self.resume(batches) is not None):
+            self.init_state()
         start = self.step
         end = self.train.steps if num_steps is None else min(self.train.steps, start + num_steps)
         if start >= end:
             return []
-        every = self.train.checkpoint_every
-        n_dev = self.mesh.devices.size
+        every, n_dev = self.train.checkpoint_every, self.mesh.devices.size
         logger = MetricsLogger(self.run_dir, self.train.steps, start, self.train.log_every)
         history: list[dict[str, Any]] = []
         try:
@@ -588,10 +495,9 @@ class Trainer:
             )
             tokens = rows * length
             flops = training_flops_per_token(self.model_cfg, length) * tokens
-            run = self.programs.compiled_step(self.state, batch)
             last = time.perf_counter()
             for step in range(start + 1, end + 1):
-                self.state, metrics = run(self.state, batch)
+                metrics = self._run_step(batch)
                 if step < end:  # prepare the next batch while the device computes
                     next_batch, next_data = self._next_batch(batches, step + 1)
                 metrics = _to_host(metrics)
@@ -628,7 +534,7 @@ class Trainer:
                 f"the batch iterator ran out before step {step} of {self.train.steps}; give "
                 "an endless iterator (data.batching.BatchIterator) or fewer train.steps"
             ) from None
-        return self.shard_batch(local), _iterator_state(batches)
+        return self.shard_batch(local), batches.state() if hasattr(batches, "state") else None
 
     def evaluate(self, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
         """Weight-averaged loss and aux metrics of the current params over `batches`."""
@@ -636,14 +542,15 @@ class Trainer:
             self.init_state()
         total: dict[str, float] = {}
         weight = 0.0
-        with mesh_context(self.mesh, self.rules):
-            for local in batches:
-                loss, aux = self.programs.eval(self.state.params, self.shard_batch(local))
-                aux = _to_host(aux)
-                w = aux.pop("weight")
-                for k, v in {"loss": float(loss), **aux}.items():
-                    total[k] = total.get(k, 0.0) + w * v
-                weight += w
+        for local in batches:
+            batch = self.shard_batch(local)
+            with mesh_context(self.mesh, self.rules):
+                loss, aux = eval_step(self.state.params, batch, setup=self.setup)
+            aux = _to_host(aux)
+            w = aux.pop("weight")
+            for k, v in {"loss": float(loss), **aux}.items():
+                total[k] = total.get(k, 0.0) + w * v
+            weight += w
         if not weight:
             return {}
         return {k: v / weight for k, v in total.items()} | {"weight": weight}

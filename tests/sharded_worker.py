@@ -100,7 +100,7 @@ def single_host(out: str) -> None:
         )
         metrics = [trainer.train_step(b) for b in data]
         leaves = jax.tree.leaves(trainer.state.params)
-        expected = jax.tree.leaves(trainer.programs.param_shardings)
+        expected = jax.tree.leaves(trainer.param_shardings)
         for leaf, sharding in zip(leaves, expected, strict=True):
             assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (name, leaf.sharding)
         results[f"{name}/loss"] = np.array([m["loss"] for m in metrics])

@@ -1,4 +1,5 @@
-"""make_agent's sampler cache: keyed by what a tokenizer is, not by which object holds it."""
+"""make_agent: every agent has its own Sampler and tokenizer; compiled programs are jit's own,
+shared by every agent of one architecture."""
 
 from __future__ import annotations
 
@@ -10,61 +11,49 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from critique_jax.config import ConfigError, ModelSpec
 from critique_jax.models.config import preset
-from critique_jax.models.loading import LoadedModel
-from critique_jax.pipelines.roles import (
-    CriticSpec,
-    OracleCritic,
-    load_roles,
-    make_agent,
-    tokenizer_key,
-)
+from critique_jax.models.loading import LoadedModel, init_sharded_params
+from critique_jax.pipelines.roles import CriticSpec, OracleCritic, load_roles, make_agent
+from critique_jax.sampling import SamplingParams, engine
 
 CFG = preset("demo")
+GREEDY = SamplingParams(max_new_tokens=3, temperature=0.0)
 
 
-def save_tokenizer(out: Path, words: list[str], chat_template: str | None = None) -> Path:
+def save_tokenizer(out: Path, words: list[str]) -> Path:
     vocab = {w: i for i, w in enumerate(["[UNK]", "<eos>", *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>")
-    tok.chat_template = chat_template
     tok.save_pretrained(str(out))
     return out
 
 
-def agent_of(directory: Path):
-    return make_agent(LoadedModel(CFG, None, AutoTokenizer.from_pretrained(str(directory))))
+def agent_of(directory: Path, params=None):
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    return make_agent(LoadedModel(CFG, params, tokenizer))
 
 
-def test_reloading_a_tokenizer_reuses_the_compiled_sampler(tmp_path):
+def cache_sizes() -> tuple[int, int]:
+    return engine.prefill._cache_size(), engine.decode._cache_size()
+
+
+def test_agents_of_one_architecture_share_compiled_programs(tmp_path):
+    params = init_sharded_params(CFG, 0, None)
     words = save_tokenizer(tmp_path / "a", ["two", "plus", "three"])
-    first, second = agent_of(words), agent_of(words)
-    assert first.sampler is second.sampler
-    # A copy saved beside another checkpoint is the same tokenizer too.
-    copy = tmp_path / "copy"
-    AutoTokenizer.from_pretrained(str(words)).save_pretrained(str(copy))
-    assert agent_of(copy).sampler is first.sampler
+    first = agent_of(words, params)
+    first.chat([[{"role": "user", "content": "two plus three"}]], GREEDY)
+    compiled = cache_sizes()
+    # A reloaded tokenizer, another tokenizer: new Samplers, the same programs.
+    for other in (agent_of(words, params), agent_of(save_tokenizer(tmp_path / "b", ["x"]), params)):
+        assert other.sampler is not first.sampler
+        other.chat([[{"role": "user", "content": "two plus three"}]], GREEDY)
+        assert cache_sizes() == compiled
 
 
-def test_a_different_tokenizer_never_shares_a_sampler(tmp_path):
+def test_an_agent_decodes_with_its_own_tokenizer(tmp_path):
     base = agent_of(save_tokenizer(tmp_path / "a", ["two", "plus", "three"]))
-    other_vocab = agent_of(save_tokenizer(tmp_path / "b", ["two", "plus", "four"]))
-    other_order = agent_of(save_tokenizer(tmp_path / "c", ["plus", "two", "three"]))
-    templated = agent_of(
-        save_tokenizer(tmp_path / "d", ["two", "plus", "three"], "{{ messages[0].content }}")
-    )
-    samplers = {id(a.sampler) for a in (base, other_vocab, other_order, templated)}
-    assert len(samplers) == 4
-    assert len({tokenizer_key(a.tokenizer) for a in (base, other_vocab, templated)}) == 3
-
-
-def test_the_sampler_key_includes_the_model_config(tmp_path):
-    tok = AutoTokenizer.from_pretrained(str(save_tokenizer(tmp_path / "a", ["x"])))
-    wider = preset("demo", num_layers=CFG.num_layers + 1)
-    assert make_agent(LoadedModel(CFG, None, tok)).sampler is not (
-        make_agent(LoadedModel(wider, None, tok)).sampler
-    )
-    assert tokenizer_key(None) is None
+    other = agent_of(save_tokenizer(tmp_path / "b", ["two", "plus", "four"]))
+    assert base.sampler.decode([4]) == "three" and other.sampler.decode([4]) == "four"
 
 
 def test_critic_spec_and_load_roles_with_an_oracle():

@@ -21,6 +21,7 @@ from critique_jax.trainer import (
     Trainer,
     learning_rate_schedule,
     make_optimizer,
+    train_step,
     weight_decay_mask,
 )
 
@@ -118,10 +119,23 @@ def test_rules_override_changes_parameter_shardings_only_for_named_axes():
         optim,
         MeshConfig((1, 1, 1), rules=[["embed", None], ["batch", ["data"]]]),
     )
-    embed = lambda t: t.programs.param_shardings["embed"]["embedding"].spec  # noqa: E731
+    embed = lambda t: t.param_shardings["embed"]["embedding"].spec  # noqa: E731
     assert tuple(embed(default)) == ("tensor", "fsdp")
     assert tuple(embed(no_fsdp)) == ("tensor", None)  # vocab rule kept, embed overridden
     assert no_fsdp.rules[:2] == (("embed", None), ("batch", ("data",)))
+
+
+def test_trainers_of_one_setup_share_the_compiled_step():
+    cfg, train = preset("tiny"), TrainConfig(steps=3, batch_size=B, seq_len=T)
+    optim = OptimConfig(learning_rate=1e-3, weight_decay=0.05)  # a setup no other test uses
+    first = Trainer(cfg, train, optim, MeshConfig((1, 1, 1)))
+    first.train_step(batch(0))
+    compiled = train_step._cache_size()
+    again = Trainer(cfg, train, OptimConfig(learning_rate=1e-3, weight_decay=0.05))
+    for i in range(2):  # another Trainer, more steps: no new program
+        again.train_step(batch(i))
+        first.train_step(batch(i))
+    assert train_step._cache_size() == compiled
 
 
 # --------------------------------------------------------------------------- precision, eval

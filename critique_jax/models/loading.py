@@ -28,20 +28,18 @@ class LoadedModel:
     tokenizer: Any | None
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "rules"))
+def _init(rng: jax.Array, *, cfg: ModelConfig, mesh: Mesh | None, rules) -> Any:
+    if mesh is None:
+        return init_params(cfg, rng)
+    shardings = param_shardings(abstract_params(cfg), mesh, rules)
+    params = nn.meta.unbox(init_params(cfg, rng, boxed=True))
+    return jax.lax.with_sharding_constraint(params, shardings)
+
+
 def init_sharded_params(cfg: ModelConfig, seed: int, mesh: Mesh | None, rules=DEFAULT_RULES):
     """Random parameters created directly on their shards (never a full host copy)."""
-    return _jitted_init(cfg, mesh, rules)(jax.random.key(seed))
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_init(cfg: ModelConfig, mesh: Mesh | None, rules):
-    """One compiled init per (architecture, mesh): every seed and every reload reuses it."""
-    if mesh is None:
-        return jax.jit(lambda r: init_params(cfg, r))
-    shardings = param_shardings(abstract_params(cfg), mesh, rules)
-    return jax.jit(
-        lambda r: nn.meta.unbox(init_params(cfg, r, boxed=True)), out_shardings=shardings
-    )
+    return _init(jax.random.key(seed), cfg=cfg, mesh=mesh, rules=tuple(rules))
 
 
 def load_model(

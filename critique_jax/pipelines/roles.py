@@ -1,7 +1,7 @@
 """The three things every pipeline asks of a model: solve, critique, refine.
 
-An `Agent` is a model that can generate (params + a Sampler shared by models of the same
-architecture). A critic is anything with `critique(...)`: a trained `Agent`, or an oracle such
+An `Agent` is a model that can generate (params + a Sampler, whose compiled programs every
+model of the same architecture shares). A critic is anything with `critique(...)`: a trained `Agent`, or an oracle such
 as the demo world's templated critic. Prompts always come from `critique_jax.data.prompts`, so
 training and inference see identical text. Stages describe their critic as a `CriticSpec` and
 load their roles here (`load_roles`), so every stage resolves models and tokenizers alike.
@@ -10,8 +10,6 @@ load their roles here (`load_roles`), so every stage resolves models and tokeniz
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,47 +145,12 @@ def parsed(completion: Completion) -> Critique:
     return parse_critique(completion.text or "")
 
 
-def tokenizer_key(tokenizer: Any) -> str | None:
-    """A digest of what a tokenizer does rather than of which object it is: two loads of one
-    tokenizer, or copies saved beside different checkpoints, get the same key; tokenizers
-    that encode, decode or render chat differently never do. A fast tokenizer is its whole
-    serialized backend (vocab, merges, normalizer, added tokens, post-processor); a slow one
-    is its vocab and where it was loaded from."""
-    if tokenizer is None:
-        return None
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    parts = {
-        "class": type(tokenizer).__qualname__,
-        "backend": (
-            backend.to_str()
-            if backend is not None
-            else [sorted(tokenizer.get_vocab().items()), tokenizer.name_or_path]
-        ),
-        "chat_template": getattr(tokenizer, "chat_template", None),
-        "special": getattr(tokenizer, "special_tokens_map", None),
-        "special_ids": list(getattr(tokenizer, "all_special_ids", [])),
-        "flags": [
-            getattr(tokenizer, name, None)
-            for name in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces")
-        ],
-    }
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-_SAMPLERS: dict[tuple, Sampler] = {}
-
-
 def make_agent(
     model: LoadedModel, mesh: Mesh | None = None, critique_format: CritiqueFormat = "verdict_first"
 ) -> Agent:
-    """An Agent over a sampler shared by every model of the same architecture, tokenizer
-    (by `tokenizer_key`, so reloading a tokenizer reuses its samplers) and mesh, so the
-    actor, the critic and every checkpoint of a stage compile once."""
-    key = (model.cfg, tokenizer_key(model.tokenizer), mesh)
-    if key not in _SAMPLERS:
-        _SAMPLERS[key] = Sampler(model.cfg, model.tokenizer, mesh)
-    return Agent(model.params, _SAMPLERS[key], critique_format)
+    """An Agent over a new Sampler: the sampler's programs are global jits keyed by the
+    architecture, so the actor, the critic and every checkpoint of a stage compile once."""
+    return Agent(model.params, Sampler(model.cfg, model.tokenizer, mesh), critique_format)
 
 
 # --------------------------------------------------------------------------- critics and loading

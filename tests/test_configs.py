@@ -24,8 +24,9 @@ def test_an_override_keeps_its_sections_other_defaults():
     """`base.train.steps=40` changes the steps of the demo's base phase, not its batch or
     sequence length (TrainConfig's own defaults), and a model override keeps the preset."""
     _, default = build_config(None, [])
-    _, cfg = build_config(None, ["base.train.steps=40", "model.overrides.num_layers=4"])
+    _, cfg = build_config(None, ["base.train.steps=40", "base.model.overrides.num_layers=4"])
     assert cfg.base.train.steps == 40
     assert cfg.base.train.seq_len == default.base.train.seq_len
     assert cfg.base.train.batch_size == default.base.train.batch_size
-    assert cfg.model.preset == "demo" and cfg.model.overrides == {"num_layers": 4}
+    assert cfg.base.model.preset == "demo" and cfg.base.model.overrides == {"num_layers": 4}
+    assert cfg.base.model.tokenizer == default.base.model.tokenizer

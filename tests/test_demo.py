@@ -1,7 +1,7 @@
-"""The embedded demo end to end at CI size (`Config.reduced()`), through the CLI: every phase
-runs, results.json holds every headline key, the critic writes the reason-first format,
-every claim is reported, and a rerun resumes instead of recomputing. Also: the
-written-out configs/demo.yaml is exactly the stage's embedded defaults.
+"""The embedded demo end to end at CI size (`Config.reduced()`), through the CLI: every stage
+runs (through its own `run`), results.json holds every headline key, the critic writes the
+reason-first format, every claim is reported, and a rerun resumes instead of recomputing.
+Also: the written-out configs/demo.yaml is exactly the stage's embedded defaults.
 
 The run is a subprocess because tests/conftest.py turns XLA's backend optimisations off for
 the unit tests (faster compiles); this test trains for dozens of steps, where optimised code
@@ -10,6 +10,7 @@ is several times faster overall.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -19,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from critique_jax.config import save_yaml
-from critique_jax.pipelines.demo import Config
+from critique_jax.pipelines.demo import Config, stage_fields
 from critique_jax.pipelines.demo_claims import CLAIMS
-from critique_jax.train import build_config
+from critique_jax.train import STAGES, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # minutes: under xdist it starts first
@@ -117,6 +118,16 @@ def test_yaml_is_the_embedded_default():
     _, from_yaml = build_config(str(ROOT / "configs" / "demo.yaml"), [])
     _, embedded = build_config(None, [])
     assert from_yaml == embedded == Config()
+
+
+def test_sections_are_the_stages_own_configs():
+    """The demo is a list of stage configs, each run by its stage's own `run`."""
+    cfg = Config()
+    sections = stage_fields(cfg)
+    assert [f.name for f in sections][:2] == ["base", "self_train"]
+    for f in sections:
+        section = getattr(cfg, f.name)
+        assert type(section) is importlib.import_module(STAGES[section.stage]).Config, f.name
 
 
 def test_reduced_yaml_is_the_reduced_config():

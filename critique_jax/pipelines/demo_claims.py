@@ -1,4 +1,5 @@
-"""The papers' claims as checks on demo results, and their summary over several seeds.
+"""The demo's results: read back from the files its stages wrote, its table, the papers'
+claims checked on them, and their summary over several seeds.
 
 Each claim is a paired difference between two numbers of one run (same seed, same test
 questions) and the bar it must clear. `python -m critique_jax.train seeds=3` runs the demo
@@ -8,12 +9,14 @@ all of them; per metric, the mean and standard deviation over seeds.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from critique_jax.pipelines.reporting import table_cell
+from critique_jax.pipelines.reporting import sorted_levels, table_cell
 
 
 def _hardest(by_level: dict[str, Any]) -> str:
@@ -171,4 +174,143 @@ def seeds_table(summary: dict[str, Any], rows: Sequence[tuple[str, str]]) -> str
             per = ", ".join(table_cell(v) for v in m["per_seed"])
             lines.append(f"| {title} | {m['mean']:.3f} | {m['sd']:.3f} | {per} |")
     lines += ["", *claims_table(summary["claims"])]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- one run
+
+ROWS = (
+    ("actor_accuracy", "actor (SFT), greedy"),
+    ("refine_accuracy", "actor + 1 critique -> refine round"),
+    ("second_round_accuracy", "actor + 2 critique -> refine rounds"),
+    ("oracle_refine_accuracy", "  the same, 1 round with the oracle critic (the ceiling)"),
+    ("oracle_second_round_accuracy", "  the same, 2 rounds with the oracle critic"),
+    ("critic_verdict_accuracy", "critic verdict accuracy (held-out)"),
+    ("critic_verdict_chance", "  chance (majority label)"),
+    ("critic_balanced_accuracy", "critic balanced accuracy (chance 0.5)"),
+    ("critic_first_error_accuracy", "critic first-error-step accuracy"),
+    ("critic_quote_fidelity", "critic steps quoted verbatim"),
+    ("critic_check_agreement", "critic verdicts that follow from its own check"),
+    ("majority_vote_accuracy", "majority vote @K"),
+    ("critique_majority_vote_accuracy", "critique -> refine, then majority vote @K"),
+    ("critic_weighted_vote_accuracy", "critic-weighted vote @K (critic as verifier)"),
+    ("pass_at_k", "pass@K (oracle verifier)"),
+    ("cu_sft_critic", "mean CU, SFT critic (held-out)"),
+    ("cu_rco_critic", "mean CU, RCO critic (held-out)"),
+    ("self_train_vanilla_accuracy", "self-training, vanilla (rejection sampling)"),
+    ("self_train_critique_accuracy", "self-training, critique-in-the-loop"),
+)
+BY_LEVEL = (
+    ("actor_accuracy_by_difficulty", "actor"),
+    ("refine_accuracy_by_difficulty", "actor + critique -> refine"),
+    ("oracle_refine_accuracy_by_difficulty", "actor + oracle critique -> refine"),
+    ("self_train_vanilla_accuracy_by_difficulty", "self-train vanilla"),
+    ("self_train_critique_accuracy_by_difficulty", "self-train critique-in-the-loop"),
+)
+
+
+def _at(points: list[dict[str, Any]], key: str, value: int) -> dict[str, Any]:
+    return next(p for p in points if p[key] == value)
+
+
+def demo_results(
+    dirs: dict[str, Path], seed: int, sizes: dict[str, Any], self_train_critic: str
+) -> dict[str, Any]:
+    """The demo's results from its stages' results files (`dirs`: stage section -> its
+    run_dir), with the claims checked on them."""
+
+    def read(name: str, file: str = "results.json") -> dict[str, Any]:
+        return json.loads((dirs[name] / file).read_text())
+
+    st = dirs["self_train"]
+    actor = read("self_train", "iter_0/results.json")
+    vanilla = read("self_train", "vanilla/iter_1/results.json")
+    critique = read("self_train", "critique/iter_1/results.json")
+    verdicts, collection = read("critic_eval"), read("critic_data", "summary.json")
+    tts, oracle = read("test_time"), read("test_time_oracle")["sequential"]
+    cu = {c["name"]: c for c in read("rco_eval", "comparison.json")["critics"]}
+    seq, par, k = tts["sequential"], tts["parallel"], max(tts["ks"])
+    refined = _at(seq, "rounds", 1)
+    chance = max(verdicts["base_rate_correct"], 1 - verdicts["base_rate_correct"])
+    results = {
+        "seed": seed,
+        "actor_accuracy": actor["accuracy"],
+        "actor_accuracy_by_difficulty": actor["by_level"],
+        "critic_verdict_accuracy": verdicts["verdict_accuracy"],
+        "critic_verdict_chance": chance,
+        "critic_balanced_accuracy": verdicts["balanced_accuracy"],
+        "critic_first_error_accuracy": verdicts["first_error"]["accuracy"],
+        "critic_quote_fidelity": verdicts["quote_fidelity"],
+        "critic_check_agreement": verdicts["check_agreement"],
+        "critic_unparseable_rate": verdicts["unparseable_rate"],
+        "refine_accuracy": refined["accuracy"],
+        "refine_accuracy_by_difficulty": refined["by_level"],
+        "second_round_accuracy": _at(seq, "rounds", 2)["accuracy"],
+        "oracle_refine_accuracy": _at(oracle, "rounds", 1)["accuracy"],
+        "oracle_refine_accuracy_by_difficulty": _at(oracle, "rounds", 1)["by_level"],
+        "oracle_second_round_accuracy": _at(oracle, "rounds", 2)["accuracy"],
+        "tts_initial_accuracy": _at(seq, "rounds", 0)["accuracy"],
+        "sequential_accuracy_by_rounds": {str(p["rounds"]): p["accuracy"] for p in seq},
+        "majority_vote_accuracy": _at(par["majority"], "k", k)["accuracy"],
+        "critique_majority_vote_accuracy": _at(par["refine_vote"], "k", k)["accuracy"],
+        "critic_weighted_vote_accuracy": _at(par["critic_weighted"], "k", k)["accuracy"],
+        "pass_at_k": _at(par["oracle"], "k", k)["accuracy"],
+        "cu_sft_critic": cu["sft"]["mean_cu"],
+        "cu_rco_critic": cu["rco"]["mean_cu"],
+        "rco_eval": cu,
+        "self_train_critic": self_train_critic,
+        "self_train_vanilla_accuracy": vanilla["accuracy"],
+        "self_train_critique_accuracy": critique["accuracy"],
+        "self_train_vanilla_accuracy_by_difficulty": vanilla["by_level"],
+        "self_train_critique_accuracy_by_difficulty": critique["by_level"],
+        "self_train_kept": {"vanilla": vanilla["collection"], "critique": critique["collection"]},
+        "critique_collection": collection,
+        "sizes": {
+            **sizes,
+            "test_questions": tts["questions"],
+            "k": k,
+            "critic_sft_records": collection["sft_records"],
+        },
+        "paths": {
+            "plot": tts.get("plot"),
+            "actor_hf": str(st / "iter_0" / "hf"),
+            "critic_hf": str(dirs["critic_sft"] / "hf"),
+            "rco_critic_hf": str(dirs["rco"] / "hf"),
+            "self_train_vanilla_hf": str(st / "vanilla" / "iter_1" / "hf"),
+            "self_train_critique_hf": str(st / "critique" / "iter_1" / "hf"),
+            "self_train_table": str(st / "comparison.md"),
+            "rco_table": str(dirs["rco_eval"] / "comparison.md"),
+        },
+    }
+    results["claims"] = claims(results)
+    return results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown: the headline metrics, then accuracy by difficulty (number of steps)."""
+    k = results["sizes"]["k"]
+    lines = [
+        f"# critique_jax demo (seed {results['seed']}, K={k}, "
+        f"self-training critic: {results['self_train_critic']})",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+    ]
+    lines += [f"| {title} | {table_cell(results.get(key))} |" for key, title in ROWS]
+    levels = sorted_levels({lv for key, _ in BY_LEVEL for lv in results[key]})
+    lines += [
+        "",
+        "| accuracy by difficulty | " + " | ".join(f"level {lv}" for lv in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for key, title in BY_LEVEL:
+        lines.append(
+            f"| {title} | " + " | ".join(table_cell(results[key].get(lv)) for lv in levels) + " |"
+        )
+    lines += ["", *claims_table(results["claims"])]
+    times = results["timings"]
+    lines += ["", "| phase (all runs of this run_dir) | wall s | CPU s |", "|---|---:|---:|"]
+    lines += [f"| {name} | {t['wall_s']} | {t['cpu_s']} |" for name, t in times.items()]
+    total = {k: round(sum(t[k] for t in times.values()), 1) for k in ("wall_s", "cpu_s")}
+    lines.append(f"| total | {total['wall_s']} | {total['cpu_s']} |")
     return "\n".join(lines) + "\n"

@@ -11,6 +11,9 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+# The positive int fields, in the order presets list them.
+_SIZES = "vocab_size hidden_size intermediate_size num_layers num_heads num_kv_heads head_dim"
+SIZE_FIELDS = (*_SIZES.split(), "max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -52,17 +55,7 @@ class ModelConfig:
     attention_impl: str = "auto"  # auto: cuDNN flash attention on GPU when shapes allow
 
     def __post_init__(self) -> None:
-        sizes = (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "max_position_embeddings",
-        )
-        for name in sizes:
+        for name in SIZE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int.")
@@ -125,85 +118,26 @@ class ModelConfig:
         return cls(**d)
 
 
+def _arch(*sizes: int, **extra: Any) -> dict[str, Any]:
+    return dict(zip(SIZE_FIELDS, sizes, strict=True), **extra)
+
+
+_SMOLLM2 = dict(rope_theta=1e5, rms_norm_eps=1e-5, tie_word_embeddings=True)
+_QWEN25 = dict(model_type="qwen2", rope_theta=1e6, tie_word_embeddings=True, qkv_bias=True)
+
 # Named architectures that need no download: `model: {preset: NAME}` in a config.
 PRESETS: dict[str, dict[str, Any]] = {
     # Unit tests: a few hundred thousand parameters, compiles in seconds on CPU.
-    "tiny": dict(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-    ),
-    # The embedded demo: trained from scratch on the arithmetic world in minutes on 2 cores.
-    # Two layers (the fewest that can copy numbers from the question: an induction circuit)
-    # learn the world as fast per step as four did, at half the CPU time per step.
-    "demo": dict(
-        vocab_size=512,
-        hidden_size=128,
-        intermediate_size=384,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=32,
-        max_position_embeddings=1024,
-    ),
+    "tiny": _arch(256, 64, 128, 2, 4, 2, 16, 512),
+    # The embedded demo, trained from scratch in minutes on 2 cores: two layers are the fewest
+    # that can copy numbers from the question (an induction circuit).
+    "demo": _arch(512, 128, 384, 2, 4, 2, 32, 1024),
     # Shapes of real families, for benchmarks and the accelerator recipes.
-    "smollm2-135m": dict(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
-        rope_theta=100000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-    ),
-    "qwen2.5-0.5b": dict(
-        model_type="qwen2",
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_layers=24,
-        num_heads=14,
-        num_kv_heads=2,
-        head_dim=64,
-        rope_theta=1000000.0,
-        tie_word_embeddings=True,
-        qkv_bias=True,
-        max_position_embeddings=32768,
-    ),
-    "qwen2.5-1.5b": dict(
-        model_type="qwen2",
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_layers=28,
-        num_heads=12,
-        num_kv_heads=2,
-        head_dim=128,
-        rope_theta=1000000.0,
-        tie_word_embeddings=True,
-        qkv_bias=True,
-        max_position_embeddings=32768,
-    ),
-    "llama3-8b": dict(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_layers=32,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=8192,
+    "smollm2-135m": _arch(49152, 576, 1536, 30, 9, 3, 64, 8192, **_SMOLLM2),
+    "qwen2.5-0.5b": _arch(151936, 896, 4864, 24, 14, 2, 64, 32768, **_QWEN25),
+    "qwen2.5-1.5b": _arch(151936, 1536, 8960, 28, 12, 2, 128, 32768, **_QWEN25),
+    "llama3-8b": _arch(
+        128256, 4096, 14336, 32, 32, 8, 128, 8192, rope_theta=5e5, rms_norm_eps=1e-5
     ),
 }
 

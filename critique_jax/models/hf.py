@@ -7,10 +7,12 @@ needs a full extra host copy. Export writes safetensors + config.json that trans
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import flax.linen as nn
 import jax
 import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy for safetensors' numpy reader
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 
@@ -91,29 +94,23 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**fields, **overrides})
 
 
+# config.json keys that are ModelConfig fields of the same name, and those renamed.
+_SAME_NAMES = "model_type vocab_size hidden_size intermediate_size head_dim rms_norm_eps rope_theta"
+_SAME_NAMES += " tie_word_embeddings max_position_embeddings"
+_RENAMED = {
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "num_key_value_heads": "num_kv_heads",
+}
+
+
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     """config.json fields (legacy rope keys, which transformers 4.x and 5.x both read)."""
-    arch = {
-        "llama": "LlamaForCausalLM",
-        "mistral": "MistralForCausalLM",
-        "qwen2": "Qwen2ForCausalLM",
-        "qwen3": "Qwen3ForCausalLM",
-    }[cfg.model_type]
-    out: dict[str, Any] = dict(
-        architectures=[arch],
-        model_type=cfg.model_type,
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
+    out: dict[str, Any] = {name: getattr(cfg, name) for name in _SAME_NAMES.split()}
+    out.update({hf: getattr(cfg, ours) for hf, ours in _RENAMED.items()})
+    out.update(
+        architectures=[f"{cfg.model_type.capitalize()}ForCausalLM"],
         hidden_act="silu",
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        max_position_embeddings=cfg.max_position_embeddings,
         torch_dtype=cfg.param_dtype,
     )
     if cfg.model_type in ("llama", "qwen3"):
@@ -121,14 +118,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.model_type == "mistral":
         out["sliding_window"] = cfg.sliding_window
     rs = cfg.rope_scaling
-    if rs.rope_type != "default":
+    if rs.rope_type == "llama3":
+        out["rope_scaling"] = dataclasses.asdict(rs)
+    elif rs.rope_type != "default":
         out["rope_scaling"] = dict(rope_type=rs.rope_type, factor=rs.factor)
-        if rs.rope_type == "llama3":
-            out["rope_scaling"].update(
-                low_freq_factor=rs.low_freq_factor,
-                high_freq_factor=rs.high_freq_factor,
-                original_max_position_embeddings=rs.original_max_position_embeddings,
-            )
     if cfg.bos_token_id is not None:
         out["bos_token_id"] = cfg.bos_token_id
     if cfg.eos_token_id is not None:
@@ -245,121 +238,58 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _heads_in(w, cfg, n):  # HF [n*h, e] -> ours [e, n, h]
-    return w.T.reshape(cfg.hidden_size, n, cfg.head_dim)
+# (our path inside a layer, its HF name inside model.layers.{i}, the config flag it needs)
+LAYER_TENSORS = (
+    ("attn/q/kernel", "self_attn.q_proj.weight", None),
+    ("attn/k/kernel", "self_attn.k_proj.weight", None),
+    ("attn/v/kernel", "self_attn.v_proj.weight", None),
+    ("attn/q/bias", "self_attn.q_proj.bias", "qkv_bias"),
+    ("attn/k/bias", "self_attn.k_proj.bias", "qkv_bias"),
+    ("attn/v/bias", "self_attn.v_proj.bias", "qkv_bias"),
+    ("attn/o/kernel", "self_attn.o_proj.weight", None),
+    ("attn/o/bias", "self_attn.o_proj.bias", "o_bias"),
+    ("attn/q_norm/scale", "self_attn.q_norm.weight", "qk_norm"),
+    ("attn/k_norm/scale", "self_attn.k_norm.weight", "qk_norm"),
+    ("mlp/gate/kernel", "mlp.gate_proj.weight", None),
+    ("mlp/up/kernel", "mlp.up_proj.weight", None),
+    ("mlp/down/kernel", "mlp.down_proj.weight", None),
+    ("input_norm/scale", "input_layernorm.weight", None),
+    ("post_attn_norm/scale", "post_attention_layernorm.weight", None),
+)
 
 
-def _heads_in_back(w, cfg, n):
-    return w.reshape(cfg.hidden_size, n * cfg.head_dim).T
-
-
-# (our path inside a layer, HF name inside model.layers.{i}, to_ours, to_hf, present?)
-Transform = Callable[[np.ndarray, ModelConfig], np.ndarray]
-_T = lambda w, cfg: w.T  # noqa: E731
-_ID = lambda w, cfg: w  # noqa: E731
-
-LAYER_TENSORS: list[tuple[str, str, Transform, Transform, Callable[[ModelConfig], bool]]] = [
-    (
-        "attn/q/kernel",
-        "self_attn.q_proj.weight",
-        lambda w, c: _heads_in(w, c, c.num_heads),
-        lambda w, c: _heads_in_back(w, c, c.num_heads),
-        lambda c: True,
-    ),
-    (
-        "attn/k/kernel",
-        "self_attn.k_proj.weight",
-        lambda w, c: _heads_in(w, c, c.num_kv_heads),
-        lambda w, c: _heads_in_back(w, c, c.num_kv_heads),
-        lambda c: True,
-    ),
-    (
-        "attn/v/kernel",
-        "self_attn.v_proj.weight",
-        lambda w, c: _heads_in(w, c, c.num_kv_heads),
-        lambda w, c: _heads_in_back(w, c, c.num_kv_heads),
-        lambda c: True,
-    ),
-    (
-        "attn/q/bias",
-        "self_attn.q_proj.bias",
-        lambda w, c: w.reshape(c.num_heads, c.head_dim),
-        lambda w, c: w.reshape(-1),
-        lambda c: c.qkv_bias,
-    ),
-    (
-        "attn/k/bias",
-        "self_attn.k_proj.bias",
-        lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
-        lambda w, c: w.reshape(-1),
-        lambda c: c.qkv_bias,
-    ),
-    (
-        "attn/v/bias",
-        "self_attn.v_proj.bias",
-        lambda w, c: w.reshape(c.num_kv_heads, c.head_dim),
-        lambda w, c: w.reshape(-1),
-        lambda c: c.qkv_bias,
-    ),
-    (
-        "attn/o/kernel",
-        "self_attn.o_proj.weight",
-        lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
-        lambda w, c: w.reshape(c.num_heads * c.head_dim, c.hidden_size).T,
-        lambda c: True,
-    ),
-    ("attn/o/bias", "self_attn.o_proj.bias", _ID, _ID, lambda c: c.o_bias),
-    ("attn/q_norm/scale", "self_attn.q_norm.weight", _ID, _ID, lambda c: c.qk_norm),
-    ("attn/k_norm/scale", "self_attn.k_norm.weight", _ID, _ID, lambda c: c.qk_norm),
-    ("mlp/gate/kernel", "mlp.gate_proj.weight", _T, _T, lambda c: True),
-    ("mlp/up/kernel", "mlp.up_proj.weight", _T, _T, lambda c: True),
-    ("mlp/down/kernel", "mlp.down_proj.weight", _T, _T, lambda c: True),
-    ("input_norm/scale", "input_layernorm.weight", _ID, _ID, lambda c: True),
-    ("post_attn_norm/scale", "post_attention_layernorm.weight", _ID, _ID, lambda c: True),
-]
-
-TOP_TENSORS: list[tuple[str, str, Transform, Transform, Callable[[ModelConfig], bool]]] = [
-    ("embed/embedding", "model.embed_tokens.weight", _ID, _ID, lambda c: True),
-    ("final_norm/scale", "model.norm.weight", _ID, _ID, lambda c: True),
-    ("lm_head/kernel", "lm_head.weight", _T, _T, lambda c: not c.tie_word_embeddings),
-]
-
-
-def _set(tree: dict, path: str, value: Any) -> None:
-    *parents, leaf = path.split("/")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
-
-
-def _get(tree: dict, path: str) -> Any:
-    for p in path.split("/"):
-        tree = tree[p]
-    return tree
-
-
-def _stacked(ours: str) -> bool:
-    """Whether our param stacks every layer along axis 0 (scanned layers: [L, ...], also
-    for L = 1), as opposed to one layer's or a top-level tensor."""
-    return ours.startswith("layers/")
-
-
-def param_entries(cfg: ModelConfig) -> Iterator[tuple[str, list[str], Transform, Transform]]:
-    """(our param path, the HF tensor names stacked into it, to_ours, to_hf), in file order."""
-    for ours, hf, to_ours, to_hf, _ in TOP_TENSORS[:1]:
-        yield ours, [hf], to_ours, to_hf
-    for ours, hf, to_ours, to_hf, present in LAYER_TENSORS:
-        if not present(cfg):
+def param_entries(cfg: ModelConfig) -> Iterator[tuple[str, list[str]]]:
+    """(our param path, the HF tensor names stacked into it), in file order."""
+    yield "embed/embedding", ["model.embed_tokens.weight"]
+    for ours, hf, flag in LAYER_TENSORS:
+        if flag is not None and not getattr(cfg, flag):
             continue
         names = [f"model.layers.{i}.{hf}" for i in range(cfg.num_layers)]
         if cfg.scan_layers:
-            yield f"layers/{ours}", names, to_ours, to_hf
+            yield f"layers/{ours}", names
         else:
-            for i, name in enumerate(names):
-                yield f"layers_{i}/{ours}", [name], to_ours, to_hf
-    for ours, hf, to_ours, to_hf, present in TOP_TENSORS[1:]:
-        if present(cfg):
-            yield ours, [hf], to_ours, to_hf
+            yield from ((f"layers_{i}/{ours}", [name]) for i, name in enumerate(names))
+    yield "final_norm/scale", ["model.norm.weight"]
+    if not cfg.tie_word_embeddings:
+        yield "lm_head/kernel", ["lm_head.weight"]
+
+
+def _hf_shape(ours: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HF's shape of one layer's tensor: a kernel is a [out, in] matrix (o_proj's input is
+    our (heads, head_dim)), a bias is flat, the embedding and norms keep their shape."""
+    if ours.endswith("kernel"):
+        k = 2 if ours.endswith("attn/o/kernel") else 1
+        return (math.prod(shape[k:]), math.prod(shape[:k]))
+    return (math.prod(shape),) if ours.endswith("bias") else tuple(shape)
+
+
+def _to_ours(ours: str, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return (w.T if ours.endswith("kernel") else w).reshape(shape)
+
+
+def _to_hf(ours: str, w: np.ndarray) -> np.ndarray:
+    hf = _hf_shape(ours, w.shape)
+    return w.reshape(hf[::-1]).T if ours.endswith("kernel") else w.reshape(hf)
 
 
 # --------------------------------------------------------------------------- import
@@ -386,6 +316,9 @@ def looks_like_hub_id(path: str | Path) -> bool:
     return bool(org and name) and not Path(org).exists()
 
 
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
 def resolve_checkpoint_dir(path: str | Path, what: str = "checkpoint directory") -> Path:
     """A local directory, or a hub repo id downloaded to the HF cache (needs network)."""
     if not str(path).strip():
@@ -399,19 +332,7 @@ def resolve_checkpoint_dir(path: str | Path, what: str = "checkpoint directory")
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(
-                snapshot_download(
-                    str(path),
-                    allow_patterns=[
-                        "*.json",
-                        "*.safetensors",
-                        "tokenizer*",
-                        "*.model",
-                        "*.txt",
-                        "*.jinja",
-                    ],
-                )
-            )
+            return Path(snapshot_download(str(path), allow_patterns=HUB_FILES))
         except Exception as e:  # noqa: BLE001 - any hub failure means the same fix
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             raise CheckpointFormatError(
@@ -425,31 +346,24 @@ def resolve_checkpoint_dir(path: str | Path, what: str = "checkpoint directory")
     )
 
 
-def load_hf(
-    path: str | Path,
-    shardings: Any | None = None,
-    **overrides: Any,
-) -> tuple[ModelConfig, dict]:
-    """Read an HF checkpoint into (ModelConfig, params).
-
-    `shardings`: a pytree of Shardings matching the params (e.g. from
-    `sharding.param_shardings(abstract_params(cfg), mesh)`), or a callable cfg -> such a
-    pytree; each tensor is placed directly onto its shards. Default: the first device.
-    """
+def load_hf(path: str | Path, shardings: Any = None, **overrides: Any) -> tuple[ModelConfig, dict]:
+    """Read an HF checkpoint into (ModelConfig, params). `shardings`: a pytree of Shardings
+    matching the params, or a callable cfg -> such a pytree; each tensor is placed directly
+    onto its shards. Default: the first device."""
     directory = resolve_checkpoint_dir(path)
     cfg = _config_from_file(directory, overrides)
     tensors = SafetensorsIndex(directory)
-    abstract = nn.meta.unbox(abstract_params(cfg))
+    abstract = flatten_dict(nn.meta.unbox(abstract_params(cfg)), sep="/")
     if callable(shardings):
         shardings = shardings(cfg)
+    if shardings is not None:
+        shardings = flatten_dict(shardings, sep="/")
     params: dict = {}
-    for ours, names, to_ours, to_hf in param_entries(cfg):
-        target = _get(abstract, ours)
-        stacked = _stacked(ours)
-        expected_one = target.shape[1:] if stacked else target.shape
-        hf_shape = jax.eval_shape(
-            lambda w, fn=to_hf: fn(w, cfg), jax.ShapeDtypeStruct(expected_one, np.float32)
-        ).shape
+    for ours, names in param_entries(cfg):
+        target = abstract[ours]
+        stacked = ours.startswith("layers/")  # scanned layers: [L, ...], also for L = 1
+        one = target.shape[1:] if stacked else target.shape
+        hf_shape = _hf_shape(ours, one)
         parts = []
         for name in names:
             if name not in tensors:
@@ -458,22 +372,18 @@ def load_hf(
                     f"{cfg.model_type} model); the checkpoint does not match its config.json."
                 )
             raw = tensors.get(name)
-            if tuple(raw.shape) != tuple(hf_shape):
+            if tuple(raw.shape) != hf_shape:
                 raise CheckpointFormatError(
                     f"tensor {name} has shape {tuple(raw.shape)} but config.json implies "
-                    f"{tuple(hf_shape)}; the checkpoint and its config.json disagree."
+                    f"{hf_shape}; the checkpoint and its config.json disagree."
                 )
-            value = to_ours(raw, cfg).astype(cfg.jnp_param_dtype)
+            value = _to_ours(ours, raw, one).astype(cfg.jnp_param_dtype)
             _check_finite(value, name, tensors.tensors[name])
             parts.append(value)
         host = np.stack(parts) if stacked else parts[0]
-        sharding = (
-            _get(shardings, ours)
-            if shardings is not None
-            else SingleDeviceSharding(jax.devices()[0])
-        )
-        _set(params, ours, host_to_global(host, sharding))
-    return cfg, params
+        sharding = SingleDeviceSharding(jax.devices()[0]) if shardings is None else shardings[ours]
+        params[ours] = host_to_global(host, sharding)
+    return cfg, unflatten_dict(params, sep="/")
 
 
 def _config_from_file(directory: Path, overrides: dict[str, Any]) -> ModelConfig:
@@ -565,11 +475,12 @@ def save_hf(
     try:
         shards: list[dict[str, np.ndarray]] = [{}]
         size = 0
-        for ours, names, _, to_hf in param_entries(cfg):
-            value = _gather(_get(params, ours))
+        flat = flatten_dict(params, sep="/")
+        for ours, names in param_entries(cfg):
+            value = _gather(flat[ours])
             for i, name in enumerate(names):
-                layer = value[i] if _stacked(ours) else value
-                tensor = np.ascontiguousarray(to_hf(layer, cfg))
+                layer = value[i] if ours.startswith("layers/") else value
+                tensor = np.ascontiguousarray(_to_hf(ours, layer))
                 if size + tensor.nbytes > max_shard_bytes and shards[-1]:
                     shards.append({})
                     size = 0

@@ -77,7 +77,7 @@ from critique_jax.pipelines.finetune import (
     finetune,
     load_sft_records,
 )
-from critique_jax.pipelines.overlong import Skips, check_oracle, fit_questions, with_skips
+from critique_jax.pipelines.overlong import check_oracle, fit_questions, with_skips
 from critique_jax.pipelines.reporting import difficulty, mean_by_level, sorted_levels, table_cell
 from critique_jax.pipelines.roles import (
     Agent,
@@ -579,19 +579,9 @@ def comparison_table(rows: Sequence[dict[str, Any]], eval_samples: int) -> str:
     """Markdown: one row per (arm, iteration), accuracy by difficulty and what was kept."""
     levels = sorted_levels({lv for r in rows for lv in r.get("by_level", {})})
     pass_key = f"pass@{eval_samples}"
-    head = [
-        "arm",
-        "iter",
-        "accuracy",
-        *(f"level {lv}" for lv in levels),
-        pass_key,
-        "tokens/q",
-        "kept",
-        "from refinements",
-        "hard share kept",
-    ]
+    head = ["arm", "iter", "accuracy", *(f"level {lv}" for lv in levels), pass_key]
+    head += ["tokens/q", "kept", "from refinements", "hard share kept"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
     for r in rows:
         kept = r.get("collection", {})
         cells = [
@@ -623,20 +613,8 @@ def split_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     seen = {p.question for p in train}
     test = load_problems(cfg.test_problems)
     kept = [p for p in test if p.question not in seen]
-    if len(kept) < len(test):
-        log.info(
-            "dropped %d test questions that are also training questions", len(test) - len(kept)
-        )
+    log.info("dropped %d test questions that are also training questions", len(test) - len(kept))
     return train, kept
-
-
-def fit_both(
-    actor: Agent, train: list[Problem], test: list[Problem], cfg: Config
-) -> tuple[list[Problem], list[Problem], Skips]:
-    """Both problem sets without the questions too long for the actor (or an error)."""
-    train, train_skips = fit_questions(actor, train, cfg.train_problems, "train_problems")
-    test, test_skips = fit_questions(actor, test, cfg.test_problems, "test_problems")
-    return train, test, {**train_skips, **test_skips}
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -646,7 +624,9 @@ def run(cfg: Config) -> dict[str, Any]:
     tokenizer_dir = run_dir / "demo_tokenizer"
     spec = with_demo_tokenizer(cfg.actor, [*train, *test], tokenizer_dir)
     models = Models(spec, mesh, cfg.seed)
-    train, test, skips = fit_both(make_agent(models.load(), mesh), train, test, cfg)
+    actor = make_agent(models.load(), mesh)  # questions too long for it: an error, or skipped
+    train, train_skips = fit_questions(actor, train, cfg.train_problems, "train_problems")
+    test, test_skips = fit_questions(actor, test, cfg.test_problems, "test_problems")
     arms: dict[str, Critic | None] = {}
     if cfg.critic is None or cfg.baseline:
         arms["vanilla"] = None
@@ -667,4 +647,4 @@ def run(cfg: Config) -> dict[str, Any]:
         "rows": rows,
         "table": str(run_dir / "comparison.md"),
     }
-    return with_skips(results, skips)
+    return with_skips(results, {**train_skips, **test_skips})

@@ -16,7 +16,7 @@ stages, each run through its own `run(config)` with the config of its section
 3. self_train, iteration 0: the actor, SFT from the base on reference solutions and
    refinement examples (x, y0, c -> y'), where it learns to follow a critique.
 4. critic_data (AutoMathCritique with the oracle annotator), critic_sft (from the base) and
-   critic_eval (verdicts on per test question its reference solution, an injected error and
+   critic_eval (verdicts on each test question's reference solution, an injected error and
    actor samples; chance is the majority label's share).
 5. test_time: critique -> refine rounds and votes at K with the trained critic, then the
    rounds with the oracle critic (the ceiling).
@@ -29,7 +29,8 @@ stages, each run through its own `run(config)` with the config of its section
 
 Resume: a stage whose run_dir holds its results is skipped; the others resume on their own
 (records chunk by chunk, training from its last checkpoint). One seed of the defaults takes
-about 8 minutes on an idle 2-core CPU, half of it the base model.
+about 8 minutes on an idle 2-core CPU, half of it the base model; `Config.reduced()`
+(configs/demo_reduced.yaml) is the same list at CI size.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Training losses: masked SFT cross-entropy, sequence log-probs, RCO and DPO.
 
-Every function is pure `jnp`, jit-friendly, and computes in float32 whatever the logits dtype
-(bf16 logits are upcast inside the reductions), so a bf16 model trains with fp32 loss math.
-
-Shapes: `logits` [B, T, V] are the model outputs at each input position, `targets` [B, T]
-the token each position must predict (the batch layout of `critique_jax.data.batching`), and
-`loss_mask` [B, T] (bool or float) marks the supervised targets.
+Pure `jnp`, in float32 whatever the logits dtype, so a bf16 model trains with fp32 loss math.
+Shapes: `logits` [B, T, V], `targets` [B, T] (the layout of `data.batching`), `loss_mask`
+[B, T] (bool or float) marking the supervised targets.
 """
 
 from __future__ import annotations
@@ -19,12 +16,8 @@ Metrics = dict[str, jax.Array]
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log p(targets[b, t] | prefix) = logits[b, t, y] - logsumexp_v logits[b, t, v], in fp32.
-
-    Written as a gather minus a logsumexp rather than a full `log_softmax`: the fp32 upcast
-    feeds straight into the two reductions, so XLA fuses it and at most one [B, T, V] fp32
-    array exists (the backward pass needs one for the softmax anyway).
-    """
+    """log p(targets | prefix) in fp32: a gather minus a logsumexp, not a `log_softmax`, so
+    XLA fuses the upcast into the reductions and holds at most one [B, T, V] fp32 array."""
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -34,14 +27,8 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def sft_loss(
     logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
 ) -> tuple[jax.Array, Metrics]:
-    """Next-token cross-entropy averaged over supervised target tokens.
-
-    loss = -sum_{b,t} m[b,t] * log p(targets[b,t]) / max(sum_{b,t} m[b,t], 1)
-
-    The `max(., 1)` keeps an all-zero mask finite (loss 0, zero gradient) instead of NaN.
-    Metrics: `ntokens` (number of supervised tokens) and `accuracy` (share of supervised
-    tokens whose argmax prediction equals the target).
-    """
+    """-sum m * log p(targets) / max(sum m, 1) (an all-zero mask gives 0, not NaN); metrics
+    `ntokens` (supervised tokens) and `accuracy` (their share predicted by the argmax)."""
     correct = jnp.argmax(logits, axis=-1) == targets
     return _masked_sft(token_logprobs(logits, targets), correct, loss_mask)
 
@@ -60,14 +47,10 @@ def _masked_sft(
 def chunked_token_stats(
     head: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array, chunk: int
 ) -> tuple[jax.Array, jax.Array]:
-    """`token_logprobs(head(hidden), targets)` and `argmax(head(hidden)) == targets`, [B, T]
-    each, from final hidden states [B, T, E], computed `chunk` positions of every row at a time.
-
-    Each chunk's logits [B, chunk, V] exist only inside its step, and the backward pass
-    recomputes them (`jax.checkpoint`): no [B, T, V] float32 logits or softmax is ever held.
-    Chunks split T, not B, so rows stay sharded over the batch axes. The values equal the
-    unchunked ones; the head's gradient sums the chunks' parts in another order.
-    """
+    """`token_logprobs(head(hidden), targets)` and `argmax(head(hidden)) == targets` [B, T]
+    from hidden states [B, T, E], `chunk` positions at a time: each chunk's logits exist only
+    inside its (rematerialised) step, so no [B, T, V] array is held; chunks split T, not B,
+    so rows stay sharded."""
     b, t, _ = hidden.shape
     chunk = min(chunk, t)
     pad = -t % chunk
@@ -101,11 +84,8 @@ def sft_loss_chunked(
 
 
 def sequence_logprobs(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:
-    """log pi(completion | prompt) per row: sum_t m[b,t] * log p(targets[b,t]); shape [B].
-
-    For a packed row this sums over every segment in the row; score one sequence per row
-    (`pad_batch`) when a per-sequence value is needed.
-    """
+    """log pi(completion | prompt) per row [B]: sum_t m * log p(targets) (over every segment
+    of a packed row)."""
     mask = loss_mask.astype(jnp.float32)
     return (token_logprobs(logits, targets) * mask).sum(axis=-1)
 
@@ -117,34 +97,23 @@ def rco_loss(
     beta: float,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """RCO least-squares critique loss (Yu et al. 2025), inputs [G, N] (G groups = (x, y0)).
+    """RCO least-squares critique loss (Yu et al. 2025; docs/methods.md), inputs [G, N].
 
-    For group g with valid critiques V_g (all N when `mask` is None) and n_g = |V_g|:
-
+    For group g (one (x, y0)) with valid critiques V_g (`mask`; all when None), n_g = |V_g|:
         log Z_g = logsumexp_{j in V_g}(CU_gj / beta) - log n_g          (stop_gradient)
         L_g     = 1/(2 n_g) * sum_{i in V_g} (pi_gi - ref_gi + log Z_g - CU_gi / beta)^2
-
-    where pi / ref are sequence log-probs of critique i under the policy / reference critic.
-    The loss is the plain mean of L_g over groups with n_g > 0: every (x, y0) weighs the same
-    whatever its number of valid critiques. Groups with n_g = 0 are left out of both the sum
-    and the count, and an all-masked input gives 0. Masked entries may hold any value, even
-    inf or NaN: they are replaced before any arithmetic, so neither the loss nor the gradient
-    sees them.
+    averaged over the groups with n_g > 0 (0 when there are none). Masked entries may hold
+    inf or NaN: they are replaced before any arithmetic.
     """
     policy_logps = policy_logps.astype(jnp.float32)
     ref_logps = ref_logps.astype(jnp.float32)
     scaled = utilities.astype(jnp.float32) / beta
-    if mask is None:
-        valid = jnp.ones(scaled.shape, dtype=bool)
-    else:
-        valid = mask.astype(bool)
+    valid = jnp.ones(scaled.shape, dtype=bool) if mask is None else mask.astype(bool)
     n_valid = valid.sum(axis=-1).astype(jnp.float32)
     has_valid = n_valid > 0
-
     lse = jax.nn.logsumexp(jnp.where(valid, scaled, -jnp.inf), axis=-1)
     log_z = jnp.where(has_valid, lse - jnp.log(jnp.maximum(n_valid, 1.0)), 0.0)
     log_z = jax.lax.stop_gradient(log_z)
-
     residual = policy_logps - ref_logps + log_z[:, None] - scaled
     residual = jnp.where(valid, residual, 0.0)
     group_loss = (residual**2).sum(axis=-1) / (2.0 * jnp.maximum(n_valid, 1.0))
@@ -159,20 +128,11 @@ def dpo_loss(
     ref_rejected: jax.Array,
     beta: float,
 ) -> tuple[jax.Array, Metrics]:
-    """DPO loss (the DPCO baseline), inputs are sequence log-probs [P] of P preference pairs.
-
-    r_c = beta * (pi_c - ref_c), r_r = beta * (pi_r - ref_r)
-    loss = mean_p -log sigmoid(r_c - r_r)      (computed as softplus(r_r - r_c), stable)
-
-    Metrics: `reward_accuracy` = mean(r_c > r_r), `reward_margin` = mean(r_c - r_r).
-    """
+    """DPO loss (the DPCO baseline) of P pairs' sequence log-probs [P]: mean softplus(r_r - r_c)
+    with r = beta * (pi - ref); metrics `reward_accuracy` (r_c > r_r) and `reward_margin`."""
     f32 = jnp.float32
     chosen_reward = beta * (policy_chosen.astype(f32) - ref_chosen.astype(f32))
     rejected_reward = beta * (policy_rejected.astype(f32) - ref_rejected.astype(f32))
     margin = chosen_reward - rejected_reward
-    loss = jax.nn.softplus(-margin).mean()
-    metrics = {
-        "reward_accuracy": (margin > 0).astype(f32).mean(),
-        "reward_margin": margin.mean(),
-    }
-    return loss, metrics
+    metrics = {"reward_accuracy": (margin > 0).astype(f32).mean(), "reward_margin": margin.mean()}
+    return jax.nn.softplus(-margin).mean(), metrics

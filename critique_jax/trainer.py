@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -60,21 +60,9 @@ Params = Any
 Batch = dict[str, jax.Array]
 
 
-class ApplyFn(Protocol):
-    """The model: (params, inputs, positions, segment_ids) -> float32 logits [B, T, V]; with
-    `hidden=True`, the final hidden states [B, T, E] and the head that maps them to logits."""
-
-    def __call__(
-        self,
-        params: Params,
-        inputs: jax.Array,
-        positions: jax.Array,
-        segment_ids: jax.Array | None = None,
-        *,
-        hidden: bool = False,
-    ) -> Any: ...
-
-
+# The model: (params, inputs, positions, segment_ids=None) -> float32 logits [B, T, V]; with
+# `hidden=True`, the final hidden states [B, T, E] and the head that maps them to logits.
+ApplyFn = Callable[..., Any]
 LossFn = Callable[[ApplyFn, Params, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
 # Never weight-decayed, by name: scanned layers stack a norm scale into [L, E], so not by ndim.

@@ -20,8 +20,8 @@ from critique_jax.models import ModelConfig, Transformer, abstract_params
 from critique_jax.sharding import (
     DEFAULT_RULES,
     Rules,
+    batch_sharding,
     data_parallel_size,
-    global_from_host,
     make_mesh,
     mesh_context,
     param_shardings,
@@ -48,7 +48,7 @@ def _score_batch(cfg, params, batch: dict[str, np.ndarray], mesh: Mesh, rules: R
         raise KeyError(f"scoring batch lacks {missing}; build rows with data.batching.pad_batch")
     host = {k: np.asarray(batch[k]) for k in SCORE_KEYS}
     with mesh_context(mesh, rules):
-        return score(params, global_from_host(host, mesh, rules), cfg=cfg, rules=rules)
+        return score(params, place(host, batch_sharding(mesh, rules)), cfg=cfg, rules=rules)
 
 
 def _placed(cfg: ModelConfig, params: Any, rows: int, mesh: Mesh | None, rules: Rules):

@@ -1,12 +1,9 @@
 """Mesh, logical-axis rules and shardings.
 
-Parameters and activations carry *logical* axis names; one rules table maps them onto the
-mesh axes (data, fsdp, tensor). Changing parallelism is a config change, never a code change.
-
-We use the pjit model on purpose: mesh axes are `AxisType.Auto`, shardings of parameters and
-batches are explicit at the jit boundary, and activations get `with_sharding_constraint` hints
-(`constrain`); the compiler propagates the rest. Explicit-axis (sharding-in-types) meshes
-would force every op to agree on shardings, which buys little for a dense decoder.
+Parameters and activations carry *logical* axis names; one rules table maps them onto the mesh
+axes (data, fsdp, tensor), so changing parallelism is a config change. The pjit model on
+purpose: `AxisType.Auto` axes, explicit shardings of parameters and batches, and
+`with_sharding_constraint` hints on activations (`constrain`); the compiler does the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding
 from critique_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 # Rules for `constrain` set by `mesh_context`. Not flax's `nn.logical_axis_rules`: with those
 # set, flax also constrains parameter initializers while checking shapes in `apply`, which
@@ -35,7 +33,7 @@ _ACTIVATION_RULES: contextvars.ContextVar[tuple | None] = contextvars.ContextVar
 # A logical axis maps to the first listed mesh axis not already used by the same array
 # (flax's semantics), so activations' "batch" takes data+fsdp and their "embed" falls back
 # to replicated, while parameters' "embed" is sharded over fsdp.
-DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -78,44 +76,16 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     )
 
 
-def logical_to_spec(names: Sequence[str | None], rules=DEFAULT_RULES) -> PartitionSpec:
-    return nn.logical_to_mesh_axes(tuple(names), rules)
-
-
-def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-    """Hint an activation's sharding by logical names; a no-op outside a mesh context."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    rules = _ACTIVATION_RULES.get() or nn.get_logical_axis_rules() or DEFAULT_RULES
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
-
-
-def param_shardings(boxed_params, mesh: Mesh, rules=DEFAULT_RULES):
-    """NamedShardings for a pytree of `nn.LogicallyPartitioned` (abstract) parameters."""
-    specs = nn.get_partition_spec(boxed_params)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
-
-
-def named(mesh: Mesh, *names: str | None, rules=DEFAULT_RULES) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(names, rules))
-
-
-# --------------------------------------------------------------------------- training additions
-
-Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+def mesh_from_config(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of a `config.MeshConfig`."""
+    return make_mesh(mesh_cfg.shape, devices)
 
 
 def rules_from_config(overrides: Sequence[Sequence[Any]] | None) -> Rules:
-    """`MeshConfig.rules` ([[logical, mesh_axes], ...] from YAML) merged over DEFAULT_RULES.
-
-    Every logical name given in `overrides` replaces all default entries of that name (so a
-    YAML `[[embed, null]]` turns FSDP of parameters off); other names keep their defaults.
-    """
-    if not overrides:
-        return DEFAULT_RULES
+    """`MeshConfig.rules` ([[logical, mesh_axes], ...] from YAML) over DEFAULT_RULES: a name
+    given replaces all its defaults (`[[embed, null]]` turns FSDP of parameters off)."""
     rules = []
-    for entry in overrides:
+    for entry in overrides or ():
         if len(entry) != 2 or not isinstance(entry[0], str):
             raise ValueError(
                 f"mesh.rules entry {entry!r} must be [logical_name, mesh_axis | [axes] | null]"
@@ -133,17 +103,46 @@ def rules_from_config(overrides: Sequence[Sequence[Any]] | None) -> Rules:
     return tuple(rules) + tuple(r for r in DEFAULT_RULES if r[0] not in given)
 
 
-def mesh_from_config(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The mesh of a `config.MeshConfig` (shape over (data, fsdp, tensor))."""
-    return make_mesh(mesh_cfg.shape, devices)
+def logical_to_spec(names: Sequence[str | None], rules=DEFAULT_RULES) -> PartitionSpec:
+    return nn.logical_to_mesh_axes(tuple(names), rules)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Hint an activation's sharding by logical names; a no-op outside a mesh context."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    rules = _ACTIVATION_RULES.get() or nn.get_logical_axis_rules() or DEFAULT_RULES
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+    """`jax.set_mesh(mesh)` plus the rules of the model's `constrain` hints: trace under it."""
+    token = _ACTIVATION_RULES.set(tuple(rules))
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def param_shardings(boxed_params, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a pytree of `nn.LogicallyPartitioned` (abstract) parameters."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_params), mesh, rules)
+
+
+def named(mesh: Mesh, *names: str | None, rules=DEFAULT_RULES) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_axes(rules: Rules = DEFAULT_RULES) -> tuple[str, ...]:
     """The mesh axes that the logical 'batch' axis (rows of a batch) is split over."""
     spec = logical_to_spec(("batch",), rules)[0]
-    if spec is None:
-        return ()
-    return tuple(spec) if isinstance(spec, tuple) else (spec,)
+    return () if spec is None else tuple(spec) if isinstance(spec, tuple) else (spec,)
 
 
 def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
@@ -156,18 +155,6 @@ def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(batch_axes(rules) or None))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def _local_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
-    """[start, stop) of the global rows that this process's devices hold."""
-    slices = sharding.addressable_devices_indices_map((global_rows,)).values()
-    starts = [s[0].start or 0 for s in slices]
-    stops = [global_rows if s[0].stop is None else s[0].stop for s in slices]
-    return min(starts), max(stops)
-
-
 def mesh_processes(mesh: Mesh) -> list[int]:
     """The process indices that own devices of `mesh`, in order."""
     return sorted({d.process_index for d in mesh.devices.flat})
@@ -176,13 +163,9 @@ def mesh_processes(mesh: Mesh) -> list[int]:
 def shard_batch(
     local: dict[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES
 ) -> dict[str, jax.Array]:
-    """Assemble each process's share of a batch (its contiguous rows) into global arrays.
-
-    Every array's dim 0 is rows; the k-th process of the mesh holds global rows
-    [k * n, (k + 1) * n) for n local rows (what `data.batching.BatchIterator` yields), which
-    requires the batch mesh axes to span the processes (the usual layout: tensor
-    parallelism inside a host).
-    """
+    """Each process's contiguous rows of a batch (the k-th process of the mesh holds global
+    rows [k * n, (k + 1) * n), as `data.batching.BatchIterator` yields them) as global arrays;
+    the batch mesh axes must span the processes (tensor parallelism inside a host)."""
     sharding = batch_sharding(mesh, rules)
     n = {k: len(v) for k, v in local.items()}
     rows = next(iter(n.values()))
@@ -191,7 +174,9 @@ def shard_batch(
     processes = mesh_processes(mesh)
     rank = processes.index(jax.process_index())
     global_rows = rows * len(processes)
-    start, stop = _local_rows(sharding, global_rows)
+    held = sharding.addressable_devices_indices_map((global_rows,)).values()
+    start = min(s[0].start or 0 for s in held)
+    stop = max(global_rows if s[0].stop is None else s[0].stop for s in held)
     if (start, stop) != (rank * rows, (rank + 1) * rows):
         raise ValueError(
             f"process {jax.process_index()} was given {rows} rows but its devices hold global "
@@ -207,14 +192,6 @@ def shard_batch(
     }
 
 
-def global_from_host(
-    batch: dict[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES
-) -> dict[str, jax.Array]:
-    """A batch that every process holds in full, placed as global arrays (rows sharded)."""
-    sharding = batch_sharding(mesh, rules)
-    return {k: host_to_global(v, sharding) for k, v in batch.items()}
-
-
 def host_to_global(host: Any, sharding: Sharding) -> jax.Array:
     """A host array that every process holds in full, as a global array on `sharding`; each
     process only materialises its own slices, so it is multi-host safe."""
@@ -223,8 +200,10 @@ def host_to_global(host: Any, sharding: Sharding) -> jax.Array:
 
 
 def place(tree: Any, shardings: Any) -> Any:
-    """Put every leaf onto its sharding: jax arrays are resharded on device, host arrays are
-    copied shard by shard (`host_to_global`)."""
+    """Every leaf on its sharding (one `Sharding` for all leaves, or a matching tree): jax
+    arrays are resharded on device, host arrays copied shard by shard (`host_to_global`)."""
+    if isinstance(shardings, Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
 
     def one(x, sharding):
         if isinstance(x, jax.Array):
@@ -232,15 +211,3 @@ def place(tree: Any, shardings: Any) -> Any:
         return host_to_global(x, sharding)
 
     return jax.tree.map(one, tree, shardings)
-
-
-@contextlib.contextmanager
-def mesh_context(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
-    """`jax.set_mesh(mesh)` plus the rules that the model's `constrain` hints use; trace and
-    lower model code inside it."""
-    token = _ACTIVATION_RULES.set(tuple(rules))
-    try:
-        with jax.set_mesh(mesh):
-            yield
-    finally:
-        _ACTIVATION_RULES.reset(token)

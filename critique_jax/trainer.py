@@ -17,7 +17,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,17 +81,12 @@ class TrainState:
     rng: jax.Array  # uint32 key data: the run's PRNG stream, checkpointed with the state
 
 
-# --------------------------------------------------------------------------- optimizer
-
-
 def learning_rate_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
     """Linear warmup (step s < W: lr * (s + 1) / W, so the first update is not zero), then
     cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant.
 
     Not optax's join_schedules: its order of float32 operations differs by up to 19 ulp,
     which would change every trained result for the same seed."""
-    if optim.schedule not in ("cosine", "linear", "constant"):
-        raise ValueError(f"optim.schedule={optim.schedule!r}; use cosine, linear or constant.")
     peak, warmup = optim.learning_rate, optim.warmup_steps
     end = peak * optim.end_lr_ratio
     decay_steps = max(total_steps - warmup, 1)
@@ -135,9 +130,6 @@ def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransf
     return tx
 
 
-# --------------------------------------------------------------------------- losses
-
-
 def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
     model = Transformer(model_cfg)
 
@@ -158,9 +150,6 @@ def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
     )
     loss, aux = losses.sft_loss_chunked(head, hidden, batch["targets"], batch["loss_mask"])
     return loss, {"weight": aux["ntokens"], "accuracy": aux["accuracy"]}
-
-
-# --------------------------------------------------------------------------- the compiled functions
 
 
 @dataclass(frozen=True)
@@ -216,12 +205,6 @@ def init_state(rng: jax.Array, params: Params | None = None, *, setup: StepSetup
     return jax.lax.with_sharding_constraint(new_state(setup, rng, params), setup.shardings())
 
 
-@functools.partial(jax.jit, static_argnames="setup")
-def eval_step(params: Params, batch: Batch, *, setup: StepSetup):
-    out = setup.loss_fn(make_apply_fn(setup.model_cfg), params, batch)
-    return jax.lax.with_sharding_constraint(out, replicated(setup.mesh))
-
-
 def _loss_and_grad(setup: StepSetup, params: Params, batch: Batch):
     apply_fn = make_apply_fn(setup.model_cfg)
     (loss, aux), grads = jax.value_and_grad(
@@ -246,12 +229,8 @@ def _accumulate(setup: StepSetup, params: Params, batch: Batch, shardings: Any):
     micro = jax.tree.map(split, batch)
     first = jax.tree.map(lambda x: x[0], micro)
     _, _, aux_shape, _ = jax.eval_shape(functools.partial(_loss_and_grad, setup), params, first)
-    zeros = dict(
-        grads=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-        loss=jnp.zeros((), jnp.float32),
-        weight=jnp.zeros((), jnp.float32),
-        aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux_shape),
-    )
+    totals = dict(grads=params, loss=0.0, weight=0.0, aux=aux_shape)
+    zeros = jax.tree.map(lambda x: jnp.zeros(getattr(x, "shape", ()), jnp.float32), totals)
 
     def body(acc, mb):
         loss, weight, aux, grads = _loss_and_grad(setup, params, mb)
@@ -312,18 +291,12 @@ def check_batch_layout(batch_size: int, microbatches: int, mesh: Mesh, rules: Ru
         )
 
 
-# --------------------------------------------------------------------------- trainer
-
-
 class Trainer:
-    """Owns one run: its sharded state, checkpoints and metric logs.
+    """Owns one run: its sharded state, checkpoints (run_dir/checkpoints) and metric logs.
 
-    `params` (e.g. from an HF import, or a zero-argument callable that loads them only when
-    no checkpoint is resumed) are placed onto the parameter shardings and owned by the
-    trainer: the first step donates their buffers. Without them the model starts from random
-    weights made on their shards. With `run_dir`: run_dir/metrics.jsonl, run_dir/tensorboard
-    and run_dir/checkpoints.
-    """
+    `params` (or a zero-argument callable, called only when no checkpoint is resumed) are
+    placed on their shardings and donated to the state; without them the model starts from
+    random weights made on their shards."""
 
     def __init__(
         self,
@@ -403,12 +376,6 @@ class Trainer:
         self._params = None
         log.info("resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
         return step
-
-    def save(self, data: dict[str, Any] | None = None) -> None:
-        """Checkpoint the current state (async); `data` is JSON saved alongside it."""
-        if self.checkpointer is None:
-            raise ValueError("this Trainer has no run_dir, so it cannot save checkpoints")
-        self.checkpointer.save(self.step, self.state, data)
 
     def next_rng(self) -> jax.Array:
         """A fresh PRNG key from the run's checkpointed stream (sampling between steps)."""
@@ -504,7 +471,7 @@ class Trainer:
                 if on_step is not None:
                     on_step(step, record)
                 if self.checkpointer is not None and ((every and step % every == 0) or step == end):
-                    self.save({"iterator": data})
+                    self.checkpointer.save(step, self.state, {"iterator": data})
                 if step < end:
                     batch, data = next_batch, next_data
         finally:
@@ -523,25 +490,6 @@ class Trainer:
                 "an endless iterator (data.batching.BatchIterator) or fewer train.steps"
             ) from None
         return self.shard_batch(local), batches.state() if hasattr(batches, "state") else None
-
-    def evaluate(self, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
-        """Weight-averaged loss and aux metrics of the current params over `batches`."""
-        if self.state is None:
-            self.init_state()
-        total: dict[str, float] = {}
-        weight = 0.0
-        for local in batches:
-            batch = self.shard_batch(local)
-            with mesh_context(self.mesh, self.rules):
-                loss, aux = eval_step(self.state.params, batch, setup=self.setup)
-            aux = _to_host(aux)
-            w = aux.pop("weight")
-            for k, v in {"loss": float(loss), **aux}.items():
-                total[k] = total.get(k, 0.0) + w * v
-            weight += w
-        if not weight:
-            return {}
-        return {k: v / weight for k, v in total.items()} | {"weight": weight}
 
     def close(self) -> None:
         if self.checkpointer is not None:

@@ -35,9 +35,6 @@ class CheckpointFormatError(UserError):
     """An HF directory or tensor that cannot be mapped onto the model."""
 
 
-# --------------------------------------------------------------------------- config
-
-
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     """Map an HF config.json dict onto ModelConfig (overrides: dtype, scan_layers, remat...)."""
     model_type = hf.get("model_type")
@@ -128,9 +125,6 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         eos = cfg.eos_token_id
         out["eos_token_id"] = list(eos) if isinstance(eos, tuple) else eos
     return out
-
-
-# --------------------------------------------------------------------------- tensors
 
 
 class SafetensorsIndex:
@@ -292,9 +286,6 @@ def _to_hf(ours: str, w: np.ndarray) -> np.ndarray:
     return w.reshape(hf[::-1]).T if ours.endswith("kernel") else w.reshape(hf)
 
 
-# --------------------------------------------------------------------------- import
-
-
 def read_hf_config(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint_dir(path)
     cfg_file = path / "config.json"
@@ -454,9 +445,6 @@ def check_vocab(tokenizer, cfg: ModelConfig) -> None:
             f"{cfg.vocab_size} rows: token ids past {cfg.vocab_size - 1} would index out of "
             "range. Use the tokenizer saved with this checkpoint, or resize the embedding."
         )
-
-
-# --------------------------------------------------------------------------- export
 
 
 def save_hf(

@@ -1,10 +1,11 @@
 """The three things every pipeline asks of a model: solve, critique, refine.
 
 An `Agent` is a model that can generate (params + a Sampler, whose compiled programs every
-model of the same architecture shares). A critic is anything with `critique(...)`: a trained `Agent`, or an oracle such
-as the demo world's templated critic. Prompts always come from `critique_jax.data.prompts`, so
-training and inference see identical text. Stages describe their critic as a `CriticSpec` and
-load their roles here (`load_roles`), so every stage resolves models and tokenizers alike.
+model of the same architecture shares). A critic is anything with `critique(...)`: a trained
+`Agent`, or an oracle such as the demo world's templated critic. Prompts always come from
+`critique_jax.data.prompts`, so training and inference see identical text. Stages describe
+their critic as a `CriticSpec` and load their roles here (`load_roles`), so every stage
+resolves models and tokenizers alike.
 """
 
 from __future__ import annotations

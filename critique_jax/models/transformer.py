@@ -471,18 +471,36 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache
 
 
 def continue_cache(prompt_cache: KVCache, fanout: int, length: int) -> KVCache:
-    """The cache that `fanout` samples of each prompt decode into: the prefill's cache, read
-    but never copied, becomes the shared prompt segment (row b reads prompt row b // fanout),
-    followed by `length` empty slots per sample row."""
-    rows = prompt_cache["mask"].shape[0] * fanout
+    """The cache that `fanout` samples of each prompt decode into, with `length` empty slots
+    per sample row for the tokens they generate.
+
+    fanout > 1: the prefill's cache, read but never copied, becomes the shared prompt
+    segment (row b reads prompt row b // fanout), so a decode step reads each prompt's keys
+    and values once for all its samples. fanout 1 has nothing to share: the empty slots are
+    appended to the prompt's own rows (one copy per call), and each step attends over one
+    segment, which is cheaper than two.
+    """
+    prompts = prompt_cache["mask"].shape[0]
 
     def empty(x: jax.Array) -> jax.Array:
-        return jnp.zeros((rows, x.shape[1], length, x.shape[3]), x.dtype)
+        return jnp.zeros((prompts * fanout, x.shape[1], length, x.shape[3]), x.dtype)
 
+    if fanout == 1:
+
+        def grow(x: jax.Array) -> jax.Array:
+            return jnp.concatenate([x, empty(x)], axis=2)
+
+        mask = prompt_cache["mask"]
+        return dict(
+            k=map_layers(grow, prompt_cache["k"]),
+            v=map_layers(grow, prompt_cache["v"]),
+            mask=jnp.concatenate([mask, jnp.zeros((prompts, length), bool)], axis=1),
+            index=jnp.int32(mask.shape[1]),
+        )
     return dict(
         k=map_layers(empty, prompt_cache["k"]),
         v=map_layers(empty, prompt_cache["v"]),
-        mask=jnp.zeros((rows, length), bool),
+        mask=jnp.zeros((prompts * fanout, length), bool),
         index=jnp.zeros((), jnp.int32),
         prompt_k=prompt_cache["k"],
         prompt_v=prompt_cache["v"],

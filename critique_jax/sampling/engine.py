@@ -303,29 +303,15 @@ class Engine:
         self,
         params: Params,
         prefilled: Prefilled,
+        rows: Rows,
+        knobs: Knobs,
         spec: FilterSpec,
         max_new: int,
-        prompt_index: np.ndarray,
-        sample_index: np.ndarray,
-        active: np.ndarray,
-        stop_ids: np.ndarray,
-        seed: int,
-        temperature: float,
-        top_p: float,
-        min_p: float,
     ) -> DecodeOut:
-        """Decode `max_new` tokens for every sample row of `prefill`'s output."""
-        rows = Rows(*self._place(("batch",), prompt_index, sample_index, active))
-        knobs = Knobs(
-            *self._place(
-                (),
-                stop_ids,
-                np.int32(seed),
-                np.float32(temperature),
-                np.float32(top_p),
-                np.float32(min_p),
-            )
-        )
+        """Decode `max_new` tokens for every sample row of `prefill`'s output; `rows` and
+        `knobs` hold host arrays, placed here."""
+        rows = jax.tree.map(lambda x: self._place(("batch",), x)[0], rows)
+        knobs = jax.tree.map(lambda x: self._place((), x)[0], knobs)
         return self._run(
             decode, params, prefilled, rows, knobs, cfg=self.run_cfg, spec=spec, max_new=max_new
         )

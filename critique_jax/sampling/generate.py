@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from critique_jax.sampling.buckets import Buckets, PromptError, plan_calls
-from critique_jax.sampling.engine import DecodeOut, Engine, Params
+from critique_jax.sampling.engine import DecodeOut, Engine, Knobs, Params, Rows
 from critique_jax.sampling.filters import FilterSpec
 from critique_jax.sampling.params import Completion, SamplingParams
 from critique_jax.sampling.prefixes import (
@@ -125,6 +125,17 @@ def prefill_call(engine: Engine, params: Params, call: CallInputs, sp: SamplingP
     return engine.prefill_shared(params, call.shared, call.token_mask, call.fanout)
 
 
+def knobs(sp: SamplingParams, stop_ids: Sequence[int]) -> Knobs:
+    """The request's traced sampling values, as host arrays."""
+    return Knobs(
+        stop_ids=stop_array(stop_ids),
+        seed=np.int32(sp.seed),
+        temperature=np.float32(1.0 if sp.greedy else sp.temperature),
+        top_p=np.float32(sp.top_p),
+        min_p=np.float32(sp.min_p),
+    )
+
+
 def decode_call(
     engine: Engine,
     params: Params,
@@ -134,20 +145,9 @@ def decode_call(
     stop_ids: Sequence[int],
 ) -> DecodeOut:
     """Dispatch one call's decode from its `prefill_call` output."""
-    return engine.decode(
-        params,
-        prefilled,
-        FilterSpec.from_params(sp),
-        sp.max_new_tokens,
-        call.prompt_index,
-        call.sample_index,
-        call.active,
-        stop_array(stop_ids),
-        sp.seed,
-        1.0 if sp.greedy else sp.temperature,
-        sp.top_p,
-        sp.min_p,
-    )
+    rows = Rows(call.prompt_index, call.sample_index, call.active)
+    spec = FilterSpec.from_params(sp)
+    return engine.decode(params, prefilled, rows, knobs(sp, stop_ids), spec, sp.max_new_tokens)
 
 
 def run_call(

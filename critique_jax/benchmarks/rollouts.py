@@ -160,25 +160,26 @@ def run_ours(
         prefilled = jax.block_until_ready(prefill_call(engine, params, call, sp))
         stage.prefill_s += time.perf_counter() - start
         start = time.perf_counter()
-        pending.append(
-            (
-                call,
-                jax.block_until_ready(decode_call(engine, params, prefilled, call, sp, stop_ids)),
-            )
-        )
+        pieces = decode_call(engine, params, prefilled, call, sp, stop_ids, sampler.buckets)
+        pending.append((call, jax.block_until_ready(pieces)))
         stage.decode_s += time.perf_counter() - start
         stage.prefill_tokens += call.prefill_tokens
         stage.prompt_tokens += call.prompt_tokens * call.fanout
     start = time.perf_counter()
     results = sampler.finish(collect(engine, pending, len(prompts), sp.n), sp)
     stage.decode_s += time.perf_counter() - start
-    for call, out in pending:
-        # Every step reads each prompt's segment once and every row's own decode slots.
-        steps = int(np.max(out.lengths)) - 1
-        slots = call.token_mask.size + len(call.active) * sp.max_new_tokens
-        stage.add_decode(
-            engine.cfg, roofline.param_bytes(params), len(call.active), steps, steps * slots
-        )
+    weights = roofline.param_bytes(params)
+    for call, pieces in pending:
+        step = 1
+        for k, (batch_rows, out) in enumerate(pieces):
+            end = int(np.max(engine.fetch(out.lengths)))
+            # A step reads each prompt's segment once and every row's own decode slots; after
+            # a compaction each row holds a copy of its prompt.
+            rows, width = len(batch_rows), call.tokens.shape[1]
+            prompts = call.token_mask.shape[0] if k == 0 else rows
+            slots = prompts * width + rows * sp.max_new_tokens
+            stage.add_decode(engine.cfg, weights, rows, end - step, (end - step) * slots)
+            step = end
     stage.generated = sum(c.num_tokens for cs in results for c in cs)
     stage.outputs = [[list(c.token_ids) for c in cs] for cs in results]
     return results, stage

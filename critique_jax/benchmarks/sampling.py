@@ -68,7 +68,9 @@ def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int, dtype: s
     )
     prefill_s = time.perf_counter() - start
     start = time.perf_counter()
-    jax.block_until_ready(decode_call(sampler.engine, params, prefilled, call, sp, ()))
+    jax.block_until_ready(
+        decode_call(sampler.engine, params, prefilled, call, sp, (), sampler.buckets)
+    )
     decode_s = time.perf_counter() - start
 
     step_s = decode_s / max(new_tokens - 1, 1)

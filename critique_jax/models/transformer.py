@@ -254,11 +254,11 @@ def _write(stack: LayerStack, layer, x: jax.Array, index) -> LayerStack:
     return jax.lax.dynamic_update_slice(stack, x[None].astype(stack.dtype), (layer, 0, 0, index, 0))
 
 
-def map_layers(fn: Callable[[jax.Array], jax.Array], stack: LayerStack) -> LayerStack:
-    """`fn` applied to each layer's [B, K, S, H] array of a stack."""
-    if isinstance(stack, tuple):
-        return tuple(fn(x) for x in stack)
-    return jax.vmap(fn)(stack)
+def map_layers(fn: Callable[..., jax.Array], *stacks: LayerStack) -> LayerStack:
+    """`fn` applied to each layer's [B, K, S, H] arrays of one or more stacks."""
+    if isinstance(stacks[0], tuple):
+        return tuple(fn(*xs) for xs in zip(*stacks, strict=True))
+    return jax.vmap(fn)(*stacks)
 
 
 class MLP(nn.Module):

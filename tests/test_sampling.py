@@ -20,6 +20,7 @@ from critique_jax.sampling import (
     sample_tokens,
 )
 from critique_jax.sampling.buckets import plan_calls
+from critique_jax.sampling.engine import Engine
 from critique_jax.sampling.stops import apply_stop_strings
 
 PROMPTS = [[5, 9, 2], [7, 1, 4, 4, 8, 3, 2, 9], [3], [12, 6, 6, 1, 2]]
@@ -174,6 +175,36 @@ def test_samples_do_not_depend_on_batch_composition_or_bucketing(model, sampled)
     assert sampled[1][0].token_ids != sampled[1][1].token_ids
     reseeded = split.generate_ids(params, PROMPTS[:1], SAMPLED.replace(seed=4))
     assert reseeded[0][0].token_ids != sampled[0][0].token_ids
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+def test_dropping_finished_rows_mid_decode_changes_no_sample(model, monkeypatch, unroll):
+    """Once half the rows have stopped, the live ones go on in a smaller batch (`compact`,
+    from the shared prompt segment and then from single-segment rows): same samples."""
+    cfg, params = model
+    never = Sampler(cfg, buckets=dataclasses.replace(BUCKETS, compact_to=0), unroll_layers=unroll)
+    sp = SAMPLED.replace(n=4, max_new_tokens=8)
+    free = never.generate_ids(params, PROMPTS, sp)
+    # Stop on the second token of every sample of the first two prompts and on the fourth
+    # of the third prompt's: half the rows end at once, a quarter soon after.
+    stops = {c.token_ids[1] for s in free[:2] for c in s} | {c.token_ids[3] for c in free[2]}
+    sp = sp.replace(stop_token_ids=tuple(stops))
+    expected = never.generate_ids(params, PROMPTS, sp)
+    compactions = []
+    original = Engine.compact
+    monkeypatch.setattr(
+        Engine, "compact", lambda self, *a: compactions.append(len(a[1])) or original(self, *a)
+    )
+    compacting = Sampler(
+        cfg, buckets=dataclasses.replace(BUCKETS, compact_to=2), unroll_layers=unroll
+    )
+    out = compacting.generate_ids(params, PROMPTS, sp)
+    assert compactions[:2] == [8, 4]  # 16 rows -> 8 -> 4
+    assert any(c.finish_reason == "length" for s in out for c in s)
+    for a, b in zip(out, expected, strict=True):
+        for ca, cb in zip(a, b, strict=True):
+            assert (ca.token_ids, ca.finish_reason) == (cb.token_ids, cb.finish_reason)
+            np.testing.assert_allclose(ca.logprobs, cb.logprobs, atol=1e-5)
 
 
 def test_scanned_and_unrolled_layer_loops_sample_the_same(model, sampler, sampled):

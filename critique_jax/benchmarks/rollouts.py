@@ -39,10 +39,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from critique_jax.benchmarks import roofline
 from critique_jax.data.loaders import load_gsm8k
 from critique_jax.data.prompts import critique_messages, refine_messages
 from critique_jax.data.records import Problem
 from critique_jax.errors import run_main
+from critique_jax.models import ModelConfig
 from critique_jax.models.hf import load_hf, load_tokenizer
 from critique_jax.sampling import Completion, Sampler, SamplingParams, prepare_calls
 from critique_jax.sampling.generate import collect, decode_call, prefill_call
@@ -89,6 +91,8 @@ class Stage:
     prefill_tokens: int = 0  # slots computed: rows x padded width, summed over calls
     prompt_tokens: int = 0  # real prompt tokens of every row the side prefilled
     generated: int = 0
+    decode_bytes: int = 0  # what decode must read: parameters and attended KV slots, per step
+    decode_flops: int = 0  # matmul FLOPs of every decode step's rows (padding rows included)
     outputs: list[list[list[int]]] = field(default_factory=list)
 
     def add(self, other: Stage) -> None:
@@ -97,7 +101,15 @@ class Stage:
         self.prefill_tokens += other.prefill_tokens
         self.prompt_tokens += other.prompt_tokens
         self.generated += other.generated
+        self.decode_bytes += other.decode_bytes
+        self.decode_flops += other.decode_flops
         self.outputs += other.outputs
+
+    def add_decode(self, cfg: ModelConfig, weights: int, rows: int, steps: int, slots: int) -> None:
+        """Count `steps` decode steps of `rows` rows that read `weights` parameter bytes
+        each and `slots` KV slots in all."""
+        self.decode_bytes += steps * weights + roofline.kv_bytes(cfg, slots)
+        self.decode_flops += steps * roofline.decode_flops(cfg, rows)
 
     def summary(self) -> dict[str, Any]:
         total = self.prefill_s + self.decode_s
@@ -109,6 +121,8 @@ class Stage:
             decode_s=self.decode_s,
             prefill_tokens=self.prefill_tokens,
             prompt_tokens=self.prompt_tokens,
+            decode_bytes=self.decode_bytes,
+            decode_flops=self.decode_flops,
         )
 
 
@@ -146,18 +160,26 @@ def run_ours(
         prefilled = jax.block_until_ready(prefill_call(engine, params, call, sp))
         stage.prefill_s += time.perf_counter() - start
         start = time.perf_counter()
-        pending.append(
-            (
-                call,
-                jax.block_until_ready(decode_call(engine, params, prefilled, call, sp, stop_ids)),
-            )
-        )
+        pieces = decode_call(engine, params, prefilled, call, sp, stop_ids, sampler.buckets)
+        pending.append((call, jax.block_until_ready(pieces)))
         stage.decode_s += time.perf_counter() - start
         stage.prefill_tokens += call.prefill_tokens
         stage.prompt_tokens += call.prompt_tokens * call.fanout
     start = time.perf_counter()
     results = sampler.finish(collect(engine, pending, len(prompts), sp.n), sp)
     stage.decode_s += time.perf_counter() - start
+    weights = roofline.param_bytes(params)
+    for call, pieces in pending:
+        step = 1
+        for k, (batch_rows, out) in enumerate(pieces):
+            end = int(np.max(engine.fetch(out.lengths)))
+            # A step reads each prompt's segment once and every row's own decode slots; after
+            # a compaction each row holds a copy of its prompt.
+            rows, width = len(batch_rows), call.tokens.shape[1]
+            prompts = call.token_mask.shape[0] if k == 0 else rows
+            slots = prompts * width + rows * sp.max_new_tokens
+            stage.add_decode(engine.cfg, weights, rows, end - step, (end - step) * slots)
+            step = end
     stage.generated = sum(c.num_tokens for cs in results for c in cs)
     stage.outputs = [[list(c.token_ids) for c in cs] for cs in results]
     return results, stage
@@ -192,9 +214,12 @@ def run_hf(
     stop_ids: Sequence[int],
     pad_id: int,
     max_rows: int,
+    cfg: ModelConfig,
+    weights: int,
 ) -> Stage:
     """transformers `generate` with num_return_sequences=n on prompts sorted by length (as
-    ours are), at most `max_rows` rows per call."""
+    ours are), at most `max_rows` rows per call; `cfg` and `weights` (parameter bytes) size
+    the decode's reads."""
     import torch
 
     device = next(model.parameters()).device
@@ -237,6 +262,10 @@ def run_hf(
         rows = out[:, width:].tolist()
         for r, i in enumerate(chunk):
             outputs[i] = [_trim(row, set(stop_ids)) for row in rows[r * sp.n : (r + 1) * sp.n]]
+        # Each return sequence attends to its own copy of the prompt and what it generated.
+        steps = out.shape[1] - width - 1
+        slots = len(rows) * sum(width + 1 + t for t in range(steps))
+        stage.add_decode(cfg, weights, len(rows), steps, slots)
     stage.outputs = outputs
     stage.generated = sum(len(row) for rows in outputs for row in rows)
     return stage
@@ -327,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_greedy:
         _, greedy_ours = run_ours(sampler, params, greedy_prompts, greedy_sp)
 
+    hf: Stage | None = None
     if not args.skip_hf:
         import torch
         from transformers import AutoModelForCausalLM
@@ -339,13 +369,14 @@ def main(argv: list[str] | None = None) -> None:
         stop_ids = sampler.stop_ids(critique_sp)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         rows = sampler.buckets.max_batch
-        run_hf(model, crit_prompts[:1], greedy_sp.replace(max_new_tokens=2), stop_ids, pad, rows)
+        hf_args = (stop_ids, pad, rows, cfg, roofline.param_bytes(params))
+        run_hf(model, crit_prompts[:1], greedy_sp.replace(max_new_tokens=2), *hf_args)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         load_before = os.getloadavg()[0]
         with PeakRSS() as hf_mem:
-            hf = run_hf(model, crit_prompts, critique_sp, stop_ids, pad, rows)
-            hf.add(run_hf(model, ref_prompts, refine_sp, stop_ids, pad, rows))
+            hf = run_hf(model, crit_prompts, critique_sp, *hf_args)
+            hf.add(run_hf(model, ref_prompts, refine_sp, *hf_args))
         result["hf"] = dict(
             hf.summary(),
             peak_rss_mb=hf_mem.mb,
@@ -360,14 +391,34 @@ def main(argv: list[str] | None = None) -> None:
         )
         result["prefill_tokens_ratio"] = hf.prefill_tokens / ours.prefill_tokens
         if not args.skip_greedy:
-            greedy_hf = run_hf(model, greedy_prompts, greedy_sp, stop_ids, pad, rows)
+            greedy_hf = run_hf(model, greedy_prompts, greedy_sp, *hf_args)
             same = [a == b for a, b in zip(greedy_ours.outputs, greedy_hf.outputs, strict=True)]
             result["greedy"] = dict(
                 rows=len(same),
                 rows_identical=sum(same),
                 outputs_identical=all(same),
             )
+    # Measured last, so that they do not load the machine during either side's run.
+    bandwidth, source = roofline.bandwidth(jax.devices()[0])
+    matmul = roofline.matmul_flops(sampler.buckets.max_batch, cfg, cfg.jnp_dtype)
+    result.update(bandwidth_gbps=bandwidth and bandwidth / 1e9, bandwidth_source=source)
+    result.update(matmul_gflops=matmul / 1e9)
+    for side, stage in (("ours", ours), ("hf", hf)):
+        if stage is not None:
+            result[side].update(decode_bounds(stage, bandwidth, matmul))
     print(json.dumps(result))
+
+
+def decode_bounds(stage: Stage, bandwidth: float | None, matmul: float) -> dict[str, Any]:
+    """The least time the side's decode could take: reading what it must read at the
+    device's bandwidth, or doing its matmuls at the device's rate, whichever is longer."""
+    memory_s = None if bandwidth is None else stage.decode_bytes / bandwidth
+    compute_s = stage.decode_flops / matmul
+    return dict(
+        decode_memory_bound_s=memory_s,
+        decode_compute_bound_s=compute_s,
+        decode_bound_fraction=max(memory_s or 0.0, compute_s) / stage.decode_s,
+    )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ so every row makes exactly `--new-tokens` tokens; checks the outputs are identic
 Throughput counts prefill + decode of the second (compiled) call; `compile_s` is the first
 call's extra time. The last line printed is one JSON object.
 
-On an accelerator it also reports the decode roofline fraction: the bytes one decode step
-must read (all parameters + every slot of the KV cache, which the masked attention reads every step)
-over the measured step time, as a fraction of the device's peak memory bandwidth.
+It also reports the decode step's roofline (`benchmarks.roofline`): the bytes one step must
+read (all parameters + every slot of the KV cache) over the measured step time, as a fraction
+of the device's memory bandwidth (published on an accelerator, measured on a CPU), and the
+FLOPs it does against the matmul rate the device reaches at the same batch.
 """
 
 from __future__ import annotations
@@ -21,28 +22,11 @@ import time
 import jax
 import numpy as np
 
+from critique_jax.benchmarks import roofline
 from critique_jax.errors import run_main
 from critique_jax.models.hf import load_hf, load_tokenizer
-from critique_jax.sampling import Buckets, FilterSpec, Sampler, SamplingParams, prepare_calls
-from critique_jax.sampling.generate import stop_array
-
-# Peak memory bandwidth (bytes/s) by `device_kind` substring, most specific first.
-PEAK_BANDWIDTH = (
-    ("H200", 4.8e12),
-    ("H100 NVL", 3.9e12),
-    ("H100 PCIe", 2.0e12),
-    ("H100", 3.35e12),
-    ("A100 80GB PCIe", 1.935e12),
-    ("A100-SXM4-80GB", 2.039e12),
-    ("A100", 1.555e12),
-    ("L40S", 0.864e12),
-    ("A10G", 0.6e12),
-    ("L4", 0.3e12),
-    ("TPU v6 lite", 1.64e12),
-    ("TPU v5 lite", 0.819e12),
-    ("TPU v5", 2.765e12),
-    ("TPU v4", 1.228e12),
-)
+from critique_jax.sampling import Buckets, Sampler, SamplingParams, prepare_calls
+from critique_jax.sampling.generate import decode_call
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
@@ -55,11 +39,6 @@ QUESTIONS = [
     "What is the capital of France, and what river runs through it?",
     "Solve for x: 3x + 7 = 22.",
 ]
-
-
-def peak_bandwidth(device: jax.Device) -> float | None:
-    kind = device.device_kind
-    return next((bw for name, bw in PEAK_BANDWIDTH if name in kind), None)
 
 
 def make_prompts(tokenizer, batch: int) -> list[list[int]]:
@@ -90,40 +69,31 @@ def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int, dtype: s
     prefill_s = time.perf_counter() - start
     start = time.perf_counter()
     jax.block_until_ready(
-        sampler.engine.decode(
-            params,
-            prefilled,
-            FilterSpec(greedy=True),
-            new_tokens,
-            call.prompt_index,
-            call.sample_index,
-            call.active,
-            stop_array(()),
-            0,
-            1.0,
-            1.0,
-            0.0,
-        )
+        decode_call(sampler.engine, params, prefilled, call, sp, (), sampler.buckets)
     )
     decode_s = time.perf_counter() - start
 
     step_s = decode_s / max(new_tokens - 1, 1)
     # The prompt segment once per prompt, then each row's own decode slots.
     slots = len(call.tokens) * width + len(call.prompt_index) * new_tokens
-    param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    itemsize = np.dtype(cfg.jnp_dtype).itemsize
-    kv_bytes = 2 * cfg.num_layers * slots * cfg.num_kv_heads * cfg.head_dim * itemsize
+    step_bytes = roofline.param_bytes(params) + roofline.kv_bytes(cfg, slots)
+    step_flops = roofline.decode_flops(cfg, len(prompts))
     device = jax.devices()[0]
-    peak = peak_bandwidth(device) if device.platform != "cpu" else None
+    bandwidth, source = roofline.bandwidth(device)
+    matmul = roofline.matmul_flops(len(prompts), cfg, cfg.jnp_dtype)
     return dict(
         tokens=[list(s[0].token_ids) for s in results],
         ours_tokens_per_s=len(prompts) * new_tokens / run,
         compile_s=first - run,
         prefill_ms=prefill_s * 1e3,
         decode_step_ms=step_s * 1e3,
-        bytes_per_step=param_bytes + kv_bytes,
-        roofline_fraction=None if peak is None else (param_bytes + kv_bytes) / step_s / peak,
-        peak_bandwidth_gbps=None if peak is None else peak / 1e9,
+        bytes_per_step=step_bytes,
+        roofline_fraction=None if bandwidth is None else step_bytes / step_s / bandwidth,
+        bandwidth_gbps=None if bandwidth is None else bandwidth / 1e9,
+        bandwidth_source=source,
+        flops_per_step=step_flops,
+        matmul_fraction=step_flops / step_s / matmul,
+        matmul_gflops=matmul / 1e9,
         device=device.device_kind,
     )
 

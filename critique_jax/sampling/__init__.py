@@ -11,7 +11,7 @@ prefill and decode), generate (token-level driver), stops (stop strings), sample
 from critique_jax.sampling.buckets import Buckets
 from critique_jax.sampling.engine import DecodeOut, Engine
 from critique_jax.sampling.filters import FilterSpec, filter_logits, row_keys, sample_tokens
-from critique_jax.sampling.generate import CallInputs, generate_tokens, prepare_calls, run_call
+from critique_jax.sampling.generate import CallInputs, generate_tokens, prepare_calls
 from critique_jax.sampling.params import Completion, SamplingParams
 from critique_jax.sampling.sampler import Sampler
 
@@ -28,6 +28,5 @@ __all__ = [
     "generate_tokens",
     "prepare_calls",
     "row_keys",
-    "run_call",
     "sample_tokens",
 ]

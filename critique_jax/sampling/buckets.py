@@ -41,7 +41,9 @@ class Buckets:
     max_batch: the most decode rows (prompts x samples) per call. multiple: every batch is a
     multiple of it (set to the number of data-parallel devices so rows split evenly over
     them). share_prefix: prompts of a call that share at least this many leading tokens
-    prefill them once (0: never; see `sampling.prefixes`)."""
+    prefill them once (0: never; see `sampling.prefixes`). compact_to: once at most half
+    of a call's decode rows are live, they go on in a batch of half the size, down to
+    this many rows (0: never; see `generate.decode_call`)."""
 
     min_length: int = 32
     max_length: int | None = None
@@ -50,13 +52,14 @@ class Buckets:
     max_batch: int = 64
     multiple: int = 1
     share_prefix: int = 32
+    compact_to: int = 8
 
     def __post_init__(self) -> None:
         sizes = (self.min_length, self.length_steps, self.min_batch, self.max_batch, self.multiple)
         if min(sizes) < 1:
             raise ValueError(f"bucket sizes must be positive: {self}")
-        if self.share_prefix < 0:
-            raise ValueError(f"share_prefix={self.share_prefix} must be >= 0 (0 = off)")
+        if min(self.share_prefix, self.compact_to) < 0:
+            raise ValueError(f"share_prefix and compact_to must be >= 0 (0 = off): {self}")
         if self.max_length is not None and self.max_length < self.min_length:
             raise ValueError(f"max_length={self.max_length} < min_length={self.min_length}")
         if self.max_batch < self.min_batch:

@@ -16,6 +16,7 @@ a training step do not recompile.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -90,13 +91,17 @@ class Knobs:
 
 @_pytree
 class DecodeState:
-    """The `while_loop` carry: `step` tokens are written to `out`; `last` is fed next."""
+    """The `while_loop` carry, one entry per decode row: `step` tokens are written to
+    `out`; `last` is fed next; `keys` seed each row's random stream, `prompt_lengths` place
+    its positions. Everything a row needs travels here, so `compact` can drop rows."""
 
     step: jax.Array
     last: jax.Array
     cache: KVCache
     out: DecodeOut
     done: jax.Array
+    keys: jax.Array
+    prompt_lengths: jax.Array
 
 
 def _repeat(x: jax.Array, fanout: int) -> jax.Array:
@@ -175,43 +180,67 @@ def prefill_shared(
     return _fan_out(cache, logits, token_mask, fanout)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "spec", "max_new"))
+def _choose(state_keys, logits, step, spec: FilterSpec, knobs: Knobs):
+    """Each row's token from its logits [B, V] at `step`, and the token's log-prob."""
+    step_keys = jax.vmap(jax.random.fold_in, (0, None))(state_keys, step)
+    tok = sample_tokens(step_keys, logits, spec, knobs.temperature, knobs.top_p, knobs.min_p)
+    return tok, token_logprobs(logits, tok)
+
+
+def _is_stop(tok, knobs: Knobs):
+    return jnp.any(tok[:, None] == knobs.stop_ids[None, :], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "max_new"))
+def start(
+    prefilled: Prefilled, rows: Rows, knobs: Knobs, *, spec: FilterSpec, max_new: int
+) -> DecodeState:
+    """The decode state after each row's first token (sampled from the prefill's logits),
+    with the cache its samples continue into (`models.continue_cache`)."""
+    batch = prefilled.logits.shape[0]
+    keys = row_keys(knobs.seed, rows.prompt_index, rows.sample_index)
+    first, lp = _choose(keys, prefilled.logits, 0, spec, knobs)
+    stopped = rows.active & _is_stop(first, knobs)
+    out = DecodeOut(
+        tokens=jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(first),
+        logprobs=jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(lp),
+        lengths=rows.active.astype(jnp.int32),
+        stopped=stopped,
+    )
+    fanout = batch // prefilled.cache["mask"].shape[0]
+    cache = constrain_cache(continue_cache(prefilled.cache, fanout, max_new))
+    done = ~rows.active | stopped
+    return DecodeState(jnp.int32(1), first, cache, out, done, keys, prefilled.lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "spec", "max_new", "live_floor"))
 def decode(
     params,
-    prefilled: Prefilled,
-    rows: Rows,
+    state: DecodeState,
     knobs: Knobs,
     *,
     cfg: ModelConfig,
     spec: FilterSpec,
     max_new: int,
-) -> DecodeOut:
-    """`max_new` tokens for every sample row of `prefilled`, in a `while_loop` that stops
-    once every row has hit a stop id."""
-    batch = prefilled.logits.shape[0]
-    keys = row_keys(knobs.seed, rows.prompt_index, rows.sample_index)
-
-    def choose(step_logits, step):
-        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
-        tok = sample_tokens(
-            step_keys, step_logits, spec, knobs.temperature, knobs.top_p, knobs.min_p
-        )
-        return tok, token_logprobs(step_logits, tok)
-
-    def is_stop(tok):
-        return jnp.any(tok[:, None] == knobs.stop_ids[None, :], axis=-1)
+    live_floor: int = 0,
+) -> DecodeState:
+    """Decode in a `while_loop` until every row has hit a stop id or made `max_new`
+    tokens, or (live_floor > 0) until at most `live_floor` rows are still live, so that the
+    caller can `compact` the batch and go on with fewer rows."""
+    batch = state.last.shape[0]
 
     def cond(state: DecodeState):
-        return (state.step < max_new) & ~jnp.all(state.done)
+        live = jnp.sum(~state.done)
+        return (state.step < max_new) & (live > live_floor) & (live > 0)
 
     def body(state: DecodeState) -> DecodeState:
-        positions = (prefilled.lengths + state.step - 1)[:, None]
+        positions = (state.prompt_lengths + state.step - 1)[:, None]
         ones = jnp.ones((batch, 1), bool)
         logits, cache = _extend(cfg, params, state.last[:, None], positions, ones, state.cache)
-        new, lp = choose(logits[:, 0], state.step)
+        new, lp = _choose(state.keys, logits[:, 0], state.step, spec, knobs)
         live = ~state.done
         new = jnp.where(live, new, 0)
-        hit = live & is_stop(new)
+        hit = live & _is_stop(new, knobs)
         out = state.out
         out = DecodeOut(
             tokens=jax.lax.dynamic_update_slice(out.tokens, new[:, None], (0, state.step)),
@@ -221,20 +250,42 @@ def decode(
             lengths=out.lengths + live,
             stopped=out.stopped | hit,
         )
-        return DecodeState(state.step + 1, new, cache, out, state.done | hit)
+        return dataclasses.replace(
+            state, step=state.step + 1, last=new, cache=cache, out=out, done=state.done | hit
+        )
 
-    first, lp = choose(prefilled.logits, 0)
-    stopped = rows.active & is_stop(first)
-    out = DecodeOut(
-        tokens=jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(first),
-        logprobs=jnp.zeros((batch, max_new), jnp.float32).at[:, 0].set(lp),
-        lengths=rows.active.astype(jnp.int32),
-        stopped=stopped,
+    return jax.lax.while_loop(cond, body, state)
+
+
+@jax.jit
+def compact(state: DecodeState, keep: jax.Array, valid: jax.Array) -> DecodeState:
+    """The state of rows `keep` only (a smaller batch; rows with `valid` False are padding,
+    done from the start). A shared prompt segment is copied into each kept row ahead of
+    its own slots: the few rows left have little to share, and one segment is cheaper."""
+    cache = state.cache
+    if "prompt_k" in cache:
+        source = keep // (state.last.shape[0] // cache["prompt_mask"].shape[0])
+
+        def join(prompt, own):
+            return jnp.concatenate([prompt[source], own[keep]], axis=2)
+
+        cache = dict(
+            k=map_layers(join, cache["prompt_k"], cache["k"]),
+            v=map_layers(join, cache["prompt_v"], cache["v"]),
+            mask=jnp.concatenate([cache["prompt_mask"][source], cache["mask"][keep]], axis=1),
+            index=cache["index"] + cache["prompt_mask"].shape[1],
+        )
+    else:
+        cache = dict(
+            k=map_layers(lambda x: x[keep], cache["k"]),
+            v=map_layers(lambda x: x[keep], cache["v"]),
+            mask=cache["mask"][keep],
+            index=cache["index"],
+        )
+    rows = jax.tree.map(lambda x: x[keep], dataclasses.replace(state, cache={}, step=None))
+    return dataclasses.replace(
+        rows, step=state.step, cache=constrain_cache(cache), done=rows.done | ~valid
     )
-    fanout = batch // prefilled.cache["mask"].shape[0]
-    cache = constrain_cache(continue_cache(prefilled.cache, fanout, max_new))
-    state = DecodeState(jnp.int32(1), first, cache, out, ~rows.active | stopped)
-    return jax.lax.while_loop(cond, body, state).out
 
 
 @functools.partial(jax.jit, static_argnames="num_layers")
@@ -299,36 +350,43 @@ class Engine:
             prefill_shared, params, shared, token_mask, cfg=self.run_cfg, fanout=fanout
         )
 
+    def place_knobs(self, knobs: Knobs) -> Knobs:
+        """Host knobs as the compiled functions take them: replicated over the mesh."""
+        return jax.tree.map(lambda x: self._place((), x)[0], knobs)
+
+    def start(
+        self, prefilled: Prefilled, rows: Rows, knobs: Knobs, spec: FilterSpec, max_new: int
+    ) -> DecodeState:
+        """The decode state after each sample row's first token; `rows` holds host arrays,
+        placed here, `knobs` come from `place_knobs`."""
+        rows = jax.tree.map(lambda x: self._place(("batch",), x)[0], rows)
+        return self._run(start, prefilled, rows, knobs, spec=spec, max_new=max_new)
+
     def decode(
         self,
         params: Params,
-        prefilled: Prefilled,
+        state: DecodeState,
+        knobs: Knobs,
         spec: FilterSpec,
         max_new: int,
-        prompt_index: np.ndarray,
-        sample_index: np.ndarray,
-        active: np.ndarray,
-        stop_ids: np.ndarray,
-        seed: int,
-        temperature: float,
-        top_p: float,
-        min_p: float,
-    ) -> DecodeOut:
-        """Decode `max_new` tokens for every sample row of `prefill`'s output."""
-        rows = Rows(*self._place(("batch",), prompt_index, sample_index, active))
-        knobs = Knobs(
-            *self._place(
-                (),
-                stop_ids,
-                np.int32(seed),
-                np.float32(temperature),
-                np.float32(top_p),
-                np.float32(min_p),
-            )
-        )
+        live_floor: int = 0,
+    ) -> DecodeState:
+        """Decode from `state` until every row is done, or at most `live_floor` are live."""
         return self._run(
-            decode, params, prefilled, rows, knobs, cfg=self.run_cfg, spec=spec, max_new=max_new
+            decode,
+            params,
+            state,
+            knobs,
+            cfg=self.run_cfg,
+            spec=spec,
+            max_new=max_new,
+            live_floor=live_floor,
         )
+
+    def compact(self, state: DecodeState, keep: np.ndarray, valid: np.ndarray) -> DecodeState:
+        """The state of rows `keep` only (see `compact`)."""
+        keep, valid = self._place(("batch",), keep, valid)
+        return self._run(compact, state, keep, valid)
 
     def fetch(self, out: DecodeOut) -> DecodeOut:
         """Device results as NumPy on this host (gathered across processes on multi-host)."""

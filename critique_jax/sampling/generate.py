@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from critique_jax.sampling.buckets import Buckets, PromptError, plan_calls
-from critique_jax.sampling.engine import DecodeOut, Engine, Params
+from critique_jax.sampling.engine import DecodeOut, Engine, Knobs, Params, Rows
 from critique_jax.sampling.filters import FilterSpec
 from critique_jax.sampling.params import Completion, SamplingParams
 from critique_jax.sampling.prefixes import (
@@ -125,6 +125,22 @@ def prefill_call(engine: Engine, params: Params, call: CallInputs, sp: SamplingP
     return engine.prefill_shared(params, call.shared, call.token_mask, call.fanout)
 
 
+def knobs(sp: SamplingParams, stop_ids: Sequence[int]) -> Knobs:
+    """The request's traced sampling values, as host arrays."""
+    return Knobs(
+        stop_ids=stop_array(stop_ids),
+        seed=np.int32(sp.seed),
+        temperature=np.float32(1.0 if sp.greedy else sp.temperature),
+        top_p=np.float32(sp.top_p),
+        min_p=np.float32(sp.min_p),
+    )
+
+
+# One call's decode output in pieces: each piece's rows (their index in the call's batch,
+# -1 for padding) and its outputs; a later piece's rows supersede the earlier ones.
+Pieces = list[tuple[np.ndarray, DecodeOut]]
+
+
 def decode_call(
     engine: Engine,
     params: Params,
@@ -132,47 +148,60 @@ def decode_call(
     call: CallInputs,
     sp: SamplingParams,
     stop_ids: Sequence[int],
-) -> DecodeOut:
-    """Dispatch one call's decode from its `prefill_call` output."""
-    return engine.decode(
-        params,
-        prefilled,
-        FilterSpec.from_params(sp),
-        sp.max_new_tokens,
-        call.prompt_index,
-        call.sample_index,
-        call.active,
-        stop_array(stop_ids),
-        sp.seed,
-        1.0 if sp.greedy else sp.temperature,
-        sp.top_p,
-        sp.min_p,
-    )
+    buckets: Buckets,
+) -> Pieces:
+    """Decode one call from its `prefill_call` output.
 
-
-def run_call(
-    engine: Engine, params: Params, call: CallInputs, sp: SamplingParams, stop_ids: Sequence[int]
-) -> DecodeOut:
-    """Dispatch one prefill + decode; returns device arrays without waiting for them.
-    `params` must have gone through `engine.prepare`."""
-    prefilled = prefill_call(engine, params, call, sp)
-    return decode_call(engine, params, prefilled, call, sp, stop_ids)
+    Rows finish at different steps, and a finished row still costs its share of every step
+    after. So once at most half the rows are live (and the batch can halve to at least
+    `buckets.compact_to` rows), the loop returns, the live rows are gathered into a batch
+    of half the size, and decoding goes on with those. A row's samples do not depend on the
+    batch it runs in (its random stream is keyed by prompt and sample index)."""
+    spec = FilterSpec.from_params(sp)
+    max_new = sp.max_new_tokens
+    placed = engine.place_knobs(knobs(sp, stop_ids))
+    rows = Rows(call.prompt_index, call.sample_index, call.active)
+    state = engine.start(prefilled, rows, placed, spec, max_new)
+    batch_rows = np.arange(len(call.active))
+    pieces: Pieces = []
+    while True:
+        batch = len(batch_rows)
+        floor = batch // 2 if buckets.compact_to and batch // 2 >= buckets.compact_to else 0
+        state = engine.decode(params, state, placed, spec, max_new, floor)
+        if not floor:
+            break
+        done, lengths = engine.fetch((state.done, state.out.lengths))
+        live = np.flatnonzero(~done)
+        if live.size == 0 or lengths[live].max() >= max_new:
+            break
+        size = buckets.batch(live.size, batch // 2)
+        keep = np.zeros(size, np.int32)
+        keep[: live.size] = live
+        valid = np.arange(size) < live.size
+        pieces.append((batch_rows, state.out))
+        state = engine.compact(state, keep, valid)
+        batch_rows = np.where(valid, batch_rows[keep], -1)
+    pieces.append((batch_rows, state.out))
+    return pieces
 
 
 def collect(
-    engine: Engine, pending: Sequence[tuple[CallInputs, DecodeOut]], num_prompts: int, n: int
+    engine: Engine, pending: Sequence[tuple[CallInputs, Pieces]], num_prompts: int, n: int
 ) -> list[list[Completion]]:
     """Fetch every call's output and arrange the samples by (prompt, sample) index."""
     results: list[list[Completion | None]] = [[None] * n for _ in range(num_prompts)]
-    for call, out in pending:
-        out = engine.fetch(out)
-        for row in np.flatnonzero(call.active):
-            length = int(out.lengths[row])
-            results[call.prompt_index[row]][call.sample_index[row]] = Completion(
-                token_ids=tuple(out.tokens[row, :length].tolist()),
-                logprobs=tuple(out.logprobs[row, :length].tolist()),
-                finish_reason="stop" if out.stopped[row] else "length",
-            )
+    for call, pieces in pending:
+        for batch_rows, out in pieces:
+            out = engine.fetch(out)
+            for i, row in enumerate(batch_rows):
+                if row < 0 or not call.active[row]:
+                    continue
+                length = int(out.lengths[i])
+                results[call.prompt_index[row]][call.sample_index[row]] = Completion(
+                    token_ids=tuple(out.tokens[i, :length].tolist()),
+                    logprobs=tuple(out.logprobs[i, :length].tolist()),
+                    finish_reason="stop" if out.stopped[i] else "length",
+                )
     return results  # type: ignore[return-value]
 
 
@@ -184,12 +213,11 @@ def generate_tokens(
     stop_ids: Sequence[int],
     buckets: Buckets,
 ) -> list[list[Completion]]:
-    """n samples per prompt (outer list: prompt, inner: sample), text left None.
-
-    Every call is dispatched before any result is fetched, so host-side work overlaps with
-    the device and there is one device-to-host transfer per call.
-    """
+    """n samples per prompt (outer list: prompt, inner: sample), text left None."""
     calls = prepare_calls(engine, prompt_ids, sp, buckets)
     params = engine.prepare(params)
-    pending = [(call, run_call(engine, params, call, sp, stop_ids)) for call in calls]
+    pending = []
+    for call in calls:
+        prefilled = prefill_call(engine, params, call, sp)
+        pending.append((call, decode_call(engine, params, prefilled, call, sp, stop_ids, buckets)))
     return collect(engine, pending, len(prompt_ids), sp.n)

@@ -539,7 +539,7 @@ def load_agent(
     critique_format: CritiqueFormat = "verdict_first",
 ) -> tuple[LoadedModel, Agent]:
     """The model and its agent (prompted for critiques in `critique_format`); checkpoints of
-    one architecture and tokenizer share one compiled sampler (`make_agent`)."""
+    one architecture run the same compiled programs."""
     model = load_model(spec, mesh=mesh, seed=seed)
     if model.tokenizer is None:
         raise ValueError(f"the {role} model needs a tokenizer: set its `tokenizer` (or `path`)")

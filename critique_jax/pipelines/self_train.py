@@ -451,7 +451,7 @@ def evaluate_actor(actor: Agent, problems: Sequence[Problem], cfg: Config) -> di
 
 class Models:
     """Loads the configured actor or one of its exported checkpoints; every iteration's actor
-    shares one compiled sampler (`make_agent` keys samplers by what the tokenizer is)."""
+    runs the same compiled programs (jit's cache keys them by architecture and shape)."""
 
     def __init__(self, spec: ModelSpec, mesh: Any, seed: int) -> None:
         self.spec, self.mesh, self.seed = spec, mesh, seed

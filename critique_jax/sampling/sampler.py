@@ -26,10 +26,10 @@ def _data_parallel_size(mesh: Mesh | None) -> int:
 
 
 class Sampler:
-    """Samples from any parameters of one architecture; compiled once per shape bucket.
+    """Samples from any parameters of one architecture; cheap to build, since the compiled
+    programs are jit's, shared by every Sampler of the architecture (one per shape bucket).
 
-    Params are an argument of `generate`, not state: the actor and the critic share one
-    Sampler when their architecture is the same, and updated params do not recompile.
+    Params are an argument of `generate`, not state: updated params do not recompile.
     On a mesh, batch rows are split over (data, fsdp) and heads over tensor, exactly as in
     training; batch buckets are rounded up to the data-parallel size. unroll_layers: see
     `Engine` (None: unroll the layer loop on CPU, where it decodes about 2x faster).

@@ -15,9 +15,9 @@ in a child process that never imports JAX, so neither side shares its process (t
 allocator) with the other.
 
 Each side runs `--warmup` untimed steps (ours: the first also compiles; `compile_s` is its
-extra time) and then `--steps` timed steps, each timed alone; tokens/s = batch * seq / median step time. MFU
-uses the FLOP formula of `critique_jax.metrics` against the device's bf16 peak (None on CPU
-unless --peak-flops).
+extra time) and then `--steps` timed steps, each timed alone; tokens/s = batch * seq /
+median step time. MFU uses the FLOP formula of `critique_jax.metrics` against the device's
+bf16 peak (None on CPU unless --peak-flops).
 The last line printed is one JSON object.
 """
 

@@ -7,7 +7,8 @@ the n samples of a prompt share one prefill and, at every decode step, one read 
 prompt's keys and values; each row writes its new tokens into a segment of its own. Decode
 feeds one token per step through the same `extend` (the training graph), writes tokens and
 log-probs into preallocated buffers, and stops when every row has hit a stop id or
-`max_new_tokens` is reached.
+`max_new_tokens` is reached, or, when asked, once at most a given number of rows are live:
+`compact` then gathers those rows into a smaller batch (`generate.decode_call`).
 
 Parameters are an argument of every compiled function, never a constant: the actor and the
 critic share one compiled sampler when their architecture matches, and new parameters after

@@ -2,7 +2,7 @@
 
     python -m critique_jax.benchmarks.rollouts --model HF_DIR
     python -m critique_jax.benchmarks.rollouts --model HF_DIR --questions 8 --critiques 4 \\
-        --refinements 4 --new-tokens 128 --data ../shared/data/gsm8k/test.jsonl
+        --refinements 4 --new-tokens 128 --data gsm8k_test.jsonl
 
 The RCO collection shape (`pipelines.rco_collect.critique_and_refine`): GSM8K questions with
 their reference solution as y0; the critic prompt of each (x, y0) sampled N times at T = 1,
@@ -21,7 +21,9 @@ tokens, the prefill / decode time split, and peak memory (host RSS during the si
 device peak on an accelerator) and the 1-minute load average before and after it (the
 machine's other load, which both sides share). Ours is timed on its second run of the
 workload (the first compiles; `compile_s` is the difference). The last line printed is one
-JSON object; with no data file it prints a JSON object with `skipped` and exits 0.
+JSON object. `--data` is a local GSM8K .json/.jsonl file or a hub name (default
+`openai/gsm8k`, test split); given a local file that does not exist, it prints a JSON
+object with `skipped` and exits 0.
 """
 
 from __future__ import annotations
@@ -48,8 +50,6 @@ from critique_jax.models import ModelConfig
 from critique_jax.models.hf import load_hf, load_tokenizer
 from critique_jax.sampling import Completion, Sampler, SamplingParams, prepare_calls
 from critique_jax.sampling.generate import collect, decode_call, prefill_call
-
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 class PeakRSS:
@@ -126,9 +126,9 @@ class Stage:
         )
 
 
-def load_questions(path: Path, count: int) -> list[Problem]:
-    """The first `count` GSM8K problems (each with its reference solution)."""
-    return load_gsm8k(path)[:count]
+def load_questions(source: str | Path, count: int) -> list[Problem]:
+    """The first `count` GSM8K test problems (each with its reference solution)."""
+    return load_gsm8k(source, limit=count)
 
 
 def critique_prompts(sampler: Sampler, problems: Sequence[Problem]) -> list[list[int]]:
@@ -295,7 +295,9 @@ def device_peak_mb() -> float | None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True, help="HF checkpoint directory")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="GSM8K jsonl (test split)")
+    p.add_argument(
+        "--data", default="openai/gsm8k", help="GSM8K: a local .json/.jsonl file or a hub name"
+    )
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--critiques", type=int, default=4, help="N per (x, y0)")
     p.add_argument("--refinements", type=int, default=4, help="M per critique")
@@ -306,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-greedy", action="store_true", help="no greedy identity pass")
     args = p.parse_args(argv)
 
-    if not args.data.is_file():
+    local = args.data.endswith((".json", ".jsonl"))
+    if local and not Path(args.data).is_file():
         print(json.dumps(dict(skipped=f"no GSM8K file at {args.data}; pass --data")))
         return
     problems = load_questions(args.data, args.questions)

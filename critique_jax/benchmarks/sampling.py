@@ -74,7 +74,7 @@ def run_ours(model_dir: str, prompts: list[list[int]], new_tokens: int, dtype: s
     decode_s = time.perf_counter() - start
 
     step_s = decode_s / max(new_tokens - 1, 1)
-    # The prompt segment once per prompt, then each row's own decode slots.
+    # Every prompt slot (read once per prompt) and every row's own decode slots.
     slots = len(call.tokens) * width + len(call.prompt_index) * new_tokens
     step_bytes = roofline.param_bytes(params) + roofline.kv_bytes(cfg, slots)
     step_flops = roofline.decode_flops(cfg, len(prompts))

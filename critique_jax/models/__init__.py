@@ -10,6 +10,7 @@ from critique_jax.models.transformer import (
     init_cache,
     init_params,
     map_layers,
+    select_rows,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "init_params",
     "map_layers",
     "preset",
+    "select_rows",
 ]

@@ -489,26 +489,59 @@ def continue_cache(prompt_cache: KVCache, fanout: int, length: int) -> KVCache:
     def empty(x: jax.Array) -> jax.Array:
         return jnp.zeros((prompts * fanout, x.shape[1], length, x.shape[3]), x.dtype)
 
-    if fanout == 1:
-
-        def grow(x: jax.Array) -> jax.Array:
-            return jnp.concatenate([x, empty(x)], axis=2)
-
-        mask = prompt_cache["mask"]
-        return dict(
-            k=map_layers(grow, prompt_cache["k"]),
-            v=map_layers(grow, prompt_cache["v"]),
-            mask=jnp.concatenate([mask, jnp.zeros((prompts, length), bool)], axis=1),
-            index=jnp.int32(mask.shape[1]),
-        )
-    return dict(
+    own = dict(
         k=map_layers(empty, prompt_cache["k"]),
         v=map_layers(empty, prompt_cache["v"]),
         mask=jnp.zeros((prompts * fanout, length), bool),
         index=jnp.zeros((), jnp.int32),
+    )
+    if fanout == 1:
+        return _one_segment(prompt_cache, own)
+    return dict(
+        own,
         prompt_k=prompt_cache["k"],
         prompt_v=prompt_cache["v"],
         prompt_mask=prompt_cache["mask"],
+    )
+
+
+def select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
+    """The cache of decode rows `rows` only. A shared prompt segment is copied into each
+    selected row ahead of its own slots (one segment): the few rows a decode keeps after
+    others finished have little left to share."""
+
+    def take(index: jax.Array) -> Callable[[jax.Array], jax.Array]:
+        return lambda x: x[index]
+
+    own = dict(
+        k=map_layers(take(rows), cache["k"]),
+        v=map_layers(take(rows), cache["v"]),
+        mask=cache["mask"][rows],
+        index=cache["index"],
+    )
+    if "prompt_k" not in cache:
+        return own
+    source = rows // (cache["mask"].shape[0] // cache["prompt_mask"].shape[0])
+    prompt = dict(
+        k=map_layers(take(source), cache["prompt_k"]),
+        v=map_layers(take(source), cache["prompt_v"]),
+        mask=cache["prompt_mask"][source],
+    )
+    return _one_segment(prompt, own)
+
+
+def _one_segment(prompt: KVCache, own: KVCache) -> KVCache:
+    """Each row's prompt slots followed by its own slots, as one segment (the own cache's
+    `index` counts from the end of the prompt)."""
+
+    def join(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.concatenate([a, b], axis=2)
+
+    return dict(
+        k=map_layers(join, prompt["k"], own["k"]),
+        v=map_layers(join, prompt["v"], own["v"]),
+        mask=jnp.concatenate([prompt["mask"], own["mask"]], axis=1),
+        index=own["index"] + prompt["mask"].shape[1],
     )
 
 

@@ -37,6 +37,7 @@ from critique_jax.models import (
     continue_cache,
     init_cache,
     map_layers,
+    select_rows,
 )
 from critique_jax.sampling.filters import FilterSpec, row_keys, sample_tokens, token_logprobs
 from critique_jax.sampling.prefixes import SharedPrefill
@@ -156,12 +157,7 @@ def prefill_shared(
         init_cache(cfg, prefix.shape[0], prefix.shape[1] + shared.suffix.shape[1])
     )
     _, cache = _extend(cfg, params, prefix, _positions(prefix_mask), prefix_mask, cache)
-    cache = dict(
-        k=map_layers(lambda x: x[group], cache["k"]),
-        v=map_layers(lambda x: x[group], cache["v"]),
-        mask=cache["mask"][group],
-        index=cache["index"],
-    )
+    cache = select_rows(cache, group)  # each prompt continues its prefix's rows
     start = jnp.sum(prefix_mask, axis=-1, dtype=jnp.int32)[group][:, None]
     positions = _positions(shared.suffix_mask, start)
     logits, cache = _extend(
@@ -261,28 +257,8 @@ def decode(
 @jax.jit
 def compact(state: DecodeState, keep: jax.Array, valid: jax.Array) -> DecodeState:
     """The state of rows `keep` only (a smaller batch; rows with `valid` False are padding,
-    done from the start). A shared prompt segment is copied into each kept row ahead of
-    its own slots: the few rows left have little to share, and one segment is cheaper."""
-    cache = state.cache
-    if "prompt_k" in cache:
-        source = keep // (state.last.shape[0] // cache["prompt_mask"].shape[0])
-
-        def join(prompt, own):
-            return jnp.concatenate([prompt[source], own[keep]], axis=2)
-
-        cache = dict(
-            k=map_layers(join, cache["prompt_k"], cache["k"]),
-            v=map_layers(join, cache["prompt_v"], cache["v"]),
-            mask=jnp.concatenate([cache["prompt_mask"][source], cache["mask"][keep]], axis=1),
-            index=cache["index"] + cache["prompt_mask"].shape[1],
-        )
-    else:
-        cache = dict(
-            k=map_layers(lambda x: x[keep], cache["k"]),
-            v=map_layers(lambda x: x[keep], cache["v"]),
-            mask=cache["mask"][keep],
-            index=cache["index"],
-        )
+    done from the start), their cache from `models.select_rows`."""
+    cache = select_rows(state.cache, keep)
     rows = jax.tree.map(lambda x: x[keep], dataclasses.replace(state, cache={}, step=None))
     return dataclasses.replace(
         rows, step=state.step, cache=constrain_cache(cache), done=rows.done | ~valid

@@ -6,10 +6,15 @@ forker sees all of them together and the core stays accelerator-neutral:
 
 - `unroll_decode_layers`: the sampler's layer loop, unrolled on CPU, scanned elsewhere;
 - `argmax`: a max-then-min argmax on CPU, `jnp.argmax` elsewhere;
-- `attention_implementation`: cuDNN flash attention on GPU in half precision, XLA elsewhere.
+- `attention_implementation`: cuDNN flash attention on GPU in half precision, XLA elsewhere;
+- `cpu_allocator_advice`: what to set before a CPU training run starts (a process setting
+  the core cannot make itself).
 """
 
 from __future__ import annotations
+
+import os
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -46,3 +51,25 @@ def attention_implementation(dtype: jnp.dtype) -> str:
     config says `attention_impl: auto`."""
     gpu = jax.default_backend() == "gpu"
     return "cudnn" if gpu and dtype in (jnp.bfloat16, jnp.float16) else "xla"
+
+
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def cpu_allocator_advice() -> str | None:
+    """A line for the log when a CPU training run would fault in its memory page by page.
+
+    XLA:CPU allocates every step's temporaries (4 GB for SmolLM2-135M at batch 4 x 512) as
+    one fresh buffer, and the kernel zero-fills it 4 KiB at a time on first touch: 1.7
+    million page faults and 3 s of system time per step there. With glibc's huge-page
+    tunable malloc backs that buffer with transparent huge pages (40x fewer faults, the step
+    about 20% faster). glibc reads it only at process start, hence advice, not a setting."""
+    if not on_cpu() or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    if HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+        return None
+    return (
+        f"CPU training: start the process with GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} for "
+        "faster steps (XLA's per-step buffers then use transparent huge pages; docs/"
+        "architecture.md, 'Backend choices')"
+    )

@@ -31,6 +31,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from critique_jax import losses
+from critique_jax.backend import cpu_allocator_advice
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.config import ConfigError, MeshConfig, OptimConfig, TrainConfig
 from critique_jax.metrics import (
@@ -322,6 +323,8 @@ class Trainer:
         if peak_flops is None:
             peak_flops = peak_flops_per_device(self.mesh.devices.flat[0])
         self.peak_flops = peak_flops
+        if advice := cpu_allocator_advice():
+            log.info(advice)
         self.setup = StepSetup(
             model_cfg,
             dataclasses.astuple(optim),

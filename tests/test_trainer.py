@@ -231,3 +231,17 @@ def test_slurm_local_devices():
     assert slurm_local_device_ids(per_node) == list(range(8))
     per_gpu = {"SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_GPUS_ON_NODE": "8"}
     assert slurm_local_device_ids(per_gpu) is None
+
+
+def test_cpu_training_is_advised_to_use_huge_pages_until_it_does(monkeypatch):
+    """The advice names the tunable while it is missing and goes away once it is set."""
+    import platform
+
+    from critique_jax import backend
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the advice is for glibc on Linux")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert backend.HUGE_PAGES_TUNABLE in backend.cpu_allocator_advice()
+    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{backend.HUGE_PAGES_TUNABLE}")
+    assert backend.cpu_allocator_advice() is None

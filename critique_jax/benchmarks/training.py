@@ -18,6 +18,8 @@ Each side runs `--warmup` untimed steps (ours: the first also compiles; `compile
 extra time) and then `--steps` timed steps, each timed alone; tokens/s = batch * seq /
 median step time. MFU uses the FLOP formula of `critique_jax.metrics` against the device's
 bf16 peak (None on CPU unless --peak-flops).
+On a CPU, run it with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (both sides inherit it; see
+`backend.cpu_allocator_advice`): `malloc_hugetlb` in the JSON says whether it was set.
 The last line printed is one JSON object.
 """
 
@@ -222,6 +224,7 @@ def main() -> None:
 
     import jax
 
+    from critique_jax.backend import HUGE_PAGES_TUNABLE
     from critique_jax.metrics import peak_flops_per_device
 
     cfg = model_config(args.model, args.dtype)
@@ -251,6 +254,7 @@ def main() -> None:
                 "dtype": args.dtype,
                 "device": jax.devices()[0].device_kind,
                 "cpu_count": os.cpu_count(),
+                "malloc_hugetlb": HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""),
             }
         )
     )

@@ -11,9 +11,10 @@ import json
 import sys
 import time
 
+from critique_jax.data.tokenizers import load_tokenizer
 from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, exit_cli, run_cli
 from critique_jax.models import abstract_params
-from critique_jax.models.hf import load_hf, load_tokenizer
+from critique_jax.models.hf import load_hf
 from critique_jax.sampling import Buckets, Sampler, SamplingParams
 from critique_jax.sharding import make_mesh, param_shardings
 

@@ -11,8 +11,8 @@ from critique_jax.config import ConfigError, ModelSpec, from_dict
 from critique_jax.data.critique_format import format_critique, parse_critique, split_steps
 from critique_jax.data.demo_world import generate_problems, templated_critique
 from critique_jax.data.loaders import DataError
-from critique_jax.models.loading import load_model
 from critique_jax.pipelines import critic_eval as ce
+from critique_jax.pipelines.loading import load_model
 from critique_jax.pipelines.roles import OracleCritic, make_agent, with_demo_tokenizer
 from critique_jax.runio import read_jsonl
 from critique_jax.sampling import SamplingParams

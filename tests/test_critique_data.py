@@ -14,9 +14,9 @@ import pytest
 from critique_jax.config import ConfigError, ModelSpec, from_dict
 from critique_jax.data.critique_format import StepVerdict, parse_critique, split_steps
 from critique_jax.data.demo_world import generate_problems, templated_critique
-from critique_jax.models.loading import load_model
 from critique_jax.pipelines import critique_data as cd
 from critique_jax.pipelines.finetune import examples_from_records
+from critique_jax.pipelines.loading import load_model
 from critique_jax.pipelines.roles import make_agent, make_critic, with_demo_tokenizer
 from critique_jax.runio import read_jsonl, run_dir_lock
 from critique_jax.train import main

@@ -14,11 +14,11 @@ tr = pytest.importorskip("transformers")
 
 from conftest import real_model_dir  # noqa: E402
 
+from critique_jax.data.tokenizers import check_vocab  # noqa: E402
 from critique_jax.models import Transformer  # noqa: E402
 from critique_jax.models.hf import (  # noqa: E402
     CheckpointFormatError,
     SafetensorsIndex,
-    check_vocab,
     load_hf,
     save_hf,
 )

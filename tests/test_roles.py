@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from critique_jax.config import ConfigError, ModelSpec
 from critique_jax.models.config import preset
-from critique_jax.models.loading import LoadedModel, init_sharded_params
+from critique_jax.pipelines.loading import LoadedModel, init_sharded_params
 from critique_jax.pipelines.roles import CriticSpec, OracleCritic, load_roles, make_agent
 from critique_jax.sampling import SamplingParams, engine
 

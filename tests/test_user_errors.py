@@ -214,7 +214,7 @@ def tiny_hf(tmp_path_factory) -> Path:
     """A tiny model exported as an HF directory (no tokenizer: loading fails before it)."""
     from critique_jax.models import preset
     from critique_jax.models.hf import save_hf
-    from critique_jax.models.loading import init_sharded_params
+    from critique_jax.pipelines.loading import init_sharded_params
 
     cfg = preset("tiny", num_layers=2)
     return save_hf(cfg, init_sharded_params(cfg, 0, None), tmp_path_factory.mktemp("m") / "hf")
@@ -375,7 +375,7 @@ def test_one_layer_model_round_trips(tmp_path):
 
     from critique_jax.models import Transformer, preset
     from critique_jax.models.hf import SafetensorsIndex, load_hf, save_hf
-    from critique_jax.models.loading import init_sharded_params
+    from critique_jax.pipelines.loading import init_sharded_params
 
     cfg = preset("tiny", num_layers=1)
     params = init_sharded_params(cfg, 0, None)
@@ -877,8 +877,8 @@ def test_tokenizer_without_the_models_specials_is_refused(capsys, tiny_hf, run_d
 
 def test_tokenizer_far_smaller_than_the_embedding_is_refused():
     """SmolLM2's 49152-token tokenizer with a Qwen2.5 model (151936 rows): the ids fit."""
+    from critique_jax.data.tokenizers import TokenizerMismatch, check_own_tokenizer
     from critique_jax.models import preset
-    from critique_jax.models.tokenizer_check import TokenizerMismatch, check_own_tokenizer
 
     smollm2 = _Tokenizer(49152, (0, 1, 2))
     with pytest.raises(TokenizerMismatch, match=r"has 49152 tokens for an embedding of 151936"):
@@ -887,8 +887,8 @@ def test_tokenizer_far_smaller_than_the_embedding_is_refused():
 
 def test_real_tokenizer_pairings_are_accepted():
     """Qwen2.5 (151665 tokens in 151936 rows; 7B: 152064), Llama 3 and SmolLM2 (equal)."""
+    from critique_jax.data.tokenizers import mismatches
     from critique_jax.models import preset
-    from critique_jax.models.tokenizer_check import mismatches
 
     qwen = preset("qwen2.5-0.5b", bos_token_id=151643, eos_token_id=151645)
     assert mismatches(_Tokenizer(151665, (151643, 151645)), qwen) == []
@@ -899,7 +899,8 @@ def test_real_tokenizer_pairings_are_accepted():
 
 
 def test_the_real_smollm2_tokenizer_is_its_models_own():
-    from critique_jax.models.hf import config_from_hf, load_tokenizer, read_hf_config
+    from critique_jax.data.tokenizers import load_tokenizer
+    from critique_jax.models.hf import config_from_hf, read_hf_config
 
     real = Path.home() / ".cache/critique_jax/real_models/smollm2-135m/hf"
     if not (real / "tokenizer.json").is_file():

@@ -118,7 +118,7 @@ def build_shared(work: Work) -> None:
     from critique_jax.data.demo_world import generate_problems
     from critique_jax.models import preset
     from critique_jax.models.hf import save_hf
-    from critique_jax.models.loading import init_sharded_params
+    from critique_jax.pipelines.loading import init_sharded_params
 
     problems = generate_problems(64, 0)
     texts = [t for p in problems for t in (p.question, p.solution)]

@@ -26,7 +26,6 @@ from safetensors import SafetensorError, safe_open
 
 from critique_jax.errors import UserError
 from critique_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
-from critique_jax.models.tokenizer_check import check_own_tokenizer
 from critique_jax.models.transformer import abstract_params
 from critique_jax.sharding import host_to_global
 
@@ -414,36 +413,6 @@ def _check_finite(value: np.ndarray, name: str, path: Path) -> None:
             f"tensor {name} in {path} has {bad} non-finite values (NaN/inf) of {value.size}; "
             "the weights are damaged or training diverged: export them again from a good "
             "checkpoint"
-        )
-
-
-def load_tokenizer(
-    path: str | Path, cfg: ModelConfig | None = None, model: str | Path | None = None
-):
-    """AutoTokenizer from `path`; with `cfg`, checks it is the own tokenizer of that model
-    (`model`, named in errors; default: `path`, the tokenizer saved with the checkpoint)."""
-    from transformers import AutoTokenizer
-
-    directory = resolve_checkpoint_dir(path, "tokenizer directory")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(directory))
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
-        raise CheckpointFormatError(
-            f"no usable tokenizer in {directory} ({type(e).__name__}: {e}); save one there with "
-            "tokenizer.save_pretrained(dir) or set model.tokenizer to another directory."
-        ) from e
-    if cfg is not None:
-        check_vocab(tok, cfg)
-        check_own_tokenizer(tok, cfg, directory, model or directory)
-    return tok
-
-
-def check_vocab(tokenizer, cfg: ModelConfig) -> None:
-    if len(tokenizer) > cfg.vocab_size:
-        raise CheckpointFormatError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has only "
-            f"{cfg.vocab_size} rows: token ids past {cfg.vocab_size - 1} would index out of "
-            "range. Use the tokenizer saved with this checkpoint, or resize the embedding."
         )
 
 

@@ -32,7 +32,7 @@ from critique_jax.data.prompts import (
     render_example,
     solve_messages,
 )
-from critique_jax.models.loading import LoadedModel
+from critique_jax.pipelines.loading import LoadedModel
 from critique_jax.trainer import Trainer
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from critique_jax.data.math import verify
 from critique_jax.data.prompts import Messages, critique_messages, refine_messages, solve_messages
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models import ModelConfig
-from critique_jax.models.loading import LoadedModel, load_model
+from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import Agent, make_agent
 from critique_jax.pipelines.seeds import chunk_seed

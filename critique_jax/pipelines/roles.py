@@ -32,7 +32,7 @@ from critique_jax.data.prompts import (
 )
 from critique_jax.data.records import Problem
 from critique_jax.models.config import preset
-from critique_jax.models.loading import LoadedModel, load_model
+from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.sampling import Completion, Sampler, SamplingParams
 
 

@@ -57,8 +57,8 @@ from critique_jax.data.prompts import solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
-from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.finetune import Example, SFTData, finetune, load_sft_records
+from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.pipelines.overlong import fit_questions, with_skips
 from critique_jax.pipelines.reporting import difficulty, mean_by_level
 from critique_jax.pipelines.roles import Agent, make_agent, solve, with_demo_tokenizer

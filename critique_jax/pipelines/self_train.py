@@ -69,7 +69,6 @@ from critique_jax.data.prompts import refine_messages, solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models.hf import save_hf
-from critique_jax.models.loading import LoadedModel, load_model
 from critique_jax.pipelines.finetune import (
     Example,
     SFTData,
@@ -77,6 +76,7 @@ from critique_jax.pipelines.finetune import (
     finetune,
     load_sft_records,
 )
+from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.pipelines.overlong import check_oracle, fit_questions, with_skips
 from critique_jax.pipelines.reporting import difficulty, mean_by_level, sorted_levels, table_cell
 from critique_jax.pipelines.roles import (

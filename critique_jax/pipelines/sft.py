@@ -22,13 +22,13 @@ from critique_jax.config import (
     TrainConfig,
 )
 from critique_jax.models.hf import save_hf
-from critique_jax.models.loading import load_model
 from critique_jax.pipelines.finetune import (
     SFTData,
     examples_from_records,
     finetune,
     load_sft_records,
 )
+from critique_jax.pipelines.loading import load_model
 from critique_jax.runio import atomic_write_json
 from critique_jax.sharding import mesh_from_config
 

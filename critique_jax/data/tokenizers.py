@@ -1,8 +1,10 @@
-"""Is a tokenizer the model's own? A foreign one whose ids fit the embedding samples fluent
-garbage with no error, so `models.hf.load_tokenizer` checks every pairing for two signs:
-config.json's eos/bos ids must be special (or added) tokens of the tokenizer, and the
-tokenizer must fill the embedding up to the padding real models use (Qwen2.5: 151936 rows for
-151665 tokens; Llama 3, SmolLM2: none). Demo-sized models always pass the second.
+"""A model's tokenizer: loaded from its checkpoint and checked to be the model's own.
+
+A foreign tokenizer whose ids fit the embedding samples fluent garbage with no error, so
+`load_tokenizer` checks every pairing for two signs: config.json's eos/bos ids must be
+special (or added) tokens of the tokenizer, and the tokenizer must fill the embedding up to
+the padding real models use (Qwen2.5: 151936 rows for 151665 tokens; Llama 3, SmolLM2:
+none). Demo-sized models always pass the second.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from critique_jax.errors import UserError
 from critique_jax.models.config import ModelConfig
+from critique_jax.models.hf import CheckpointFormatError, resolve_checkpoint_dir
 
 
 class TokenizerMismatch(UserError):
@@ -60,4 +63,34 @@ def check_own_tokenizer(
             f"{'; '.join(found)}. Fix: pair the model with its own tokenizer (in a config, "
             "set model.tokenizer to it or leave it unset to use the one saved with the "
             "checkpoint; in an HF directory, save it there with save_pretrained)"
+        )
+
+
+def load_tokenizer(
+    path: str | Path, cfg: ModelConfig | None = None, model: str | Path | None = None
+):
+    """AutoTokenizer from `path`; with `cfg`, checks it is the own tokenizer of that model
+    (`model`, named in errors; default: `path`, the tokenizer saved with the checkpoint)."""
+    from transformers import AutoTokenizer
+
+    directory = resolve_checkpoint_dir(path, "tokenizer directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
+        raise CheckpointFormatError(
+            f"no usable tokenizer in {directory} ({type(e).__name__}: {e}); save one there with "
+            "tokenizer.save_pretrained(dir) or set model.tokenizer to another directory."
+        ) from e
+    if cfg is not None:
+        check_vocab(tok, cfg)
+        check_own_tokenizer(tok, cfg, directory, model or directory)
+    return tok
+
+
+def check_vocab(tokenizer, cfg: ModelConfig) -> None:
+    if len(tokenizer) > cfg.vocab_size:
+        raise CheckpointFormatError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has only "
+            f"{cfg.vocab_size} rows: token ids past {cfg.vocab_size - 1} would index out of "
+            "range. Use the tokenizer saved with this checkpoint, or resize the embedding."
         )

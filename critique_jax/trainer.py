@@ -323,8 +323,7 @@ class Trainer:
         if peak_flops is None:
             peak_flops = peak_flops_per_device(self.mesh.devices.flat[0])
         self.peak_flops = peak_flops
-        if advice := cpu_allocator_advice():
-            log.info(advice)
+        _advise_on_allocator()
         self.setup = StepSetup(
             model_cfg,
             dataclasses.astuple(optim),
@@ -497,6 +496,13 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+@functools.cache
+def _advise_on_allocator() -> None:
+    """Log `backend.cpu_allocator_advice` once per process, not once per Trainer."""
+    if advice := cpu_allocator_advice():
+        log.info(advice)
 
 
 def _to_host(tree: Any) -> dict[str, float]:

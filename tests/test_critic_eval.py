@@ -4,6 +4,7 @@ the closed loop with an untrained actor, eval-set files, and the stage's resume.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -12,6 +13,7 @@ from critique_jax.data.critique_format import format_critique, parse_critique, s
 from critique_jax.data.demo_world import generate_problems, templated_critique
 from critique_jax.data.loaders import DataError
 from critique_jax.pipelines import critic_eval as ce
+from critique_jax.pipelines.critique_data import LabelledSolution
 from critique_jax.pipelines.loading import load_model
 from critique_jax.pipelines.roles import OracleCritic, make_agent, with_demo_tokenizer
 from critique_jax.runio import read_jsonl
@@ -38,14 +40,14 @@ def actor(tmp_path_factory):
 
 
 def test_demo_eval_set_has_references_and_known_first_errors(eval_set):
-    assert len(eval_set) == 18 and len({r["id"] for r in eval_set}) == 18
+    assert len(eval_set) == 18 and len({r.id for r in eval_set}) == 18
     for r in eval_set:
-        p = QUESTIONS[r["question"]]
-        if r["kind"] == "reference":
-            assert r["solution_is_correct"] and r["first_error_step"] is None
+        p = QUESTIONS[r.question]
+        if r.kind == "reference":
+            assert r.solution_is_correct and r.first_error_step is None
         else:
-            k = r["first_error_step"]
-            assert not r["solution_is_correct"] and 1 <= k <= len(split_steps(p.solution))
+            k = r.first_error_step
+            assert not r.solution_is_correct and 1 <= k <= len(split_steps(p.solution))
 
 
 def test_perfect_oracle_scores_one(eval_set):
@@ -56,7 +58,7 @@ def test_perfect_oracle_scores_one(eval_set):
     assert m["quote_fidelity"] == 1.0
     assert m["tokens"]["critique_per_question"] == 0  # an oracle generates nothing
     assert all(v["verdict_accuracy"] == 1.0 for v in m["by_level"].values())
-    assert [o["id"] for o in outputs] == [r["id"] for r in eval_set]
+    assert [o.id for o in outputs] == [r.id for r in eval_set]
 
 
 def test_constant_correct_critic_gets_the_base_rate(eval_set):
@@ -70,24 +72,30 @@ def test_constant_correct_critic_gets_the_base_rate(eval_set):
 
 def test_metrics_on_hand_made_outputs():
     records = [
-        {"id": "a", "solution_is_correct": True, "first_error_step": None, "level": 1},
-        {"id": "b", "solution_is_correct": True, "first_error_step": None, "level": 1},
-        {"id": "c", "solution_is_correct": False, "first_error_step": 2, "level": 2},
-        {"id": "d", "solution_is_correct": False, "first_error_step": 1, "level": 2},
+        LabelledSolution(i, "q", "s", "1", correct, step, level)
+        for i, correct, step, level in [
+            ("a", True, None, 1),
+            ("b", True, None, 1),
+            ("c", False, 2, 2),
+            ("d", False, 1, 2),
+        ]
     ]
 
     def out(i, verdict, step, refinements, parseable=True, quotes=(2, 2)):
-        return {
-            "id": i,
-            "verdict": verdict,
-            "first_wrong_step": step,
-            "parseable": parseable,
-            "quoted_steps": quotes[0],
-            "verbatim_quotes": quotes[1],
-            "refinements": refinements,
-            "tokens": 10,
-            "refine_tokens": 5 * len(refinements),
-        }
+        return ce.EvalCritique(
+            id=i,
+            critique="",
+            parseable=parseable,
+            verdict=verdict,
+            first_wrong_step=step,
+            quoted_steps=quotes[0],
+            verbatim_quotes=quotes[1],
+            checked_steps=0,
+            agreeing_checks=0,
+            tokens=10,
+            refinements=tuple(refinements),
+            refine_tokens=5 * len(refinements),
+        )
 
     outputs = [
         out("d", None, 3, [False, False], parseable=False, quotes=(0, 0)),
@@ -111,7 +119,7 @@ def test_metrics_on_hand_made_outputs():
     with pytest.raises(ValueError, match="no critique"):
         ce.critic_metrics(records, outputs[1:])
     with pytest.raises(ValueError, match="no refinements"):
-        ce.critic_metrics(records, [{**o, "refinements": []} for o in outputs], closed=True)
+        ce.critic_metrics(records, [replace(o, refinements=()) for o in outputs], closed=True)
 
 
 def test_closed_loop_and_stage_resume(actor, eval_set, tmp_path):
@@ -139,7 +147,7 @@ def test_closed_loop_and_stage_resume(actor, eval_set, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == results
     lines = (tmp_path / "critiques.jsonl").read_text()
     outputs = [json.loads(ln) for ln in lines.splitlines()]
-    assert [o["id"] for o in outputs] == [r["id"] for r in eval_set]
+    assert [o["id"] for o in outputs] == [r.id for r in eval_set]
     assert all(len(o["refinements"]) == 2 for o in outputs if o["verdict"] is False)
 
     # Killed while writing the last chunk (records 16-17): a rerun completes it identically.
@@ -152,9 +160,9 @@ def test_closed_loop_and_stage_resume(actor, eval_set, tmp_path):
 def test_sampled_eval_set_is_labelled_by_the_verifier(actor):
     sp = SamplingParams(max_new_tokens=16, temperature=1.0, seed=1)
     records = ce.build_sampled_eval_set(actor, PROBLEMS[:3], 2, sp)
-    assert records and all(r["first_error_step"] is None for r in records)
-    assert all(r["solution_is_correct"] is False for r in records)  # an untrained actor
-    assert len({(r["problem_id"], r["solution"]) for r in records}) == len(records)
+    assert records and all(r.first_error_step is None for r in records)
+    assert all(r.solution_is_correct is False for r in records)  # an untrained actor
+    assert len({(r.problem_id, r.solution) for r in records}) == len(records)
 
 
 def test_stage_run_with_an_oracle_needs_no_model(tmp_path):
@@ -168,7 +176,9 @@ def test_stage_run_with_an_oracle_needs_no_model(tmp_path):
     assert results["n"] == 8 and results["verdict_accuracy"] == 1.0
     assert "closed_loop" not in results
     saved = list(read_jsonl(tmp_path / "eval_set.jsonl"))
-    assert ce.read_eval_set(tmp_path / "eval_set.jsonl") == saved and len(saved) == 8
+    assert len(saved) == 8
+    read = ce.read_eval_set(tmp_path / "eval_set.jsonl")
+    assert [(r.id, r.gold) for r in read] == [(r["id"], r["answer"]) for r in saved]
     # An eval-set file (e.g. collect_critiques' solutions.jsonl) drives the same evaluation.
     again = from_dict(
         ce.Config,
@@ -194,7 +204,7 @@ def test_eval_set_files_are_checked(tmp_path):
         + "\n"
     )
     (r,) = ce.read_eval_set(good)
-    assert r["id"] == "7" and r["first_error_step"] is None and r["level"] is None
+    assert r == LabelledSolution("7", "q", "s", "1", False)
 
 
 def test_config_errors_name_the_problem():
@@ -213,4 +223,4 @@ def test_config_errors_name_the_problem():
 
 def test_oracle_critiques_parse(eval_set):
     outputs = ce.critique_outputs(ORACLE, eval_set[:3], GREEDY)
-    assert all(parse_critique(o["critique"]).parseable for o in outputs)
+    assert all(parse_critique(o.critique).parseable for o in outputs)

@@ -220,15 +220,17 @@ def test_keep_critique_rules():
 
 def test_select_solutions_dedupes_and_balances_correct_ones():
     def rec(pid: str, i: int, text: str, correct: bool, pred: str | None = "1", kind="sample"):
-        return {
-            "id": f"{pid}/s{i}",
-            "problem_id": pid,
-            "kind": kind,
-            "solution": text,
-            "pred": pred,
-            "solution_is_correct": correct,
-            "selected": False,
-        }
+        return cd.SolutionRecord(
+            id=f"{pid}/s{i}",
+            question="q",
+            solution=text,
+            gold="1",
+            solution_is_correct=correct,
+            problem_id=pid,
+            kind=kind,
+            pred=pred,
+            tokens=0,
+        )
 
     recs = [
         rec("a", 0, "x", False),
@@ -241,24 +243,25 @@ def test_select_solutions_dedupes_and_balances_correct_ones():
         rec("b", 2, "", False),
         rec("b", 3, "c4", True, kind="insert"),  # an insertion that did not take
     ]
-    cd.select_solutions(recs, correct_share=0.5, require_answer=True, seed=0)
-    chosen = {r["id"] for r in recs if r["selected"]}
+    chosen = {
+        r.id
+        for r in cd.select_solutions(recs, correct_share=0.5, require_answer=True, seed=0)
+        if r.selected
+    }
     # wrong: a/s0 (a/s1 duplicates it, a/s2 states no answer, b/s2 is empty) and b/s0; two
     # correct ones for share 0.5, one per question before any question's second; never a
     # failed insertion.
     assert chosen == {"a/s0", "b/s0", "a/s3", "b/s1"}
-    for r in recs:
-        r["selected"] = False
-    cd.select_solutions(recs, correct_share=0.0, require_answer=False, seed=0)
-    assert {r["id"] for r in recs if r["selected"]} == {"a/s0", "a/s2", "b/s0"}
+    again = cd.select_solutions(recs, correct_share=0.0, require_answer=False, seed=0)
+    assert {r.id for r in again if r.selected} == {"a/s0", "a/s2", "b/s0"}
 
 
 def test_an_insertion_that_keeps_the_right_answer_records_no_first_error():
     p = PROBLEMS[0]
-    took = cd.solution_record(p, "x", "insert", "The answer is 100.", 0, first_error_step=1)
-    failed = cd.solution_record(p, "y", "insert", f"The answer is {p.answer}.", 0, 1)
-    assert took["first_error_step"] == 1 and not took["solution_is_correct"]
-    assert failed["first_error_step"] is None and failed["solution_is_correct"]
+    took = cd.SolutionRecord.of(p, "x", "insert", "The answer is 100.", 0, first_error_step=1)
+    failed = cd.SolutionRecord.of(p, "y", "insert", f"The answer is {p.answer}.", 0, 1)
+    assert took.first_error_step == 1 and not took.solution_is_correct
+    assert failed.first_error_step is None and failed.solution_is_correct
 
 
 def test_critique_text_stops_at_the_first_wrong_step():

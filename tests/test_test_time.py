@@ -104,12 +104,12 @@ def test_sequential_stops_when_the_critic_accepts(world):
     problems, plans, critic = world
     actor = ScriptedActor(problems, plans)
     records = sequential_records(actor, critic, problems, TTSSettings(rounds=3))
-    easy, hard = (r["rounds"] for r in records)
-    assert [s["verdict"] for s in easy] == [True]
-    assert [s["verdict"] for s in hard] == [False, True]  # refined once, then accepted
+    easy, hard = (r.rounds for r in records)
+    assert [s.verdict for s in easy] == [True]
+    assert [s.verdict for s in hard] == [False, True]  # refined once, then accepted
     points = summarize_sequential(records, 3)
     assert [p["accuracy"] for p in points] == [0.5, 1.0, 1.0, 1.0]
-    y0, y1 = (len(s["text"].split()) for s in hard)
+    y0, y1 = (len(s.judged.text.split()) for s in hard)
     assert sequential_outcome(hard, 0) == (False, y0, 0)
     assert sequential_outcome(hard, 2) == (True, y0 + y1, 0)
 

@@ -2,14 +2,14 @@
 
     python -m critique_jax.train --config configs/eval_critic_demo.yaml
 
-Eval records: question, solution, answer (gold), solution_is_correct (the verifier's label),
-optionally first_error_step (known for controlled error insertion) and level. They come from
-a JSONL file (`eval_set.path`; collect_critiques' solutions.jsonl is one) or are built from
-`eval_set.problems`: in the demo world each problem's reference solution plus
-`wrong_per_problem` solutions with an injected error; elsewhere (GSM8K, MATH) actor samples
-labelled by the verifier.
+Eval records (`LabelledSolution`): question, solution, answer (gold), solution_is_correct
+(the verifier's label), optionally first_error_step (known for controlled error insertion)
+and level. They come from a JSONL file (`eval_set.path`; collect_critiques' solutions.jsonl
+is one) or are built from `eval_set.problems`: in the demo world each problem's reference
+solution plus `wrong_per_problem` solutions with an injected error; elsewhere (GSM8K, MATH)
+actor samples labelled by the verifier.
 
-Metrics (results.json in run_dir; per-record critiques in critiques.jsonl):
+Metrics (results.json in run_dir; per-record critiques, `EvalCritique`, in critiques.jsonl):
 - verdict accuracy (the final verdict equals the label; an unparseable critique counts as
   wrong), precision and recall of the verdict "Wrong", the unparseable rate, by level too;
 - first-error-step accuracy on records whose first error is known;
@@ -28,7 +28,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from critique_jax.data.loaders import DataError, read_records
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.pipelines.critique_data import (
+    LabelledSolution,
+    SolutionRecord,
     chunks,
     demo_insertions,
     reference_solution,
@@ -116,7 +118,7 @@ class Config(StageConfig):
 
 def build_demo_eval_set(
     problems: Sequence[Problem], wrong_per_problem: int = 1, seed: int = 0
-) -> list[dict[str, Any]]:
+) -> list[SolutionRecord]:
     """Per demo problem: its reference solution (correct) and `wrong_per_problem` solutions
     with an arithmetic slip at a random step (first_error_step known)."""
     records = []
@@ -128,20 +130,21 @@ def build_demo_eval_set(
 
 def build_sampled_eval_set(
     actor: Agent, problems: Sequence[Problem], samples_per_question: int, sp: SamplingParams
-) -> list[dict[str, Any]]:
+) -> list[SolutionRecord]:
     """Distinct non-empty actor samples (temperature > 0 for several per question), labelled
     by the verifier; the first error step is unknown."""
     seen, records = set(), []
     for r in sample_solutions(actor, problems, samples_per_question, sp):
-        key = (r["problem_id"], r["solution"].strip())
-        if r["solution"].strip() and key not in seen:
+        key = (r.problem_id, r.solution.strip())
+        if r.solution.strip() and key not in seen:
             seen.add(key)
             records.append(r)
     return records
 
 
-def read_eval_set(path: str | Path) -> list[dict[str, Any]]:
-    """Eval records from a JSONL/JSON file; a record without the required fields is named."""
+def read_eval_set(path: str | Path) -> list[LabelledSolution]:
+    """Eval records from a JSONL/JSON file (an id defaults to the record's index); a record
+    without the required fields is named."""
     records = []
     for i, (where, r) in enumerate(read_records(path)):
         missing = [f for f in REQUIRED_FIELDS if f not in r]
@@ -151,67 +154,98 @@ def read_eval_set(path: str | Path) -> list[dict[str, Any]]:
                 f"solution_is_correct (missing: {missing}). Fix: write records like "
                 "collect_critiques' solutions.jsonl"
             )
-        records.append({"first_error_step": None, "level": None, **r, "id": str(r.get("id", i))})
+        records.append(LabelledSolution.from_json({**r, "id": str(r.get("id", i))}))
     return records
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
+@dataclass(frozen=True)
+class EvalCritique:
+    """A line of critiques.jsonl: the critic's critique of one eval record, what it parses
+    to, how many of its step quotes and checks hold, and the verified closed-loop
+    refinements guided by it."""
+
+    id: str  # the eval record's
+    critique: str
+    parseable: bool
+    verdict: bool | None  # the parsed final verdict; None when unparseable
+    first_wrong_step: int | None
+    quoted_steps: int
+    verbatim_quotes: int  # quoted steps that are the solution's own
+    checked_steps: int
+    agreeing_checks: int  # checked steps whose verdict follows from the check
+    tokens: int
+    refinements: tuple[bool, ...] = ()  # whether each refinement verifies
+    refine_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "refinements": list(self.refinements)}
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> EvalCritique:
+        """Lines written before quotes and checks were counted lack the counts: 0."""
+        counts = ("quoted_steps", "verbatim_quotes", "checked_steps", "agreeing_checks")
+        return cls(**{**dict.fromkeys(counts, 0), **r, "refinements": tuple(r["refinements"])})
+
+
 def critique_outputs(
-    critic: Critic, records: Sequence[dict[str, Any]], sp: SamplingParams
-) -> list[dict[str, Any]]:
+    critic: Critic, records: Sequence[LabelledSolution], sp: SamplingParams
+) -> list[EvalCritique]:
     """One critique per record (no reference answer: this is the critic at test time)."""
     if not records:
         return []
     outs = critic.critique(
-        [r["question"] for r in records], [r["solution"] for r in records], sp.replace(n=1)
+        [r.question for r in records], [r.solution for r in records], sp.replace(n=1)
     )
     results = []
     for r, (c, *_) in zip(records, outs, strict=True):
         crit = parsed(c)
-        quoted, verbatim = verbatim_quotes(crit, r["solution"])
+        quoted, verbatim = verbatim_quotes(crit, r.solution)
         checked, agreeing = check_agreement(crit)
         results.append(
-            {
-                "id": r["id"],
-                "critique": c.text or "",
-                "parseable": crit.parseable,
-                "verdict": crit.final_correct if crit.parseable else None,
-                "first_wrong_step": crit.first_wrong_step,
-                "quoted_steps": quoted,
-                "verbatim_quotes": verbatim,
-                "checked_steps": checked,
-                "agreeing_checks": agreeing,
-                "tokens": c.num_tokens,
-                "refinements": [],
-                "refine_tokens": 0,
-            }
+            EvalCritique(
+                id=r.id,
+                critique=c.text or "",
+                parseable=crit.parseable,
+                verdict=crit.final_correct if crit.parseable else None,
+                first_wrong_step=crit.first_wrong_step,
+                quoted_steps=quoted,
+                verbatim_quotes=verbatim,
+                checked_steps=checked,
+                agreeing_checks=agreeing,
+                tokens=c.num_tokens,
+            )
         )
     return results
 
 
 def closed_loop(
     actor: Agent,
-    records: Sequence[dict[str, Any]],
-    outputs: Sequence[dict[str, Any]],
+    records: Sequence[LabelledSolution],
+    outputs: Sequence[EvalCritique],
     m: int,
     sp: SamplingParams,
-) -> None:
-    """The actor refines m times with each critique that does not say Correct; the verified
-    refinements are stored on the outputs."""
-    todo = [(r, o) for r, o in zip(records, outputs, strict=True) if o["verdict"] is not True]
+) -> list[EvalCritique]:
+    """The outputs with their verified refinements: the actor refines m times with each
+    critique that does not say Correct."""
+    pairs = zip(records, outputs, strict=True)
+    todo = [(i, r) for i, (r, o) in enumerate(pairs) if o.verdict is not True]
     judged = refine_verified(
         actor,
-        [r["question"] for r, _ in todo],
-        [r["solution"] for r, _ in todo],
-        [o["critique"] for _, o in todo],
-        [r["answer"] for r, _ in todo],
+        [r.question for _, r in todo],
+        [r.solution for _, r in todo],
+        [outputs[i].critique for i, _ in todo],
+        [r.gold for _, r in todo],
         sp.replace(n=m),
     )
-    for (_, o), outs in zip(todo, judged, strict=True):
-        o["refinements"] = [j.correct for j in outs]
-        o["refine_tokens"] = sum(j.tokens for j in outs)
+    refined = list(outputs)
+    for (i, _), outs in zip(todo, judged, strict=True):
+        refinements = tuple(j.correct for j in outs)
+        tokens = sum(j.tokens for j in outs)
+        refined[i] = replace(outputs[i], refinements=refinements, refine_tokens=tokens)
+    return refined
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -219,30 +253,29 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def critic_metrics(
-    records: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]], closed: bool = False
+    records: Sequence[LabelledSolution], outputs: Sequence[EvalCritique], closed: bool = False
 ) -> dict[str, Any]:
     """Verdict, first-error and (with `closed`) closed-loop metrics; outputs match records by
     id. "Wrong" is the positive class of precision/recall, as a verifier flags errors."""
-    by_id = {o["id"]: o for o in outputs}
-    missing = [r["id"] for r in records if r["id"] not in by_id]
+    by_id = {o.id: o for o in outputs}
+    missing = [r.id for r in records if r.id not in by_id]
     if missing:
         raise ValueError(f"no critique for eval records {missing[:5]}; rerun the evaluation")
-    pairs = [(r, by_id[r["id"]]) for r in records]
-    labels = [r["solution_is_correct"] for r, _ in pairs]
-    hits = [o["verdict"] == r["solution_is_correct"] for r, o in pairs]
-    flagged = [o["verdict"] is False for _, o in pairs]
+    pairs = [(r, by_id[r.id]) for r in records]
+    labels = [r.solution_is_correct for r, _ in pairs]
+    hits = [o.verdict == r.solution_is_correct for r, o in pairs]
+    flagged = [o.verdict is False for _, o in pairs]
     true_flags = sum(f and not lab for f, lab in zip(flagged, labels, strict=True))
-    known = [(r, o) for r, o in pairs if r.get("first_error_step") is not None]
+    known = [(r, o) for r, o in pairs if r.first_error_step is not None]
     levels: dict[str, list[bool]] = defaultdict(list)
     for (r, _), hit in zip(pairs, hits, strict=True):
-        levels[str(r.get("level"))].append(hit)
+        levels[str(r.level)].append(hit)
     per_label = [
         [h for h, lab in zip(hits, labels, strict=True) if lab is want] for want in (True, False)
     ]
     n = len(pairs)
-    # outputs written before quotes were counted lack the fields: they count as no quotes
-    quoted = sum(o.get("quoted_steps", 0) for _, o in pairs)
-    checked = sum(o.get("checked_steps", 0) for _, o in pairs)
+    quoted = sum(o.quoted_steps for _, o in pairs)
+    checked = sum(o.checked_steps for _, o in pairs)
     metrics: dict[str, Any] = {
         "n": n,
         "base_rate_correct": _mean(labels),
@@ -251,29 +284,27 @@ def critic_metrics(
         # that ignores the solution, whatever the labels' balance
         "balanced_accuracy": _mean([_mean(h) for h in per_label]) if all(per_label) else None,
         "verdict_accuracy_parseable": _mean(
-            [h for h, (_, o) in zip(hits, pairs, strict=True) if o["parseable"]]
+            [h for h, (_, o) in zip(hits, pairs, strict=True) if o.parseable]
         ),
-        "unparseable_rate": _mean([not o["parseable"] for _, o in pairs]),
+        "unparseable_rate": _mean([not o.parseable for _, o in pairs]),
         "wrong_precision": true_flags / sum(flagged) if any(flagged) else None,
         "wrong_recall": true_flags / labels.count(False) if False in labels else None,
         # the share of quoted steps that are the solution's own: a critic must read y0
-        "quote_fidelity": (
-            sum(o.get("verbatim_quotes", 0) for _, o in pairs) / quoted if quoted else None
-        ),
+        "quote_fidelity": sum(o.verbatim_quotes for _, o in pairs) / quoted if quoted else None,
         # reason_first: the share of checked steps whose verdict follows from the check
         "check_agreement": (
-            sum(o.get("agreeing_checks", 0) for _, o in pairs) / checked if checked else None
+            sum(o.agreeing_checks for _, o in pairs) / checked if checked else None
         ),
         "first_error": {
             "n": len(known),
-            "accuracy": _mean([o["first_wrong_step"] == r["first_error_step"] for r, o in known]),
+            "accuracy": _mean([o.first_wrong_step == r.first_error_step for r, o in known]),
         },
         "by_level": {
             lv: {"n": len(h), "verdict_accuracy": _mean(h)} for lv, h in sorted(levels.items())
         },
         "tokens": {
-            "critique_per_question": _mean([o["tokens"] for _, o in pairs]),
-            "refine_per_question": _mean([o["refine_tokens"] for _, o in pairs]),
+            "critique_per_question": _mean([o.tokens for _, o in pairs]),
+            "refine_per_question": _mean([o.refine_tokens for _, o in pairs]),
         },
     }
     if closed:
@@ -281,25 +312,27 @@ def critic_metrics(
     return metrics
 
 
-def _closed_loop_metrics(pairs: Sequence[tuple[dict, dict]]) -> dict[str, Any]:
+def _closed_loop_metrics(
+    pairs: Sequence[tuple[LabelledSolution, EvalCritique]],
+) -> dict[str, Any]:
     final = []
     for r, o in pairs:
-        if o["verdict"] is True:
-            final.append(float(r["solution_is_correct"]))
-        elif o["refinements"]:
-            final.append(sum(o["refinements"]) / len(o["refinements"]))
+        if o.verdict is True:
+            final.append(float(r.solution_is_correct))
+        elif o.refinements:
+            final.append(sum(o.refinements) / len(o.refinements))
         else:
             raise ValueError(
-                f"record {r['id']}: its critique does not say Correct but it has "
+                f"record {r.id}: its critique does not say Correct but it has "
                 "no refinements; run the closed loop (refinements > 0) first"
             )
-    labels = [r["solution_is_correct"] for r, _ in pairs]
+    labels = [r.solution_is_correct for r, _ in pairs]
     initial, accuracy = _mean([float(x) for x in labels]), _mean(final)
     return {
         "initial_accuracy": initial,
         "accuracy": accuracy,
         "gain": None if accuracy is None else accuracy - initial,
-        "refined_share": _mean([o["verdict"] is not True for _, o in pairs]),
+        "refined_share": _mean([o.verdict is not True for _, o in pairs]),
         "wrong_fixed": _mean([f for f, lab in zip(final, labels, strict=True) if not lab]),
         "correct_broken": _mean([1 - f for f, lab in zip(final, labels, strict=True) if lab]),
     }
@@ -307,19 +340,19 @@ def _closed_loop_metrics(pairs: Sequence[tuple[dict, dict]]) -> dict[str, Any]:
 
 def evaluate_critic(
     critic: Critic,
-    records: Sequence[dict[str, Any]],
+    records: Sequence[LabelledSolution],
     critique_sp: SamplingParams,
     actor: Agent | None = None,
     refinements: int = 0,
     refine_sp: SamplingParams | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[EvalCritique], dict[str, Any]]:
     """(per-record outputs, metrics) in memory; the closed loop runs when `refinements` > 0
     (it needs the actor and refine_sp)."""
     outputs = critique_outputs(critic, records, critique_sp)
     if refinements > 0:
         if actor is None or refine_sp is None:
             raise ValueError("the closed loop needs the actor and refine_sp")
-        closed_loop(actor, records, outputs, refinements, refine_sp)
+        outputs = closed_loop(actor, records, outputs, refinements, refine_sp)
     return outputs, critic_metrics(records, outputs, closed=refinements > 0)
 
 
@@ -328,7 +361,7 @@ def evaluate_critic(
 
 def evaluate(
     cfg: Config,
-    records: Sequence[dict[str, Any]],
+    records: Sequence[LabelledSolution],
     critic: Critic,
     actor: Agent | None,
     skips: Skips | None = None,
@@ -339,26 +372,28 @@ def evaluate(
     out_log = RecordLog(run_dir / "critiques.jsonl")
     try:
         for index, chunk in enumerate(chunks(records, cfg.chunk_size)):
-            if all(r["id"] in out_log.done for r in chunk):
+            if all(r.id in out_log.done for r in chunk):
                 continue
             sp = salted(cfg.critique_sampling, cfg.seed, "critique", index)
             outputs = critique_outputs(critic, chunk, sp)
             if cfg.refinements > 0:
                 assert actor is not None
                 sp = salted(cfg.refine_sampling, cfg.seed, "refine", index)
-                closed_loop(actor, chunk, outputs, cfg.refinements, sp)
-            out_log.write_all(outputs)
+                outputs = closed_loop(actor, chunk, outputs, cfg.refinements, sp)
+            out_log.write_all(o.to_json() for o in outputs)
             log.info("chunk %d: %d critiques", index, len(outputs))
     finally:
         out_log.close()
-    outputs = list(read_jsonl(run_dir / "critiques.jsonl"))
+    outputs = [EvalCritique.from_json(r) for r in read_jsonl(run_dir / "critiques.jsonl")]
     results = with_skips(critic_metrics(records, outputs, closed=cfg.refinements > 0), skips)
     if this_process_writes():
         atomic_write_json(run_dir / "results.json", results)
     return results
 
 
-def load_eval_set(cfg: Config, problems: Sequence[Problem], actor: Agent | None) -> list[dict]:
+def load_eval_set(
+    cfg: Config, problems: Sequence[Problem], actor: Agent | None
+) -> Sequence[LabelledSolution]:
     """The configured eval set; a built one is saved once as run_dir/eval_set.jsonl and
     reused by reruns."""
     if cfg.eval_set.path:
@@ -374,7 +409,7 @@ def load_eval_set(cfg: Config, problems: Sequence[Problem], actor: Agent | None)
         sp = salted(es.sampling, cfg.seed, "eval_set")
         records = build_sampled_eval_set(actor, problems, es.samples_per_question, sp)
     if this_process_writes():
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(path, "".join(json.dumps(r.to_json()) + "\n" for r in records))
     return records
 
 
@@ -400,7 +435,7 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ValueError("the eval set is empty: check eval_set.path or eval_set.problems")
     if cfg.critic.oracle is not None:
         known = {p.question for p in problems}
-        unknown = [r["id"] for r in records if r["question"] not in known]
+        unknown = [r.id for r in records if r.question not in known]
         if unknown:
             raise DataError(
                 f"eval records {unknown[:5]} are not questions of eval_set.problems, "

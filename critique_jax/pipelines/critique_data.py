@@ -15,10 +15,11 @@ For each chunk of questions:
    with the verifier and, for a wrong solution, at least `tau` of M actor refinements guided
    by it verify.
 
-Outputs in run_dir: solutions.jsonl (every sampled, inserted or reference solution; `selected`
-marks the critiqued ones; the records are also an eval set for `eval_critic`),
-critiques.jsonl (every critique with its filter statistics), critic_sft.jsonl (the kept ones
-as `critique`-format SFT records) and summary.json.
+Outputs in run_dir: solutions.jsonl (a `SolutionRecord` per sampled, inserted or reference
+solution; `selected` marks the critiqued ones; the records are also an eval set for
+`eval_critic`), critiques.jsonl (a `CollectedCritique` per critique, with its filter
+statistics), critic_sft.jsonl (the kept ones as `critique`-format SFT records) and
+summary.json.
 
 Resume: a chunk is a fixed slice of the problem list with its own sampling seeds, so it
 computes the same records whenever it runs. Its solutions are written last, so a chunk is done
@@ -33,9 +34,9 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import (
@@ -152,6 +153,144 @@ class Config(StageConfig):
             raise ConfigError("collect_critiques: " + "; ".join(problems))
 
 
+# --------------------------------------------------------------------------- records
+
+R = TypeVar("R")
+
+
+def _from_json(cls: type[R], r: dict[str, Any]) -> R:
+    """A flat record from its JSON line, where the gold answer is `answer`; keys the record
+    does not have (an eval-set file may hold more) are left out."""
+    names = {f.name for f in fields(cls)}
+    values = {("gold" if k == "answer" else k): v for k, v in r.items()}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass(frozen=True)
+class LabelledSolution:
+    """A solution with the verifier's label and, for an inserted error, its known first wrong
+    step: a line of an `eval_critic` eval set (every `SolutionRecord` is one)."""
+
+    id: str
+    question: str
+    solution: str
+    gold: str  # the gold answer, `answer` on disk
+    solution_is_correct: bool
+    first_error_step: int | None = None
+    level: int | None = None
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> Self:
+        return _from_json(cls, r)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolutionRecord(LabelledSolution):
+    """A line of solutions.jsonl: a sampled, inserted or reference solution of a problem, its
+    extracted answer `pred`, and whether it was `selected` for critique."""
+
+    problem_id: str
+    kind: str  # sample | insert | reference
+    pred: str | None
+    tokens: int
+    selected: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        problem: Problem,
+        sid: str,
+        kind: str,
+        text: str,
+        tokens: int,
+        first_error_step: int | None = None,
+    ) -> SolutionRecord:
+        """The solution verified. An inserted error whose final answer still verifies did
+        not take: such a record keeps no first-error step (and is never selected)."""
+        correct = verify(text, problem.answer)
+        return cls(
+            id=sid,
+            question=problem.question,
+            solution=text,
+            gold=problem.answer,
+            solution_is_correct=correct,
+            first_error_step=None if correct else first_error_step,
+            level=problem.level,
+            problem_id=problem.id,
+            kind=kind,
+            pred=extract_answer(text),
+            tokens=tokens,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "problem_id": self.problem_id,
+            "question": self.question,
+            "answer": self.gold,
+            "level": self.level,
+            "kind": self.kind,
+            "solution": self.solution,
+            "pred": self.pred,
+            "solution_is_correct": self.solution_is_correct,
+            "first_error_step": self.first_error_step,
+            "tokens": self.tokens,
+            "selected": self.selected,
+        }
+
+
+@dataclass(frozen=True)
+class CollectedCritique:
+    """A line of critiques.jsonl: the annotator's critique of a selected solution, what it
+    parses to, and the soft filter's refinements and decision (`kept`)."""
+
+    id: str
+    solution_id: str
+    problem_id: str
+    question: str
+    solution: str
+    gold: str  # the gold answer, `answer` on disk
+    level: int | None
+    group: str  # the solution's row of the keep-rate table (`kind_group`)
+    solution_is_correct: bool
+    first_error_step: int | None
+    critique: str
+    parseable: bool
+    verdict: bool | None  # the parsed final verdict; None when unparseable
+    first_wrong_step: int | None
+    verdict_agrees: bool
+    first_error_agrees: bool | None  # None without a known first error
+    tokens: int
+    refinements: tuple[bool, ...] = ()  # whether each Monte Carlo refinement verifies
+    refine_correct_frac: float | None = None
+    refine_tokens: int = 0
+    kept: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        values = {**asdict(self), "refinements": list(self.refinements)}
+        return {("answer" if k == "gold" else k): v for k, v in values.items()}
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> CollectedCritique:
+        return replace(_from_json(cls, r), refinements=tuple(r["refinements"]))
+
+    def sft_json(self) -> dict[str, Any]:
+        """The critique in the `critique` SFT format (question, solution, critique)."""
+        keys = (
+            "id",
+            "question",
+            "solution",
+            "critique",
+            "answer",
+            "level",
+            "group",
+            "solution_is_correct",
+            "first_error_step",
+        )
+        record = self.to_json()
+        return {k: record[k] for k in keys}
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
@@ -198,65 +337,37 @@ def keep_critique(
 # --------------------------------------------------------------------------- solutions
 
 
-def solution_record(
-    problem: Problem,
-    sid: str,
-    kind: str,
-    text: str,
-    tokens: int,
-    first_error_step: int | None = None,
-) -> dict[str, Any]:
-    """One solution, verified; the fields of an `eval_critic` eval record plus provenance.
-
-    An inserted error whose final answer still verifies did not take: such a record keeps
-    no first-error step (and is never selected).
-    """
-    correct = verify(text, problem.answer)
-    return {
-        "id": sid,
-        "problem_id": problem.id,
-        "question": problem.question,
-        "answer": problem.answer,
-        "level": problem.level,
-        "kind": kind,
-        "solution": text,
-        "pred": extract_answer(text),
-        "solution_is_correct": correct,
-        "first_error_step": None if correct else first_error_step,
-        "tokens": tokens,
-        "selected": False,
-    }
-
-
 def sample_ids(problem: Problem, k: int) -> list[str]:
     return [f"{problem.id}/sample{j}" for j in range(k)]
 
 
 def sample_solutions(
     actor: Agent, problems: Sequence[Problem], k: int, sp: SamplingParams
-) -> list[dict[str, Any]]:
+) -> list[SolutionRecord]:
     outs = solve(actor, [p.question for p in problems], sp.replace(n=k))
     return [
-        solution_record(p, sid, "sample", c.text or "", c.num_tokens)
+        SolutionRecord.of(p, sid, "sample", c.text or "", c.num_tokens)
         for p, comps in zip(problems, outs, strict=True)
         for sid, c in zip(sample_ids(p, k), comps, strict=True)
     ]
 
 
-def reference_solution(problem: Problem) -> dict[str, Any]:
+def reference_solution(problem: Problem) -> SolutionRecord:
     """The dataset's own solution, ending like the actor's ("The answer is X.") when it
     states no final answer itself (GSM8K references lose their `#### N` line on loading)."""
     text = problem.solution.strip()
     if extract_answer(text) is None:
         text = f"{text}\nThe answer is {problem.answer}."
-    return solution_record(problem, f"{problem.id}/reference", "reference", text, 0)
+    return SolutionRecord.of(problem, f"{problem.id}/reference", "reference", text, 0)
 
 
 def _insertion_step(problem: Problem, j: int, n_steps: int, seed: int) -> int:
     return random.Random(stable_seed(seed, problem.id, "insert", j)).randint(1, n_steps)
 
 
-def demo_insertions(problems: Sequence[Problem], per_question: int, seed: int) -> list[dict]:
+def demo_insertions(
+    problems: Sequence[Problem], per_question: int, seed: int
+) -> list[SolutionRecord]:
     """`demo_world.inject_error` at a random step: a known first error, no model needed."""
     out = []
     for p in problems:
@@ -264,7 +375,7 @@ def demo_insertions(problems: Sequence[Problem], per_question: int, seed: int) -
         for j in range(per_question):
             step = _insertion_step(p, j, n_steps, seed)
             text = inject_error(p, step, stable_seed(seed, p.id, j))
-            out.append(solution_record(p, f"{p.id}/insert{j}", "insert", text, 0, step))
+            out.append(SolutionRecord.of(p, f"{p.id}/insert{j}", "insert", text, 0, step))
     return out
 
 
@@ -274,17 +385,17 @@ _PARAGRAPHS = re.compile(r"\n[ \t]*\n")
 def model_insertions(
     annotator: Agent,
     problems: Sequence[Problem],
-    sampled: Sequence[dict[str, Any]],
+    sampled: Sequence[SolutionRecord],
     per_question: int,
     sp: SamplingParams,
     seed: int,
-) -> list[dict]:
+) -> list[SolutionRecord]:
     """The annotator rewrites step k of a correct solution (the question's first correct
     sample, else its reference solution) with a mistake and continues from there."""
     correct = {}
     for r in sampled:
-        if r["solution_is_correct"]:
-            correct.setdefault(r["problem_id"], r["solution"])
+        if r.solution_is_correct:
+            correct.setdefault(r.problem_id, r.solution)
     jobs = []  # (problem, j, steps before, step, separator)
     for p in problems:
         source = correct.get(p.id) or p.solution
@@ -302,63 +413,66 @@ def model_insertions(
     records = []
     for (p, j, before, step, sep), (c,) in zip(jobs, outs, strict=True):
         text = sep.join([*before, (c.text or "").strip()])
-        records.append(solution_record(p, f"{p.id}/insert{j}", "insert", text, c.num_tokens, step))
+        records.append(
+            SolutionRecord.of(p, f"{p.id}/insert{j}", "insert", text, c.num_tokens, step)
+        )
     return records
 
 
 def select_solutions(
-    records: Sequence[dict[str, Any]], correct_share: float, require_answer: bool, seed: int
-) -> None:
-    """Mark the solutions to critique (`selected`): every distinct wrong one (with a final
-    answer when `require_answer`), then correct ones up to `correct_share` of the total,
-    spread over questions (each question's first correct solution before any second one)."""
+    records: Sequence[SolutionRecord], correct_share: float, require_answer: bool, seed: int
+) -> list[SolutionRecord]:
+    """The records with the solutions to critique `selected`: every distinct wrong one (with
+    a final answer when `require_answer`), then correct ones up to `correct_share` of the
+    total, spread over questions (each question's first correct solution before any second
+    one)."""
     seen: set[tuple[str, str]] = set()
     wrong, pool = [], []
     rank: dict[str, int] = defaultdict(int)
     for r in records:
-        key = (r["problem_id"], r["solution"].strip())
-        if key in seen or not r["solution"].strip():
+        key = (r.problem_id, r.solution.strip())
+        if key in seen or not r.solution.strip():
             continue
         seen.add(key)
-        if r["solution_is_correct"] and r["kind"] != "insert":
-            pool.append((rank[r["problem_id"]], stable_seed(seed, r["id"]), r))
-            rank[r["problem_id"]] += 1
-        elif not r["solution_is_correct"] and (r["pred"] is not None or not require_answer):
+        if r.solution_is_correct and r.kind != "insert":
+            pool.append((rank[r.problem_id], stable_seed(seed, r.id), r))
+            rank[r.problem_id] += 1
+        elif not r.solution_is_correct and (r.pred is not None or not require_answer):
             wrong.append(r)
     if correct_share >= 1:
         n_correct = len(pool)
     else:
         n_correct = min(len(pool), round(len(wrong) * correct_share / (1 - correct_share)))
     pool.sort(key=lambda t: t[:2])
-    for r in [*wrong, *(t[2] for t in pool[:n_correct])]:
-        r["selected"] = True
+    chosen = {r.id for r in [*wrong, *(t[2] for t in pool[:n_correct])]}
+    return [replace(r, selected=r.id in chosen) for r in records]
 
 
 # --------------------------------------------------------------------------- critiques
 
 
-def kind_group(solution: dict[str, Any]) -> str:
+def kind_group(solution: SolutionRecord) -> str:
     """sample-wrong | sample-correct | insert | reference: the rows of the keep-rate table."""
-    if solution["kind"] == "sample":
-        return "sample-correct" if solution["solution_is_correct"] else "sample-wrong"
-    return solution["kind"]
+    if solution.kind == "sample":
+        return "sample-correct" if solution.solution_is_correct else "sample-wrong"
+    return solution.kind
 
 
 def annotate(
     annotator: Critic,
-    solutions: Sequence[dict[str, Any]],
+    solutions: Sequence[SolutionRecord],
     n: int,
     sp: SamplingParams,
-) -> list[dict[str, Any]]:
+) -> list[CollectedCritique]:
     """n critiques per solution from the annotator, given the gold answer; parseable ones are
     cut at their first wrong step; identical critiques of one solution are kept once."""
     if not solutions:
         return []
     outs = annotator.critique(
-        [s["question"] for s in solutions],
-        [s["solution"] for s in solutions],
+        [s.question for s in solutions],
+        [s.solution for s in solutions],
         sp.replace(n=n),
-        references=[s["answer"] for s in solutions],
+        references=[s.gold for s in solutions],
     )
     records = []
     for s, comps in zip(solutions, outs, strict=True):
@@ -370,72 +484,59 @@ def annotate(
             if text in seen:
                 continue
             seen.add(text)
-            known = s["first_error_step"]
+            known = s.first_error_step
             records.append(
-                {
-                    "id": f"{s['id']}/critique{i}",
-                    "solution_id": s["id"],
-                    "problem_id": s["problem_id"],
-                    "question": s["question"],
-                    "solution": s["solution"],
-                    "answer": s["answer"],
-                    "level": s["level"],
-                    "group": kind_group(s),
-                    "solution_is_correct": s["solution_is_correct"],
-                    "first_error_step": known,
-                    "critique": text,
-                    "parseable": crit.parseable,
-                    "verdict": verdict,
-                    "first_wrong_step": crit.first_wrong_step,
-                    "verdict_agrees": verdict == s["solution_is_correct"],
-                    "first_error_agrees": None if known is None else crit.first_wrong_step == known,
-                    "tokens": c.num_tokens,
-                    "refinements": [],
-                    "refine_correct_frac": None,
-                    "refine_tokens": 0,
-                    "kept": False,
-                }
+                CollectedCritique(
+                    id=f"{s.id}/critique{i}",
+                    solution_id=s.id,
+                    problem_id=s.problem_id,
+                    question=s.question,
+                    solution=s.solution,
+                    gold=s.gold,
+                    level=s.level,
+                    group=kind_group(s),
+                    solution_is_correct=s.solution_is_correct,
+                    first_error_step=known,
+                    critique=text,
+                    parseable=crit.parseable,
+                    verdict=verdict,
+                    first_wrong_step=crit.first_wrong_step,
+                    verdict_agrees=verdict == s.solution_is_correct,
+                    first_error_agrees=None if known is None else crit.first_wrong_step == known,
+                    tokens=c.num_tokens,
+                )
             )
     return records
 
 
 def soft_filter(
-    actor: Agent, critiques: Sequence[dict[str, Any]], m: int, tau: float, sp: SamplingParams
-) -> None:
-    """Refine M times with each critique whose verdict rightly says Wrong, verify, and set
-    the filter statistics and `kept` on every critique."""
-    todo = [c for c in critiques if c["verdict_agrees"] and not c["solution_is_correct"]]
+    actor: Agent, critiques: Sequence[CollectedCritique], m: int, tau: float, sp: SamplingParams
+) -> list[CollectedCritique]:
+    """The critiques with the filter statistics and `kept` set: the actor refines M times
+    with each critique whose verdict rightly says Wrong, and the refinements are verified."""
+    out = list(critiques)
+    todo = [i for i, c in enumerate(out) if c.verdict_agrees and not c.solution_is_correct]
     if m > 0:
         judged = refine_verified(
             actor,
-            [c["question"] for c in todo],
-            [c["solution"] for c in todo],
-            [c["critique"] for c in todo],
-            [c["answer"] for c in todo],
+            [out[i].question for i in todo],
+            [out[i].solution for i in todo],
+            [out[i].critique for i in todo],
+            [out[i].gold for i in todo],
             sp.replace(n=m),
         )
-        for c, outs in zip(todo, judged, strict=True):
-            c["refinements"] = [j.correct for j in outs]
-            c["refine_correct_frac"] = sum(c["refinements"]) / m
-            c["refine_tokens"] = sum(j.tokens for j in outs)
-    for c in critiques:
-        c["kept"] = keep_critique(c["verdict"], c["solution_is_correct"], c["refinements"], tau)
-
-
-def sft_record(critique: dict[str, Any]) -> dict[str, Any]:
-    """A kept critique in the `critique` SFT format (question, solution, critique)."""
-    keys = (
-        "id",
-        "question",
-        "solution",
-        "critique",
-        "answer",
-        "level",
-        "group",
-        "solution_is_correct",
-        "first_error_step",
-    )
-    return {k: critique[k] for k in keys}
+        for i, outs in zip(todo, judged, strict=True):
+            refinements = tuple(j.correct for j in outs)
+            out[i] = replace(
+                out[i],
+                refinements=refinements,
+                refine_correct_frac=sum(refinements) / m,
+                refine_tokens=sum(j.tokens for j in outs),
+            )
+    return [
+        replace(c, kept=keep_critique(c.verdict, c.solution_is_correct, c.refinements, tau))
+        for c in out
+    ]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -454,8 +555,8 @@ class Collector:
 
     def chunk(
         self, problems: Sequence[Problem], index: int
-    ) -> tuple[list[dict], list[dict], list[dict]]:
-        """(solutions, critiques, SFT records) of one chunk."""
+    ) -> tuple[list[SolutionRecord], list[CollectedCritique]]:
+        """(solutions, critiques) of one chunk."""
         cfg = self.cfg
         sc, ic = cfg.solutions, cfg.insertion
         solutions = sample_solutions(
@@ -475,76 +576,74 @@ class Collector:
             )
         if sc.include_reference:
             solutions += [reference_solution(p) for p in problems if p.solution.strip()]
-        select_solutions(
+        solutions = select_solutions(
             solutions, sc.correct_share, sc.require_answer, stable_seed(cfg.seed, index)
         )
         n = 1 if cfg.annotator.oracle is not None else cfg.critiques.per_solution
         critiques = annotate(
             self.annotator,
-            [s for s in solutions if s["selected"]],
+            [s for s in solutions if s.selected],
             n,
             self.seed(cfg.critiques.sampling, "critique", index),
         )
         fc = cfg.filter
-        soft_filter(
+        critiques = soft_filter(
             self.actor, critiques, fc.refinements, fc.tau, self.seed(fc.sampling, "refine", index)
         )
-        return solutions, critiques, [sft_record(c) for c in critiques if c["kept"]]
+        return solutions, critiques
 
 
 def _rate(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def _keep_table(critiques: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[dict]] = defaultdict(list)
+def _keep_table(critiques: Sequence[CollectedCritique], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[CollectedCritique]] = defaultdict(list)
     for c in critiques:
-        groups[str(c[key])].append(c)
+        groups[str(getattr(c, key))].append(c)
     return {
         g: {
             "critiques": len(cs),
-            "kept": sum(c["kept"] for c in cs),
-            "keep_rate": _rate(sum(c["kept"] for c in cs), len(cs)),
+            "kept": sum(c.kept for c in cs),
+            "keep_rate": _rate(sum(c.kept for c in cs), len(cs)),
         }
         for g, cs in sorted(groups.items())
     }
 
 
 def summarize(
-    solutions: Sequence[dict[str, Any]], critiques: Sequence[dict[str, Any]], n_sft: int
+    solutions: Sequence[SolutionRecord], critiques: Sequence[CollectedCritique], n_sft: int
 ) -> dict[str, Any]:
     """Counts, rates and generated tokens of a collection run, from its records."""
-    samples = [s for s in solutions if s["kind"] == "sample"]
-    inserts = [s for s in solutions if s["kind"] == "insert"]
-    refined = [c for c in critiques if c["refine_correct_frac"] is not None]
-    known = [c for c in critiques if c["first_error_agrees"] is not None]
-    kept = sum(c["kept"] for c in critiques)
+    samples = [s for s in solutions if s.kind == "sample"]
+    inserts = [s for s in solutions if s.kind == "insert"]
+    refined = [c.refine_correct_frac for c in critiques if c.refine_correct_frac is not None]
+    known = [c.first_error_agrees for c in critiques if c.first_error_agrees is not None]
+    kept = sum(c.kept for c in critiques)
     selected: dict[str, int] = defaultdict(int)
     for s in solutions:
-        if s["selected"]:
+        if s.selected:
             selected[kind_group(s)] += 1
     tokens = {
-        "solve": sum(s["tokens"] for s in samples),
-        "insert": sum(s["tokens"] for s in inserts),
-        "critique": sum(c["tokens"] for c in critiques),
-        "refine": sum(c["refine_tokens"] for c in critiques),
+        "solve": sum(s.tokens for s in samples),
+        "insert": sum(s.tokens for s in inserts),
+        "critique": sum(c.tokens for c in critiques),
+        "refine": sum(c.refine_tokens for c in critiques),
     }
     tokens["total"] = sum(tokens.values())
     return {
-        "problems": len({s["problem_id"] for s in solutions}),
+        "problems": len({s.problem_id for s in solutions}),
         "samples": len(samples),
-        "sample_accuracy": _rate(sum(s["solution_is_correct"] for s in samples), len(samples)),
-        "sample_answered_rate": _rate(sum(s["pred"] is not None for s in samples), len(samples)),
+        "sample_accuracy": _rate(sum(s.solution_is_correct for s in samples), len(samples)),
+        "sample_answered_rate": _rate(sum(s.pred is not None for s in samples), len(samples)),
         "insertions": len(inserts),
-        "insertions_flawed": sum(not s["solution_is_correct"] for s in inserts),
+        "insertions_flawed": sum(not s.solution_is_correct for s in inserts),
         "selected": dict(sorted(selected.items())),
         "critiques": len(critiques),
-        "parseable_rate": _rate(sum(c["parseable"] for c in critiques), len(critiques)),
-        "verdict_agree_rate": _rate(sum(c["verdict_agrees"] for c in critiques), len(critiques)),
-        "first_error_agree_rate": _rate(sum(c["first_error_agrees"] for c in known), len(known)),
-        "mean_refine_correct_frac": _rate(
-            sum(c["refine_correct_frac"] for c in refined), len(refined)
-        ),
+        "parseable_rate": _rate(sum(c.parseable for c in critiques), len(critiques)),
+        "verdict_agree_rate": _rate(sum(c.verdict_agrees for c in critiques), len(critiques)),
+        "first_error_agree_rate": _rate(sum(known), len(known)),
+        "mean_refine_correct_frac": _rate(sum(refined), len(refined)),
         "kept": kept,
         "keep_rate": _rate(kept, len(critiques)),
         "keep_by_kind": _keep_table(critiques, "group"),
@@ -574,23 +673,23 @@ def collect(
         for index, chunk in enumerate(chunks(problems, cfg.chunk_size)):
             if all(i in logs["solutions"].done for p in chunk for i in sample_ids(p, k)):
                 continue
-            solutions, critiques, sft = collector.chunk(chunk, index)
-            logs["critiques"].write_all(critiques)
-            logs["critic_sft"].write_all(sft)
-            logs["solutions"].write_all(solutions)
+            solutions, critiques = collector.chunk(chunk, index)
+            logs["critiques"].write_all(c.to_json() for c in critiques)
+            logs["critic_sft"].write_all(c.sft_json() for c in critiques if c.kept)
+            logs["solutions"].write_all(s.to_json() for s in solutions)
             log.info(
                 "chunk %d: %d solutions, %d critiques, %d kept",
                 index,
                 len(solutions),
                 len(critiques),
-                len(sft),
+                sum(c.kept for c in critiques),
             )
     finally:
         for lg in logs.values():
             lg.close()
     summary = summarize(
-        list(read_jsonl(run_dir / "solutions.jsonl")),
-        list(read_jsonl(run_dir / "critiques.jsonl")),
+        [SolutionRecord.from_json(r) for r in read_jsonl(run_dir / "solutions.jsonl")],
+        [CollectedCritique.from_json(r) for r in read_jsonl(run_dir / "critiques.jsonl")],
         sum(1 for _ in read_jsonl(run_dir / "critic_sft.jsonl")),
     )
     summary = with_skips(summary, skips)

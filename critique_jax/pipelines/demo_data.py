@@ -72,4 +72,4 @@ def write_eval_set(cfg: Config, run_dir: Path) -> None:
     sp = cfg.world.eval_sampling.replace(seed=stable_seed(cfg.seed, "demo-eval-set"))
     records = build_demo_eval_set(problems, 1, cfg.seed)
     records += build_sampled_eval_set(actor, problems, cfg.world.eval_samples, sp)
-    _write_jsonl(path, records)
+    _write_jsonl(path, [r.to_json() for r in records])

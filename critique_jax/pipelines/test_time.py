@@ -26,11 +26,10 @@ self-critique, which then shares the actor's weights).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.records import Problem
@@ -76,16 +75,83 @@ CURVES = {
 # --------------------------------------------------------------------------- records
 
 
-def judged_dict(completion: Completion, gold: str) -> dict[str, Any]:
-    return dataclasses.asdict(Judged.of(completion, gold))
+@dataclass(frozen=True)
+class Attempt:
+    """An actor solution judged against the gold answer (`judged.answer` is its extracted
+    answer), with the critic's critique of it; `critique` is None when it was not critiqued."""
+
+    judged: Judged
+    critique: str | None = None
+    verdict: bool | None = None  # the critique's parsed final verdict
+    critic_tokens: int = 0
+
+    def critiqued(self, completion: Completion) -> Self:
+        """This attempt with the critic's `completion` of it."""
+        return replace(
+            self,
+            critique=completion.text or "",
+            verdict=parsed(completion).final_correct,
+            critic_tokens=completion.num_tokens,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self.judged)
+        if self.critique is not None:
+            out.update(
+                critique=self.critique, verdict=self.verdict, critic_tokens=self.critic_tokens
+            )
+        return out
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> Self:
+        judged = Judged(r["text"], r["answer"], r["correct"], r["tokens"])
+        return cls(judged, r.get("critique"), r.get("verdict"), r.get("critic_tokens", 0))
 
 
-def critique_fields(completion: Completion) -> dict[str, Any]:
-    return {
-        "critique": completion.text or "",
-        "verdict": parsed(completion).final_correct,
-        "critic_tokens": completion.num_tokens,
-    }
+@dataclass(frozen=True)
+class Sample(Attempt):
+    """A parallel sample; once critiqued, `refined` is its refinement with the critique, None
+    when the critic accepted it."""
+
+    refined: Judged | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.critique is not None:
+            out["refined"] = None if self.refined is None else asdict(self.refined)
+        return out
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> Self:
+        refined = None if r.get("refined") is None else Judged(**r["refined"])
+        return replace(super().from_json(r), refined=refined)
+
+
+@dataclass(frozen=True)
+class TTSRecord:
+    """One question's attempts: a line of sequential.jsonl (`rounds` y0, y1, ..., each with
+    the critique of it but the last, unless the critic accepted it) or of parallel.jsonl
+    (`samples`)."""
+
+    id: str
+    level: int | None
+    gold: str  # the gold answer
+    rounds: tuple[Attempt, ...] = ()
+    samples: tuple[Sample, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "level": self.level, "gold": self.gold}
+        if self.rounds:
+            out["rounds"] = [a.to_json() for a in self.rounds]
+        else:
+            out["samples"] = [s.to_json() for s in self.samples]
+        return out
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> TTSRecord:
+        rounds = tuple(Attempt.from_json(a) for a in r.get("rounds", ()))
+        samples = tuple(Sample.from_json(s) for s in r.get("samples", ()))
+        return cls(r["id"], r["level"], r["gold"], rounds, samples)
 
 
 # --------------------------------------------------------------------------- settings
@@ -128,72 +194,73 @@ class TTSSettings:
 
 def sequential_records(
     actor: Agent, critic: Critic, problems: Sequence[Problem], s: TTSSettings, salt: Any = 0
-) -> list[dict[str, Any]]:
-    """Critique-refine rounds per question; record `rounds[i]` is y_i with the critique of
-    y_i (absent on the last one). One batched call per round and role."""
+) -> list[TTSRecord]:
+    """Critique-refine rounds per question; `rounds[i]` is y_i with the critique of y_i
+    (none on the last one). One batched call per round and role."""
     questions = [p.question for p in problems]
     first = solve(actor, questions, salted(s.first, "first", salt).replace(n=1))
-    rounds = [[judged_dict(c[0], p.answer)] for c, p in zip(first, problems, strict=True)]
+    rounds = [[Attempt(Judged.of(c[0], p.answer))] for c, p in zip(first, problems, strict=True)]
     active = list(range(len(problems)))
     for r in range(s.rounds):
         crits = critic.critique(
             [questions[i] for i in active],
-            [rounds[i][-1]["text"] for i in active],
+            [rounds[i][-1].judged.text for i in active],
             salted(s.critique, "critique", r, salt).replace(n=1),
         )
         for i, cs in zip(active, crits, strict=True):
-            rounds[i][-1].update(critique_fields(cs[0]))
-        active = [i for i in active if rounds[i][-1]["verdict"] is not True]
+            rounds[i][-1] = rounds[i][-1].critiqued(cs[0])
+        active = [i for i in active if rounds[i][-1].verdict is not True]
         if not active:
             break
         refs = refine(
             actor,
             [questions[i] for i in active],
-            [rounds[i][-1]["text"] for i in active],
-            [rounds[i][-1]["critique"] for i in active],
+            [rounds[i][-1].judged.text for i in active],
+            [rounds[i][-1].critique for i in active],
             salted(s.refine, "refine", r, salt).replace(n=1),
         )
         for i, cs in zip(active, refs, strict=True):
-            rounds[i].append(judged_dict(cs[0], problems[i].answer))
+            rounds[i].append(Attempt(Judged.of(cs[0], problems[i].answer)))
     return [
-        {"id": p.id, "level": difficulty(p), "gold": p.answer, "rounds": rounds[i]}
+        TTSRecord(p.id, difficulty(p), p.answer, rounds=tuple(rounds[i]))
         for i, p in enumerate(problems)
     ]
 
 
 def parallel_records(
     actor: Agent, critic: Critic | None, problems: Sequence[Problem], s: TTSSettings, salt: Any = 0
-) -> list[dict[str, Any]]:
+) -> list[TTSRecord]:
     """max(ks) samples per question, each critiqued; those the critic does not accept are
     refined once (`refined`). Three batched calls: solve (fan-out), critique, refine."""
     k = max(s.ks)
     questions = [p.question for p in problems]
     samples = solve(actor, questions, salted(s.sample, "sample", salt).replace(n=k))
     per_q = [
-        [judged_dict(c, p.answer) for c in cs] for cs, p in zip(samples, problems, strict=True)
+        [Sample(Judged.of(c, p.answer)) for c in cs]
+        for cs, p in zip(samples, problems, strict=True)
     ]
     if critic is not None:
         flat = [(i, j) for i in range(len(problems)) for j in range(k)]
         crits = critic.critique(
             [questions[i] for i, _ in flat],
-            [per_q[i][j]["text"] for i, j in flat],
+            [per_q[i][j].judged.text for i, j in flat],
             salted(s.critique, "critique", salt).replace(n=1),
         )
         for (i, j), cs in zip(flat, crits, strict=True):
-            per_q[i][j].update(critique_fields(cs[0]), refined=None)
-        todo = [(i, j) for i, j in flat if per_q[i][j]["verdict"] is not True]
+            per_q[i][j] = per_q[i][j].critiqued(cs[0])
+        todo = [(i, j) for i, j in flat if per_q[i][j].verdict is not True]
         if todo:
             refs = refine(
                 actor,
                 [questions[i] for i, _ in todo],
-                [per_q[i][j]["text"] for i, j in todo],
-                [per_q[i][j]["critique"] for i, j in todo],
+                [per_q[i][j].judged.text for i, j in todo],
+                [per_q[i][j].critique for i, j in todo],
                 salted(s.refine, "refine", salt).replace(n=1),
             )
             for (i, j), cs in zip(todo, refs, strict=True):
-                per_q[i][j]["refined"] = judged_dict(cs[0], problems[i].answer)
+                per_q[i][j] = replace(per_q[i][j], refined=Judged.of(cs[0], problems[i].answer))
     return [
-        {"id": p.id, "level": difficulty(p), "gold": p.answer, "samples": per_q[i]}
+        TTSRecord(p.id, difficulty(p), p.answer, samples=tuple(per_q[i]))
         for i, p in enumerate(problems)
     ]
 
@@ -202,7 +269,7 @@ def parallel_records(
 
 
 def _point(
-    records: Sequence[dict[str, Any]], outcomes: Sequence[tuple[bool, float, float]], **extra: Any
+    records: Sequence[TTSRecord], outcomes: Sequence[tuple[bool, float, float]], **extra: Any
 ) -> dict[str, Any]:
     """Accuracy and mean tokens of per-question (correct, actor tokens, critic tokens)."""
     n = max(len(records), 1)
@@ -214,51 +281,51 @@ def _point(
         "tokens_per_question": actor + critic,
         "actor_tokens_per_question": actor,
         "critic_tokens_per_question": critic,
-        "by_level": mean_by_level([r["level"] for r in records], [ok for ok, _, _ in outcomes]),
+        "by_level": mean_by_level([r.level for r in records], [ok for ok, _, _ in outcomes]),
     }
 
 
-def sequential_outcome(rounds: Sequence[dict[str, Any]], budget: int) -> tuple[bool, int, int]:
+def sequential_outcome(rounds: Sequence[Attempt], budget: int) -> tuple[bool, int, int]:
     """(correct, actor tokens, critic tokens) of the sequential run with at most `budget`
     refinements, read off a run with more: it stops where the critic first says Correct."""
     actor = critic = 0
     for i, step in enumerate(rounds):
-        actor += step["tokens"]
-        if i == budget or "verdict" not in step:
-            return step["correct"], actor, critic
-        critic += step["critic_tokens"]
-        if step["verdict"] is True:
-            return step["correct"], actor, critic
+        actor += step.judged.tokens
+        if i == budget or step.critique is None:
+            return step.judged.correct, actor, critic
+        critic += step.critic_tokens
+        if step.verdict is True:
+            return step.judged.correct, actor, critic
     raise ValueError("a sequential record must end with an uncritiqued or accepted round")
 
 
-def summarize_sequential(records: Sequence[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+def summarize_sequential(records: Sequence[TTSRecord], rounds: int) -> list[dict[str, Any]]:
     points = []
     for budget in range(rounds + 1):
-        outcomes = [sequential_outcome(r["rounds"], budget) for r in records]
+        outcomes = [sequential_outcome(r.rounds, budget) for r in records]
         points.append(_point(records, outcomes, rounds=budget, label=f"R={budget}"))
     return points
 
 
-def _final(sample: dict[str, Any]) -> dict[str, Any]:
-    return sample.get("refined") or sample
+def _final(sample: Sample) -> Judged:
+    return sample.refined or sample.judged
 
 
 def summarize_parallel(
-    records: Sequence[dict[str, Any]], ks: Sequence[int], weights: VerdictWeights = DEFAULT_WEIGHTS
+    records: Sequence[TTSRecord], ks: Sequence[int], weights: VerdictWeights = DEFAULT_WEIGHTS
 ) -> dict[str, list[dict]]:
     """Points per mode and K (see the module docstring for the modes)."""
     k_max = max(ks)
-    short = [r["id"] for r in records if len(r["samples"]) < k_max]
+    short = [r.id for r in records if len(r.samples) < k_max]
     if short:
         raise ValueError(
             f"record {short[0]!r} has fewer than K={k_max} samples: the run "
             "directory holds records of another run; use a new run_dir"
         )
-    with_critic = bool(records) and "verdict" in records[0]["samples"][0]
-    labels = [equivalence_labels([s["answer"] for s in r["samples"]]) for r in records]
+    with_critic = bool(records) and records[0].samples[0].critique is not None
+    labels = [equivalence_labels([s.judged.answer for s in r.samples]) for r in records]
     final_labels = (
-        [equivalence_labels([_final(s)["answer"] for s in r["samples"]]) for r in records]
+        [equivalence_labels([_final(s).answer for s in r.samples]) for r in records]
         if with_critic
         else []
     )
@@ -266,24 +333,25 @@ def summarize_parallel(
     for k in sorted(ks):
         rows = {m: [] for m in out}
         for n, r in enumerate(records):
-            ss = r["samples"][:k]
-            answers = [s["answer"] for s in ss]
-            actor = sum(s["tokens"] for s in ss)
-            rows["majority"].append((_pick(ss, majority_vote(answers, labels[n])), actor, 0))
-            rows["oracle"].append((any(s["correct"] for s in ss), actor, 0))
+            ss = r.samples[:k]
+            firsts = [s.judged for s in ss]
+            answers = [j.answer for j in firsts]
+            actor = sum(j.tokens for j in firsts)
+            rows["majority"].append((_pick(firsts, majority_vote(answers, labels[n])), actor, 0))
+            rows["oracle"].append((any(j.correct for j in firsts), actor, 0))
             if not with_critic:
                 continue
-            critic = sum(s["critic_tokens"] for s in ss)
-            verdicts = [s["verdict"] for s in ss]
+            critic = sum(s.critic_tokens for s in ss)
+            verdicts = [s.verdict for s in ss]
             rows["critic_filter"].append(
-                (_pick(ss, filtered_vote(answers, verdicts, labels[n])), actor, critic)
+                (_pick(firsts, filtered_vote(answers, verdicts, labels[n])), actor, critic)
             )
             rows["critic_weighted"].append(
-                (_pick(ss, weighted_vote(answers, verdicts, weights, labels[n])), actor, critic)
+                (_pick(firsts, weighted_vote(answers, verdicts, weights, labels[n])), actor, critic)
             )
             finals = [_final(s) for s in ss]
-            refine_tokens = sum(s["refined"]["tokens"] for s in ss if s.get("refined"))
-            winner = majority_vote([f["answer"] for f in finals], final_labels[n])
+            refine_tokens = sum(s.refined.tokens for s in ss if s.refined)
+            winner = majority_vote([f.answer for f in finals], final_labels[n])
             rows["refine_vote"].append((_pick(finals, winner), actor + refine_tokens, critic))
         for m, outcomes in rows.items():
             if outcomes:
@@ -291,26 +359,26 @@ def summarize_parallel(
     return {m: pts for m, pts in out.items() if pts}
 
 
-def _pick(samples: Sequence[dict[str, Any]], index: int | None) -> bool:
-    return index is not None and bool(samples[index]["correct"])
+def _pick(solutions: Sequence[Judged], index: int | None) -> bool:
+    return index is not None and solutions[index].correct
 
 
-def critic_diagnostics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def critic_diagnostics(records: Sequence[TTSRecord]) -> dict[str, Any]:
     """How good the critic is as a verifier of the samples, and what refining did."""
-    samples = [s for r in records for s in r["samples"] if "verdict" in s]
+    samples = [s for r in records for s in r.samples if s.critique is not None]
     if not samples:
         return {}
-    judged = [s for s in samples if s["verdict"] is not None]
-    refined = [s for s in samples if s.get("refined")]
+    judged = [s for s in samples if s.verdict is not None]
+    refined = [(s.judged.correct, s.refined.correct) for s in samples if s.refined]
     return {
         "samples": len(samples),
         "unparseable_verdicts": 1 - len(judged) / len(samples),
         "verdict_accuracy": (
-            sum(s["verdict"] == s["correct"] for s in judged) / len(judged) if judged else None
+            sum(s.verdict == s.judged.correct for s in judged) / len(judged) if judged else None
         ),
         "refined": len(refined),
-        "wrong_to_correct": sum(not s["correct"] and s["refined"]["correct"] for s in refined),
-        "correct_to_wrong": sum(s["correct"] and not s["refined"]["correct"] for s in refined),
+        "wrong_to_correct": sum(not before and after for before, after in refined),
+        "correct_to_wrong": sum(before and not after for before, after in refined),
     }
 
 
@@ -358,6 +426,21 @@ def results_table(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- driver
 
 
+def fill_records(
+    path: Path,
+    problems: Sequence[Problem],
+    chunk_size: int,
+    compute: Callable[[list[Problem], int], list[TTSRecord]],
+) -> list[TTSRecord]:
+    """The record of every problem in `path`, where the chunks that lack one are computed
+    and appended (see `RecordLog.fill`)."""
+    with RecordLog(path) as log_:
+        found = log_.fill(
+            problems, chunk_size, lambda chunk, i: [r.to_json() for r in compute(chunk, i)]
+        )
+    return [TTSRecord.from_json(r) for r in found]
+
+
 def run_test_time(
     actor: Agent,
     critic: Critic | None,
@@ -383,20 +466,20 @@ def run_test_time(
     }
     results = with_skips(results, skips)
     if "sequential" in s.modes:
-        with RecordLog(out / "sequential.jsonl") as log_:
-            records = log_.fill(
-                problems,
-                s.chunk_size,
-                lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i),
-            )
+        records = fill_records(
+            out / "sequential.jsonl",
+            problems,
+            s.chunk_size,
+            lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i),
+        )
         results["sequential"] = summarize_sequential(records, s.rounds)
     if "parallel" in s.modes:
-        with RecordLog(out / "parallel.jsonl") as log_:
-            records = log_.fill(
-                problems,
-                s.chunk_size,
-                lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i),
-            )
+        records = fill_records(
+            out / "parallel.jsonl",
+            problems,
+            s.chunk_size,
+            lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i),
+        )
         results["parallel"] = summarize_parallel(records, s.ks, s.weights)
         results["critic_diagnostics"] = critic_diagnostics(records)
     curves = {CURVES[m]: pts for m, pts in results.get("parallel", {}).items()}

@@ -245,3 +245,12 @@ def test_cpu_training_is_advised_to_use_huge_pages_until_it_does(monkeypatch):
     assert backend.HUGE_PAGES_TUNABLE in backend.cpu_allocator_advice()
     monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{backend.HUGE_PAGES_TUNABLE}")
     assert backend.cpu_allocator_advice() is None
+
+
+def test_training_benchmark_runs_pytorch_without_the_huge_page_tunable():
+    """The tunable slows PyTorch's step, so its child process drops it and keeps the rest."""
+    from critique_jax.benchmarks.training import without_huge_pages
+
+    env = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    assert without_huge_pages(env) == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert without_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == {}

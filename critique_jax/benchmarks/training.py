@@ -18,8 +18,9 @@ Each side runs `--warmup` untimed steps (ours: the first also compiles; `compile
 extra time) and then `--steps` timed steps, each timed alone; tokens/s = batch * seq /
 median step time. MFU uses the FLOP formula of `critique_jax.metrics` against the device's
 bf16 peak (None on CPU unless --peak-flops).
-On a CPU, run it with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (both sides inherit it; see
-`backend.cpu_allocator_advice`): `malloc_hugetlb` in the JSON says whether it was set.
+On a CPU, run it with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (see
+`backend.cpu_allocator_advice`; `malloc_hugetlb` in the JSON says whether it was set): our
+side runs with it, the PyTorch child without it, which is faster for PyTorch.
 The last line printed is one JSON object.
 """
 
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +166,18 @@ def run_torch(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def without_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without glibc's huge-page tunable: it helps XLA's step and slows PyTorch's
+    (see `backend.cpu_allocator_advice`), so each side runs as it is fastest."""
+    from critique_jax.backend import HUGE_PAGES_TUNABLE  # here: the PyTorch child has no JAX
+
+    kept = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != HUGE_PAGES_TUNABLE]
+    out = {k: v for k, v in env.items() if k != "GLIBC_TUNABLES"}
+    if kept:
+        out["GLIBC_TUNABLES"] = ":".join(kept)
+    return out
+
+
 def torch_in_child(
     cfg, model: str, batch: dict[str, np.ndarray], steps: int, warmup: int
 ) -> dict[str, Any]:
@@ -192,6 +206,7 @@ def torch_in_child(
             ],
             capture_output=True,
             text=True,
+            env=without_huge_pages(os.environ),
         )
     if proc.returncode:
         raise RuntimeError(f"the PyTorch run failed:\n{proc.stderr[-3000:]}")

@@ -59,13 +59,11 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 def cpu_allocator_advice() -> str | None:
     """A line for the log when a CPU training run would fault in its memory page by page.
 
-    XLA:CPU allocates every step's temporaries (4 GB for SmolLM2-135M at batch 4 x 512) as
-    one fresh buffer, and the kernel zero-fills it 4 KiB at a time on first touch: 1.7
-    million page faults and 3 s of system time per step there. With glibc's huge-page
-    tunable malloc backs that buffer with transparent huge pages (40x fewer faults; the
-    training benchmark's step 12.6 -> 11.7 s). glibc reads it only at process start, hence
-    advice, not a setting. (PyTorch's step got slower with it, 7.5 -> 8.9 s: it is advice
-    for XLA, not for the process tree.)"""
+    XLA:CPU allocates each step's temporaries as one fresh buffer, which the kernel zero-fills
+    4 KiB at a time on first touch; glibc's huge-page tunable makes malloc back it with
+    transparent huge pages instead (measurements: docs/architecture.md, "Backend choices").
+    glibc reads the tunable only at process start, hence advice, not a setting. It is advice
+    for XLA alone: PyTorch's step is slower with it."""
     if not on_cpu() or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     if HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):

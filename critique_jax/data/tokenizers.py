@@ -87,7 +87,8 @@ def load_tokenizer(
     return tok
 
 
-def check_vocab(tokenizer, cfg: ModelConfig) -> None:
+def check_vocab(tokenizer: Any, cfg: ModelConfig) -> None:
+    """Refuse a tokenizer whose ids would index past the model's embedding."""
     if len(tokenizer) > cfg.vocab_size:
         raise CheckpointFormatError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has only "

@@ -17,7 +17,9 @@ allocator) with the other.
 Each side runs `--warmup` untimed steps (ours: the first also compiles; `compile_s` is its
 extra time) and then `--steps` timed steps, each timed alone; tokens/s = batch * seq /
 median step time. MFU uses the FLOP formula of `critique_jax.metrics` against the device's
-bf16 peak (None on CPU unless --peak-flops).
+bf16 peak (None on CPU unless --peak-flops); without a peak, each side's FLOP rate is given
+as a fraction of the matmul rate XLA reaches here at the step's token count
+(`matmul_fraction`, `benchmarks.roofline.matmul_flops`).
 On a CPU, run it with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (see
 `backend.cpu_allocator_advice`; `malloc_hugetlb` in the JSON says whether it was set): our
 side runs with it, the PyTorch child without it, which is faster for PyTorch.
@@ -240,7 +242,8 @@ def main() -> None:
     import jax
 
     from critique_jax.backend import HUGE_PAGES_TUNABLE
-    from critique_jax.metrics import peak_flops_per_device
+    from critique_jax.benchmarks import roofline
+    from critique_jax.metrics import peak_flops_per_device, training_flops_per_token
 
     cfg = model_config(args.model, args.dtype)
     mesh = tuple(int(x) for x in args.mesh.split(","))
@@ -255,6 +258,15 @@ def main() -> None:
     ours = run_ours(cfg, batch, args.steps, args.warmup, mesh, peak)
     print(f"critique_jax: {ours}", flush=True)
     torch_tps = theirs["tokens_per_s"] if theirs else None
+    # With no published peak (a CPU), the rate XLA's dot kernels reach at this step's token
+    # count is the yardstick: each side's FLOPs per second as a fraction of it.
+    rate = None if peak else roofline.matmul_flops(args.batch * args.seq, cfg, cfg.jnp_dtype)
+
+    def matmul_fraction(tokens_per_s: float | None) -> float | None:
+        if rate is None or tokens_per_s is None:
+            return None
+        return round(training_flops_per_token(cfg, args.seq) * tokens_per_s / rate, 3)
+
     print(
         json.dumps(
             {
@@ -262,6 +274,9 @@ def main() -> None:
                 "torch_tokens_per_s": round(torch_tps, 1) if torch_tps else None,
                 "ratio": round(ours["tokens_per_s"] / torch_tps, 3) if torch_tps else None,
                 "mfu": ours["mfu"],
+                "matmul_gflops": round(rate / 1e9, 1) if rate else None,
+                "ours_matmul_fraction": matmul_fraction(ours["tokens_per_s"]),
+                "torch_matmul_fraction": matmul_fraction(torch_tps),
                 "model": args.model,
                 "params": cfg.num_params(),
                 "batch": args.batch,

@@ -110,6 +110,7 @@ def test_rerun_resumes_without_recomputing(demo):
     for key in REQUIRED:
         assert again[key] == first[key], key
     assert again["wall_s"] < first["wall_s"] / 2, (again["timings"], first["timings"])
+    assert "results in" in proc.stderr and "are kept, not recomputed" in proc.stderr
     # a phase skipped on resume keeps the seconds it cost the first time
     assert again["timings"]["base"]["wall_s"] >= first["timings"]["base"]["wall_s"] > 0
 

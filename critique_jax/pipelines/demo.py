@@ -113,8 +113,11 @@ def run_stage(stage_cfg: StageConfig, cfg: Config, **changes: Any) -> None:
     stage_cfg = dataclasses.replace(
         stage_cfg, seed=cfg.seed, critique_format=cfg.critique_format, **changes
     )
-    if not any((Path(stage_cfg.run_dir) / name).exists() for name in RESULTS):
-        importlib.import_module(STAGES[stage_cfg.stage]).run(stage_cfg)
+    where = Path(stage_cfg.run_dir)
+    if any((where / name).exists() for name in RESULTS):
+        log.info("demo: results in %s are kept, not recomputed (delete it to rerun)", where)
+        return
+    importlib.import_module(STAGES[stage_cfg.stage]).run(stage_cfg)
 
 
 def self_train_critic(cfg: Config, run_dir: Path) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import jax
 
 from critique_jax.models.config import ModelConfig
-from critique_jax.runio import atomic_write_text, read_jsonl, this_process_writes
+from critique_jax.runio import atomic_write_jsonl, read_jsonl, this_process_writes
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class MetricsLogger:
         records = list(read_jsonl(self.path))
         kept = [r for r in records if r.get("step", 0) <= step]
         if len(kept) != len(records) or (text and not text.endswith("\n")):
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_jsonl(self.path, kept)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

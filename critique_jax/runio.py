@@ -51,6 +51,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """A whole JSONL file, one record per line, written as `atomic_write_text` does."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 class RunDirBusyError(UserError):
     """Another live run holds the run directory."""
 
@@ -128,7 +133,7 @@ class JsonlWriter:
             and self.path.read_text()
             and not self.path.read_text().endswith("\n")
         ):
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+            atomic_write_jsonl(self.path, self.records)
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")

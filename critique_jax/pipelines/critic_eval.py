@@ -24,7 +24,6 @@ adds chunking and record-by-record resume like collect_critiques.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -52,7 +51,7 @@ from critique_jax.pipelines.seeds import salted
 from critique_jax.runio import (
     RecordLog,
     atomic_write_json,
-    atomic_write_text,
+    atomic_write_jsonl,
     read_jsonl,
     this_process_writes,
 )
@@ -409,7 +408,7 @@ def load_eval_set(
         sp = salted(es.sampling, cfg.seed, "eval_set")
         records = build_sampled_eval_set(actor, problems, es.samples_per_question, sp)
     if this_process_writes():
-        atomic_write_text(path, "".join(json.dumps(r.to_json()) + "\n" for r in records))
+        atomic_write_jsonl(path, (r.to_json() for r in records))
     return records
 
 

@@ -5,7 +5,6 @@ exists)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ from critique_jax.pipelines.critic_eval import build_demo_eval_set, build_sample
 from critique_jax.pipelines.demo_stages import Config
 from critique_jax.pipelines.roles import load_roles, with_demo_tokenizer
 from critique_jax.pipelines.seeds import stable_seed
-from critique_jax.runio import atomic_write_text, this_process_writes
+from critique_jax.runio import atomic_write_jsonl, this_process_writes
 from critique_jax.sharding import mesh_from_config
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     if this_process_writes():
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_jsonl(path, records)
 
 
 def write_world(cfg: Config, run_dir: Path) -> None:

@@ -20,7 +20,6 @@ writes the same records as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from critique_jax.pipelines.seeds import chunk_seed
 from critique_jax.runio import (
     RecordLog,
     atomic_write_json,
-    atomic_write_text,
+    atomic_write_jsonl,
     read_jsonl,
     this_process_writes,
 )
@@ -595,7 +594,7 @@ def initial_groups(
             for k, c in enumerate(samples)
         ]
         if this_process_writes():
-            atomic_write_text(path, "".join(json.dumps(g.to_json()) + "\n" for g in groups))
+            atomic_write_jsonl(path, (g.to_json() for g in groups))
     seen: set[str] = set()
     for g in groups:
         if g.id in seen:

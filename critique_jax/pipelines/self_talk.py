@@ -34,7 +34,6 @@ hf/, predictions in predictions.jsonl.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -62,7 +61,7 @@ from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.pipelines.overlong import fit_questions, with_skips
 from critique_jax.pipelines.reporting import difficulty, mean_by_level
 from critique_jax.pipelines.roles import Agent, make_agent, solve, with_demo_tokenizer
-from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_text, this_process_writes
+from critique_jax.runio import RecordLog, atomic_write_json, atomic_write_jsonl, this_process_writes
 from critique_jax.sampling import SamplingParams
 from critique_jax.sharding import mesh_from_config
 
@@ -234,9 +233,8 @@ def run(cfg: Config) -> dict[str, Any]:
             "without a refinement; give records with refinements"
         )
     if this_process_writes():
-        atomic_write_text(
-            run_dir / "trajectories.jsonl",
-            "".join(json.dumps({"question": q, "trajectory": t}) + "\n" for q, t in pairs),
+        atomic_write_jsonl(
+            run_dir / "trajectories.jsonl", ({"question": q, "trajectory": t} for q, t in pairs)
         )
     examples: list[Example] = [(solve_messages(q), t) for q, t in pairs]
     spec = with_demo_tokenizer(cfg.model, [*train, *test], run_dir / "demo_tokenizer")

@@ -95,6 +95,7 @@ from critique_jax.pipelines.seeds import salted
 from critique_jax.runio import (
     RecordLog,
     atomic_write_json,
+    atomic_write_jsonl,
     atomic_write_text,
     read_jsonl,
     this_process_writes,
@@ -530,8 +531,7 @@ def _collect(
     records = [QuestionRecord.from_json(r) for r in found]
     if this_process_writes():
         atomic_write_json(out / "collect_stats.json", kept_stats(records, cfg.hard_min_level))
-        kept = [json.dumps(it.to_json()) + "\n" for r in records for it in r.kept]
-        atomic_write_text(out / "kept.jsonl", "".join(kept))
+        atomic_write_jsonl(out / "kept.jsonl", (it.to_json() for r in records for it in r.kept))
 
 
 def iteration(

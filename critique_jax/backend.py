@@ -56,6 +56,11 @@ def attention_implementation(dtype: jnp.dtype) -> str:
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
+def huge_pages_set() -> bool:
+    """Whether this process started with glibc's huge-page tunable."""
+    return HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
+
+
 def cpu_allocator_advice() -> str | None:
     """A line for the log when a CPU training run would fault in its memory page by page.
 
@@ -66,7 +71,7 @@ def cpu_allocator_advice() -> str | None:
     for XLA alone: PyTorch's step is slower with it."""
     if not on_cpu() or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    if HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+    if huge_pages_set():
         return None
     return (
         f"CPU training: start the process with GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} for "

@@ -241,7 +241,7 @@ def main() -> None:
 
     import jax
 
-    from critique_jax.backend import HUGE_PAGES_TUNABLE
+    from critique_jax.backend import huge_pages_set
     from critique_jax.benchmarks import roofline
     from critique_jax.metrics import peak_flops_per_device, training_flops_per_token
 
@@ -284,7 +284,7 @@ def main() -> None:
                 "dtype": args.dtype,
                 "device": jax.devices()[0].device_kind,
                 "cpu_count": os.cpu_count(),
-                "malloc_hugetlb": HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""),
+                "malloc_hugetlb": huge_pages_set(),
             }
         )
     )

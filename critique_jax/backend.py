@@ -8,13 +8,16 @@ forker sees all of them together and the core stays accelerator-neutral:
 - `argmax`: a max-then-min argmax on CPU, `jnp.argmax` elsewhere;
 - `attention_implementation`: cuDNN flash attention on GPU in half precision, XLA elsewhere;
 - `cpu_allocator_advice`: what to set before a CPU training run starts (a process setting
-  the core cannot make itself).
+  the core cannot make itself);
+- `use_compilation_cache`: compiled programs kept on disk for the next process (every
+  backend; the CLIs turn it on).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -78,3 +81,23 @@ def cpu_allocator_advice() -> str | None:
         "faster steps (XLA's per-step buffers then use transparent huge pages; docs/"
         "architecture.md, 'Backend choices')"
     )
+
+
+COMPILATION_CACHE = Path("~/.cache/critique_jax/xla").expanduser()
+
+
+def use_compilation_cache(path: Path = COMPILATION_CACHE, max_bytes: int = 4 << 30) -> None:
+    """Keep every compiled program on disk, so the next process with the same shapes (a
+    resumed run, a rerun with other step counts or data, the next stage) loads it instead of
+    compiling: a third of the reduced demo's wall time on a 2-core CPU. JAX's own settings
+    win where given: JAX_COMPILATION_CACHE_DIR moves the cache (a shared bucket for a pod),
+    JAX_ENABLE_COMPILATION_CACHE=false turns it off. Call before the first compile."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+    defaults = {  # JAX keeps only programs that took over a second; most of ours take less
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_compilation_cache_max_size": max_bytes,  # least recently used programs go first
+    }
+    for name, value in defaults.items():
+        if name.upper() not in os.environ:
+            jax.config.update(name, value)

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+from critique_jax.backend import use_compilation_cache
 from critique_jax.data.tokenizers import load_tokenizer
 from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, exit_cli, run_cli
 from critique_jax.models import abstract_params
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    use_compilation_cache()
     try:
         sp = SamplingParams(
             max_new_tokens=args.max_new_tokens,

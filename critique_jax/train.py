@@ -145,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(config: str | None, overrides: list[str]) -> int:
+    from critique_jax.backend import use_compilation_cache
     from critique_jax.distributed import initialize_distributed
 
     initialize_distributed()  # before any stage import touches a JAX backend
+    use_compilation_cache()
     module, cfg = build_config(config, overrides)
     preflight(cfg)
 

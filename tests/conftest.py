@@ -14,6 +14,9 @@ import pytest
 # Unit tests compile many small programs: XLA's backend optimisations cost ~3x the compile
 # time and buy nothing at these sizes. Set before anything imports jax.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# The CLIs keep compiled programs under ~/.cache (backend.use_compilation_cache); tests that
+# call them in-process leave it alone. tests/test_demo.py runs the CLI as a user does.
+os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 
 import subprocess_jobs  # noqa: E402
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -254,3 +257,33 @@ def test_training_benchmark_runs_pytorch_without_the_huge_page_tunable():
     env = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
     assert without_huge_pages(env) == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
     assert without_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == {}
+
+
+CACHE_PROBE = """
+import jax, jax.numpy as jnp
+from critique_jax.backend import use_compilation_cache
+use_compilation_cache()
+events = []
+jax.monitoring.register_event_listener(lambda name, **_: events.append(name))
+jax.jit(lambda x: jnp.tanh(x) * 3 + 1)(jnp.ones(5))
+print("hit" if "/jax/compilation_cache/cache_hits" in events else "miss")
+"""
+
+
+def test_the_next_process_loads_compiled_programs_from_disk(tmp_path):
+    """Under ~/.cache by default; JAX's own switch turns it off."""
+    cache_settings = ("JAX_COMPILATION_CACHE", "JAX_ENABLE_COMPILATION_CACHE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(cache_settings)}
+    env["HOME"] = str(tmp_path)
+
+    def probe(**extra: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", CACHE_PROBE], env=env | extra, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout.strip()
+
+    assert probe() == "miss"
+    assert any((tmp_path / ".cache" / "critique_jax" / "xla").iterdir())
+    assert probe() == "hit"
+    assert probe(JAX_ENABLE_COMPILATION_CACHE="false") == "miss"

@@ -27,10 +27,8 @@ stages, each run through its own `run(config)` with the config of its section
 8. one results table (printed, run_dir/results.md) from the stages' results files, and the
    papers' claims checked on it (`demo_claims`).
 
-Resume: a stage whose run_dir holds its results is skipped; the others resume on their own
-(records chunk by chunk, training from its last checkpoint). One seed of the defaults takes
-about 8 minutes on an idle 2-core CPU, half of it the base model; `Config.reduced()`
-(configs/demo_reduced.yaml) is the same list at CI size.
+Resume: a stage whose run_dir holds its results is skipped; the others resume on their own.
+`Config.reduced()` (configs/demo_reduced.yaml) is the same list at CI size.
 """
 
 from __future__ import annotations
@@ -173,13 +171,10 @@ def run_one(cfg: Config) -> dict[str, Any]:
         which = self_train_critic(cfg, run_dir)
         critic = cfg.critic_eval.critic if which == "trained" else CriticSpec(oracle="demo")
         run_stage(cfg.self_train, cfg, critic=in_run_dir(critic, run_dir))
-    sizes = {
-        "train_questions": cfg.world.train_size,
-        "levels": list(cfg.world.levels),
-        "rco_n": cfg.rco_collect.num_critiques,
-        "rco_m": cfg.rco_collect.num_refinements,
-        "model_params": preset(cfg.base.model.preset, **cfg.base.model.overrides).num_params(),
-    }
+    model = preset(cfg.base.model.preset, **cfg.base.model.overrides)
+    sizes = {"train_questions": cfg.world.train_size, "levels": list(cfg.world.levels)}
+    sizes |= {"rco_n": cfg.rco_collect.num_critiques, "rco_m": cfg.rco_collect.num_refinements}
+    sizes["model_params"] = model.num_params()
     dirs = {f.name: run_dir / getattr(cfg, f.name).run_dir for f in stage_fields(cfg)}
     results = demo_results(dirs, cfg.seed, sizes, which)
     results["timings"] = clock.phases

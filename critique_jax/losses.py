@@ -7,7 +7,9 @@ Shapes: `logits` [B, T, V], `targets` [B, T] (the layout of `data.batching`), `l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,17 +21,23 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """log p(targets | prefix) in fp32: a gather minus a logsumexp, not a `log_softmax`, so
     XLA fuses the upcast into the reductions and holds at most one [B, T, V] fp32 array."""
     logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - lse
+    return _picked(logits, targets) - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _picked(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """The logit of each target."""
+    return jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
 def sft_loss(
     logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
 ) -> tuple[jax.Array, Metrics]:
     """-sum m * log p(targets) / max(sum m, 1) (an all-zero mask gives 0, not NaN); metrics
-    `ntokens` (supervised tokens) and `accuracy` (their share predicted by the argmax)."""
-    correct = jnp.argmax(logits, axis=-1) == targets
+    `ntokens` (supervised tokens) and `accuracy` (their share where the target has the top
+    logit; a tie with another token counts as correct)."""
+    logits = logits.astype(jnp.float32)
+    picked = _picked(logits, targets)
+    correct = picked >= jnp.max(logits, axis=-1)
     return _masked_sft(token_logprobs(logits, targets), correct, loss_mask)
 
 
@@ -44,43 +52,90 @@ def _masked_sft(
     return loss, {"ntokens": ntokens, "accuracy": accuracy}
 
 
-def chunked_token_stats(
-    head: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array, chunk: int
-) -> tuple[jax.Array, jax.Array]:
-    """`token_logprobs(head(hidden), targets)` and `argmax(head(hidden)) == targets` [B, T]
-    from hidden states [B, T, E], `chunk` positions at a time: each chunk's logits exist only
-    inside its (rematerialised) step, so no [B, T, V] array is held; chunks split T, not B,
-    so rows stay sharded."""
-    b, t, _ = hidden.shape
-    chunk = min(chunk, t)
-    pad = -t % chunk
-    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(targets, ((0, 0), (0, pad)))
-
-    @jax.checkpoint
-    def stats(xy: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        x, y = xy
-        logits = head(x)
-        return token_logprobs(logits, y), jnp.argmax(logits, axis=-1) == y
-
-    def by_chunk(x: jax.Array) -> jax.Array:  # [B, T + pad, ...] -> [n, B, chunk, ...]
-        return jnp.swapaxes(x.reshape(b, -1, chunk, *x.shape[2:]), 0, 1)
-
-    logps, correct = jax.lax.map(stats, (by_chunk(hidden), by_chunk(targets)))
-    unchunk = lambda x: jnp.swapaxes(x, 0, 1).reshape(b, -1)[:, :t]  # noqa: E731
-    return unchunk(logps), unchunk(correct)
+Head = Callable[[Any, jax.Array], jax.Array]  # (head params, hidden [..., E]) -> logits [..., V]
 
 
 def sft_loss_chunked(
-    head: Callable[[jax.Array], jax.Array],
+    head: Head,
+    head_params: Any,
     hidden: jax.Array,
     targets: jax.Array,
     loss_mask: jax.Array,
     chunk: int = 128,
 ) -> tuple[jax.Array, Metrics]:
-    """`sft_loss(head(hidden), targets, loss_mask)` through `chunked_token_stats`."""
-    logps, correct = chunked_token_stats(head, hidden, targets, chunk)
-    return _masked_sft(logps, correct, loss_mask)
+    """`sft_loss(head(head_params, hidden), targets, loss_mask)` without a [B, T, V] array:
+    the vocabulary is projected `chunk` positions at a time (chunks split T, not B, so rows
+    stay sharded), and each chunk's gradient is made in the same pass (a fused linear
+    cross-entropy). The backward pass then only scales those gradients, so each chunk runs
+    one projection and its two gradient matmuls, where rematerialising the chunk would run
+    the projection twice. The accuracy comes from the softmax's own max.
+
+    Measured at SmolLM2-135M's vocabulary (49,152), 4 x 512 tokens, on the 2-core CPU: the
+    loss and its gradients took 1.48 s against 2.03 s for the rematerialised chunks with an
+    argmax accuracy (docs/architecture.md)."""
+    mask = loss_mask.astype(jnp.float32)
+    weights = mask / jnp.maximum(mask.sum(), 1.0)
+    loss, correct = _fused_cross_entropy(head, chunk, head_params, hidden, targets, weights)
+    accuracy = (correct.astype(jnp.float32) * weights).sum()
+    return loss, {"ntokens": mask.sum(), "accuracy": accuracy}
+
+
+def _chunked_cross_entropy(head: Head, chunk: int, head_params, hidden, targets, weights):
+    """-sum weights * log p(targets), top-logit hits [B, T], and the loss's gradients with
+    respect to head_params and hidden, a chunk of positions per scan step."""
+    b, t, _ = hidden.shape
+    chunk = min(chunk, t)
+    pad = -t % chunk
+
+    def by_chunk(x: jax.Array) -> jax.Array:  # [B, T, ...] -> [n, B, chunk, ...]
+        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        return jnp.swapaxes(x.reshape(b, -1, chunk, *x.shape[2:]), 0, 1)
+
+    def unchunk(x: jax.Array) -> jax.Array:
+        return jnp.swapaxes(x, 0, 1).reshape(b, -1, *x.shape[3:])[:, :t]
+
+    def step(grad_params, xs):
+        x, y, w = xs
+        logits, project_back = jax.vjp(head, head_params, x)
+        logits = logits.astype(jnp.float32)
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        exp = jnp.exp(logits - top)
+        total = jnp.sum(exp, axis=-1, keepdims=True)
+        picked = _picked(logits, y)
+        logps = picked - (top + jnp.log(total))[..., 0]
+        hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == y[..., None]
+        grad_logits = w[..., None] * (exp / total - hit)  # d(-w log p) / d logits
+        grad_p, grad_x = project_back(grad_logits)
+        grad_params = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_params, grad_p)
+        return grad_params, (-(w * logps).sum(), picked >= top[..., 0], grad_x)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), head_params)
+    chunks = (by_chunk(hidden), by_chunk(targets), by_chunk(weights))
+    grad_params, (chunk_losses, correct, grad_x) = jax.lax.scan(step, zeros, chunks)
+    return chunk_losses.sum(), unchunk(correct), grad_params, unchunk(grad_x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_cross_entropy(head: Head, chunk: int, head_params, hidden, targets, weights):
+    loss, correct, _, _ = _chunked_cross_entropy(head, chunk, head_params, hidden, targets, weights)
+    return loss, correct
+
+
+def _fused_forward(head: Head, chunk: int, head_params, hidden, targets, weights):
+    loss, correct, grad_p, grad_x = _chunked_cross_entropy(
+        head, chunk, head_params, hidden, targets, weights
+    )
+    return (loss, correct), (grad_p, grad_x, head_params, hidden)
+
+
+def _fused_backward(head: Head, chunk: int, saved, cotangents):
+    grad_p, grad_x, head_params, hidden = saved
+    scale = cotangents[0]  # the loss's; `correct` has none
+    grad_p = jax.tree.map(lambda g, p: (scale * g).astype(p.dtype), grad_p, head_params)
+    return grad_p, (scale * grad_x).astype(hidden.dtype), None, None
+
+
+_fused_cross_entropy.defvjp(_fused_forward, _fused_backward)
 
 
 def sequence_logprobs(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:

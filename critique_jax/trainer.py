@@ -62,7 +62,8 @@ Batch = dict[str, jax.Array]
 
 
 # The model: (params, inputs, positions, segment_ids=None) -> float32 logits [B, T, V]; with
-# `hidden=True`, the final hidden states [B, T, E] and the head that maps them to logits.
+# `hidden=True`, (the final hidden states [B, T, E], the head (head params, hidden) -> logits,
+# the head's params), so a loss can project the vocabulary a chunk at a time.
 ApplyFn = Callable[..., Any]
 LossFn = Callable[[ApplyFn, Params, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -133,12 +134,17 @@ def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransf
 
 def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
     model = Transformer(model_cfg)
+    # what `Transformer.head` reads: the tied embedding, or the untied output projection
+    head_key = "embed" if model_cfg.tie_word_embeddings else "lm_head"
+
+    def head(head_params: Params, x: jax.Array) -> jax.Array:
+        return model.apply({"params": head_params}, x, method=Transformer.head)
 
     def apply_fn(params, inputs, positions, segment_ids=None, *, hidden=False):
         out = model.apply({"params": params}, inputs, positions, segment_ids, hidden=hidden)
         if not hidden:
             return out
-        return out, functools.partial(model.apply, {"params": params}, method=Transformer.head)
+        return out, head, {head_key: params[head_key]}
 
     return apply_fn
 
@@ -146,10 +152,12 @@ def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
 def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
     """Next-token cross-entropy on `loss_mask` targets; weight = number of target tokens.
     Without `segment_ids` the model takes its plain causal path (flash attention on GPU)."""
-    hidden, head = apply_fn(
+    hidden, head, head_params = apply_fn(
         params, batch["inputs"], batch["positions"], batch.get("segment_ids"), hidden=True
     )
-    loss, aux = losses.sft_loss_chunked(head, hidden, batch["targets"], batch["loss_mask"])
+    loss, aux = losses.sft_loss_chunked(
+        head, head_params, hidden, batch["targets"], batch["loss_mask"]
+    )
     return loss, {"weight": aux["ntokens"], "accuracy": aux["accuracy"]}
 
 

@@ -40,21 +40,22 @@ def np_rco(policy, ref, cu, beta, mask):
 
 
 def test_sft_loss_hand_computed():
-    # Position 0: uniform over 3 tokens, target 2      -> log p = -log 3, argmax 0 (wrong).
+    # Position 0: logits [ln 2, 0, 0] = probs [1/2, 1/4, 1/4], target 2 -> log p = -log 4,
+    #             not the top logit (wrong).
     # Position 1: logits [0, ln 3, 0] = probs [1/5, 3/5, 1/5], target 1 -> log p = log(3/5),
-    #             argmax 1 (right).
+    #             the top logit (right).
     # Position 2: masked out (would be a huge loss if counted).
-    # loss = (log 3 - log(3/5)) / 2 = log(5) / 2; accuracy = 1/2; ntokens = 2.
-    logits = jnp.array([[[0.0, 0.0, 0.0], [0.0, math.log(3.0), 0.0], [10.0, 0.0, 0.0]]])
+    # loss = (log 4 - log(3/5)) / 2 = log(20 / 3) / 2; accuracy = 1/2; ntokens = 2.
+    logits = jnp.array([[[math.log(2.0), 0.0, 0.0], [0.0, math.log(3.0), 0.0], [10.0, 0.0, 0.0]]])
     targets = jnp.array([[2, 1, 1]])
     mask = jnp.array([[1, 1, 0]])
     loss, metrics = sft_loss(logits, targets, mask)
-    assert float(loss) == pytest.approx(math.log(5.0) / 2, rel=1e-6)
+    assert float(loss) == pytest.approx(math.log(20.0 / 3.0) / 2, rel=1e-6)
     assert float(metrics["ntokens"]) == 2.0
     assert float(metrics["accuracy"]) == pytest.approx(0.5)
     seq = sequence_logprobs(logits, targets, mask)
     assert seq.shape == (1,)
-    assert float(seq[0]) == pytest.approx(-math.log(3.0) + math.log(3.0 / 5.0), rel=1e-6)
+    assert float(seq[0]) == pytest.approx(-math.log(4.0) + math.log(3.0 / 5.0), rel=1e-6)
 
 
 def test_sft_loss_all_masked_is_finite():
@@ -184,6 +185,16 @@ def test_dpo_loss_matches_numpy():
     assert float(big) == pytest.approx(1e4)
 
 
+def test_a_target_tied_with_the_top_logit_counts_as_predicted():
+    """Both SFT losses read accuracy off the max the softmax needs, not an argmax."""
+    logits = jnp.zeros((1, 2, 4))
+    targets, mask = jnp.array([[3, 0]]), jnp.ones((1, 2))
+    assert float(sft_loss(logits, targets, mask)[1]["accuracy"]) == 1.0
+    hidden = jnp.ones((1, 2, 3))
+    _, metrics = sft_loss_chunked(lambda w, x: x @ w, jnp.zeros((3, 4)), hidden, targets, mask)
+    assert float(metrics["accuracy"]) == 1.0
+
+
 @pytest.mark.parametrize("chunk", [3, 4, 16])
 def test_chunked_sft_loss_equals_unchunked(chunk):
     # T = 7 is no multiple of 3 or 4: the last chunk is padded; 16 > T is one chunk.
@@ -200,13 +211,13 @@ def test_chunked_sft_loss_equals_unchunked(chunk):
         return sft_loss(head(x, w), targets, mask)
 
     def chunked(x, w):
-        return sft_loss_chunked(lambda h: head(h, w), x, targets, mask, chunk=chunk)
+        return sft_loss_chunked(lambda p, h: head(h, p), w, x, targets, mask, chunk=chunk)
 
     (loss, aux), grads = jax.value_and_grad(full, argnums=(0, 1), has_aux=True)(hidden, kernel)
     (closs, caux), cgrads = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(
         hidden, kernel
     )
-    assert float(closs) == float(loss)
+    assert float(closs) == pytest.approx(float(loss), rel=1e-6)
     assert float(caux["accuracy"]) == float(aux["accuracy"])
     assert float(caux["ntokens"]) == float(aux["ntokens"])
     for got, want in zip(cgrads, grads, strict=True):

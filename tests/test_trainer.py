@@ -170,6 +170,33 @@ def _init(cfg, rng):
     return init_params(cfg, rng)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_sft_loss_fn_gradients_equal_those_of_the_full_logits(tied):
+    """The trainer's loss projects the vocabulary in chunks with a hand-made gradient; every
+    parameter's gradient (a tied embedding gets the input's and the head's) is autodiff's
+    through the whole [B, T, V] logits."""
+    from critique_jax import losses
+    from critique_jax.trainer import make_apply_fn, sft_loss_fn
+
+    cfg = preset("tiny", tie_word_embeddings=tied, vocab_size=300)
+    params = _init(cfg, jax.random.key(3))
+    apply_fn, data = make_apply_fn(cfg), batch(1)
+
+    def full(p):
+        logits = apply_fn(p, data["inputs"], data["positions"], data["segment_ids"])
+        return losses.sft_loss(logits, data["targets"], data["loss_mask"])
+
+    (want_loss, want_aux), want = jax.value_and_grad(full, has_aux=True)(params)
+    (got_loss, got_aux), got = jax.value_and_grad(
+        lambda p: sft_loss_fn(apply_fn, p, data), has_aux=True
+    )(params)
+    assert float(got_loss) == pytest.approx(float(want_loss), rel=1e-6)
+    assert float(got_aux["accuracy"]) == float(want_aux["accuracy"])
+    assert set(got) == set(want) and ("lm_head" in got) is not tied
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- metrics
 
 

@@ -101,6 +101,22 @@ def test_logits_match_transformers(family, scan_layers):
     assert np.abs(ours - ref)[valid].max() <= 1e-4
 
 
+@pytest.mark.parametrize("length", [150])
+def test_sequences_longer_than_one_query_block_match_transformers(family, length):
+    """Training attention runs the causal triangle in query blocks of 64 (three here, the last
+    one short); with left and right padding the logits still match."""
+    _, directory, model = family
+    ids = np.random.RandomState(1).randint(0, COMMON["vocab_size"], (2, length))
+    mask = np.ones_like(ids)
+    mask[0, :70] = 0
+    mask[1, 130:] = 0
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    cfg, params = load_hf(directory)
+    ours = _our_logits(cfg, params, ids, mask, positions)
+    ref = _torch_logits(model, ids, mask)
+    assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
+
+
 def test_export_loads_in_transformers_with_same_logits(family, tmp_path):
     _, directory, model = family
     cfg, params = load_hf(directory)

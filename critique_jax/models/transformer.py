@@ -62,18 +62,18 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 
 def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """sin, cos of shape [B, T, head_dim] (HF's half-rotation layout)."""
-    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.sin(emb), jnp.cos(emb)
+    """sin, cos of the rotation angles, [B, T, head_dim // 2]."""
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
+    return jnp.sin(angles), jnp.cos(angles)
 
 
 def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
-    """x: [B, T, heads, head_dim]. Rotation in float32, result in x's dtype."""
-    xf = x.astype(jnp.float32)
+    """x: [B, T, heads, head_dim], rotated in HF's half-rotation layout (dimension i pairs
+    with i + head_dim // 2). Rotation in float32, result in x's dtype."""
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    return (xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+    x1, x2 = (p.astype(jnp.float32) for p in (x[..., :half], x[..., half:]))
+    sin, cos = sin[:, :, None], cos[:, :, None]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 class RMSNorm(nn.Module):

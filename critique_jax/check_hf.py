@@ -39,9 +39,9 @@ def compare(hf_dir: str, prompt: str, dtype: str = "float32") -> dict:
         raise ModuleNotFoundError(TORCH_MISSING) from e
     from transformers import AutoModelForCausalLM
 
+    from critique_jax.checkpoints.hf import load_hf
     from critique_jax.data.tokenizers import load_tokenizer
     from critique_jax.models import Transformer
-    from critique_jax.models.hf import load_hf
 
     cfg, params = load_hf(hf_dir, dtype=dtype, param_dtype=dtype)
     tokenizer = load_tokenizer(hf_dir, cfg)

@@ -12,10 +12,10 @@ import sys
 import time
 
 from critique_jax.backend import use_compilation_cache
+from critique_jax.checkpoints.hf import load_hf
 from critique_jax.data.tokenizers import load_tokenizer
 from critique_jax.errors import DEBUG_ENV, UserError, debug_requested, exit_cli, run_cli
 from critique_jax.models import abstract_params
-from critique_jax.models.hf import load_hf
 from critique_jax.sampling import Buckets, Sampler, SamplingParams
 from critique_jax.sharding import make_mesh, param_shardings
 

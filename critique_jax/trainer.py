@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from critique_jax import losses
 from critique_jax.backend import cpu_allocator_advice
-from critique_jax.checkpoint import Checkpointer
+from critique_jax.checkpoints.train_state import Checkpointer
 from critique_jax.config import ConfigError, MeshConfig, OptimConfig, TrainConfig
 from critique_jax.metrics import (
     MetricsLogger,
@@ -85,27 +85,19 @@ class TrainState:
 
 def learning_rate_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
     """Linear warmup (step s < W: lr * (s + 1) / W, so the first update is not zero), then
-    cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant.
-
-    Not optax's join_schedules: its order of float32 operations differs by up to 19 ulp,
-    which would change every trained result for the same seed."""
+    cosine / linear decay to lr * end_lr_ratio at `total_steps`, or constant."""
     peak, warmup = optim.learning_rate, optim.warmup_steps
-    end = peak * optim.end_lr_ratio
     decay_steps = max(total_steps - warmup, 1)
-
-    def schedule(step: jax.Array) -> jax.Array:
-        step = jnp.asarray(step, jnp.float32)
-        warm = peak * jnp.minimum(1.0, (step + 1.0) / max(warmup, 1))
-        t = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
-        if optim.schedule == "cosine":
-            decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-        elif optim.schedule == "linear":
-            decayed = peak + (end - peak) * t
-        else:
-            decayed = jnp.asarray(peak, jnp.float32)
-        return jnp.where(step < warmup, warm, decayed)
-
-    return schedule
+    if optim.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=optim.end_lr_ratio)
+    elif optim.schedule == "linear":
+        decay = optax.linear_schedule(peak, peak * optim.end_lr_ratio, decay_steps)
+    else:
+        decay = optax.constant_schedule(peak)
+    if not warmup:
+        return decay
+    warm = optax.linear_schedule(peak / warmup, peak, warmup - 1)
+    return optax.join_schedules([warm, decay], [warmup])
 
 
 def weight_decay_mask(params: Params) -> Any:

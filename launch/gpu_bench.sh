@@ -36,7 +36,7 @@ $PY - "$PRESET" "$MODEL" <<'EOF' 2>&1 | tail -1
 import sys, jax
 from transformers import AutoTokenizer
 from critique_jax.models import init_params, preset
-from critique_jax.models.hf import save_hf
+from critique_jax.checkpoints.hf import save_hf
 cfg = preset(sys.argv[1])
 save_hf(cfg, init_params(cfg, jax.random.key(0)), sys.argv[2], AutoTokenizer.from_pretrained(".gpu/tok"))
 print("model", sys.argv[2], cfg.num_params(), jax.devices()[0].device_kind)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critique_jax.checkpoint import CheckpointMismatchError, CheckpointWarning
+from critique_jax.checkpoints.train_state import CheckpointMismatchError, CheckpointWarning
 from critique_jax.config import MeshConfig, OptimConfig, TrainConfig
 from critique_jax.data.batching import BatchIterator
 from critique_jax.models import preset

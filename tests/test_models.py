@@ -14,14 +14,14 @@ tr = pytest.importorskip("transformers")
 
 from conftest import real_model_dir  # noqa: E402
 
-from critique_jax.data.tokenizers import check_vocab  # noqa: E402
-from critique_jax.models import Transformer  # noqa: E402
-from critique_jax.models.hf import (  # noqa: E402
+from critique_jax.checkpoints.hf import (  # noqa: E402
     CheckpointFormatError,
     SafetensorsIndex,
     load_hf,
     save_hf,
 )
+from critique_jax.data.tokenizers import check_vocab  # noqa: E402
+from critique_jax.models import Transformer  # noqa: E402
 
 COMMON = dict(
     vocab_size=128,

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from critique_jax.checkpoints.hf import save_hf
 from critique_jax.config import ConfigError, TrainConfig, from_dict
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import generate_problems, inject_error, templated_critique
 from critique_jax.data.prompts import ANSWER_FORMAT, CRITIQUE_INSTRUCTIONS
 from critique_jax.models import Transformer, init_params, preset
-from critique_jax.models.hf import save_hf
 from critique_jax.pipelines import rco, rco_collect, rco_eval
 from critique_jax.pipelines.rco_collect import CritiqueGroup
 from critique_jax.runio import read_jsonl

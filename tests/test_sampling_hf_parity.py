@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 tr = pytest.importorskip("transformers")
 
-from critique_jax.models.hf import load_hf  # noqa: E402
+from critique_jax.checkpoints.hf import load_hf  # noqa: E402
 from critique_jax.sampling import Buckets, Sampler, SamplingParams  # noqa: E402
 
 COMMON = dict(

@@ -175,7 +175,7 @@ def _orbax_threads() -> list[str]:
 
 
 def test_unwritable_checkpoint_dir_is_refused_at_start(tmp_path):
-    from critique_jax.checkpoint import Checkpointer, CheckpointWriteError
+    from critique_jax.checkpoints.train_state import Checkpointer, CheckpointWriteError
 
     (tmp_path / "checkpoints").write_text("a file where the directory should be")
     with pytest.raises(CheckpointWriteError, match=r"checkpoints is not writable.*another run_dir"):
@@ -188,7 +188,7 @@ def test_failed_save_raises_and_leaves_no_thread_waiting(tmp_path):
     (non-daemon) waiting ~20 minutes at exit. Now save raises, close ends every thread."""
     import jax.numpy as jnp
 
-    from critique_jax.checkpoint import Checkpointer, CheckpointWriteError
+    from critique_jax.checkpoints.train_state import Checkpointer, CheckpointWriteError
 
     directory = tmp_path / "checkpoints"
     ckpt = Checkpointer(directory)
@@ -212,8 +212,8 @@ def test_failed_save_raises_and_leaves_no_thread_waiting(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory) -> Path:
     """A tiny model exported as an HF directory (no tokenizer: loading fails before it)."""
+    from critique_jax.checkpoints.hf import save_hf
     from critique_jax.models import preset
-    from critique_jax.models.hf import save_hf
     from critique_jax.pipelines.loading import init_sharded_params
 
     cfg = preset("tiny", num_layers=2)
@@ -341,7 +341,7 @@ def test_missing_nested_dir_is_missing(capsys, tmp_path, monkeypatch):
 
 
 def test_hub_ids_are_still_recognised():
-    from critique_jax.models.hf import looks_like_hub_id
+    from critique_jax.checkpoints.hf import looks_like_hub_id
 
     assert looks_like_hub_id("Qwen/Qwen2.5-0.5B-Instruct")
     assert not looks_like_hub_id("./Qwen/x") and not looks_like_hub_id("/abs/x")
@@ -373,8 +373,8 @@ def test_one_layer_model_round_trips(tmp_path):
     torch = pytest.importorskip("torch")
     import transformers as tr
 
+    from critique_jax.checkpoints.hf import SafetensorsIndex, load_hf, save_hf
     from critique_jax.models import Transformer, preset
-    from critique_jax.models.hf import SafetensorsIndex, load_hf, save_hf
     from critique_jax.pipelines.loading import init_sharded_params
 
     cfg = preset("tiny", num_layers=1)
@@ -633,7 +633,7 @@ def test_an_empty_override_value_is_named(capsys, run_dir):
 
 
 def test_disk_full_names_the_cause():
-    from critique_jax.checkpoint import write_failure_cause
+    from critique_jax.checkpoints.train_state import write_failure_cause
 
     wrapped = ValueError('RESOURCE_EXHAUSTED: Error writing "a/0": No space left on device')
     assert write_failure_cause(wrapped) == "No space left on device"
@@ -737,7 +737,7 @@ def test_internal_errors_keep_their_traceback(run_dir, monkeypatch):
 def test_disk_refusals_are_told_apart_from_bugs():
     import errno
 
-    from critique_jax.checkpoint import is_write_failure
+    from critique_jax.checkpoints.train_state import is_write_failure
 
     full = ValueError('RESOURCE_EXHAUSTED: Error writing "a/0": No space left on device')
     assert is_write_failure(full)
@@ -899,8 +899,8 @@ def test_real_tokenizer_pairings_are_accepted():
 
 
 def test_the_real_smollm2_tokenizer_is_its_models_own():
+    from critique_jax.checkpoints.hf import config_from_hf, read_hf_config
     from critique_jax.data.tokenizers import load_tokenizer
-    from critique_jax.models.hf import config_from_hf, read_hf_config
 
     real = Path.home() / ".cache/critique_jax/real_models/smollm2-135m/hf"
     if not (real / "tokenizer.json").is_file():

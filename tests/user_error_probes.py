@@ -114,10 +114,10 @@ class Work:
 
 def build_shared(work: Work) -> None:
     """The demo tokenizer, a small critique data file and two exported tiny models."""
+    from critique_jax.checkpoints.hf import save_hf
     from critique_jax.data.demo_tokenizer import build_demo_tokenizer
     from critique_jax.data.demo_world import generate_problems
     from critique_jax.models import preset
-    from critique_jax.models.hf import save_hf
     from critique_jax.pipelines.loading import init_sharded_params
 
     problems = generate_problems(64, 0)

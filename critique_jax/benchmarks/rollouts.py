@@ -42,13 +42,13 @@ import jax
 import numpy as np
 
 from critique_jax.benchmarks import roofline
+from critique_jax.checkpoints.hf import load_hf
 from critique_jax.data.loaders import load_gsm8k
 from critique_jax.data.prompts import critique_messages, refine_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.tokenizers import load_tokenizer
 from critique_jax.errors import run_main
 from critique_jax.models import ModelConfig
-from critique_jax.models.hf import load_hf
 from critique_jax.sampling import Completion, Sampler, SamplingParams, prepare_calls
 from critique_jax.sampling.generate import collect, decode_call, prefill_call
 

@@ -23,9 +23,9 @@ import jax
 import numpy as np
 
 from critique_jax.benchmarks import roofline
+from critique_jax.checkpoints.hf import load_hf
 from critique_jax.data.tokenizers import load_tokenizer
 from critique_jax.errors import run_main
-from critique_jax.models.hf import load_hf
 from critique_jax.sampling import Buckets, Sampler, SamplingParams, prepare_calls
 from critique_jax.sampling.generate import decode_call
 

@@ -47,9 +47,9 @@ from critique_jax.errors import run_main
 
 def model_config(model: str, dtype: str):
     """A preset name or an HF directory; bf16 means bf16 compute over fp32 parameters."""
+    from critique_jax.checkpoints.hf import config_from_hf, read_hf_config
     from critique_jax.config import ConfigError
     from critique_jax.models.config import PRESETS, preset
-    from critique_jax.models.hf import config_from_hf, read_hf_config
 
     if Path(model).expanduser().is_dir():
         return config_from_hf(read_hf_config(model), dtype=dtype, param_dtype="float32")
@@ -183,7 +183,7 @@ def without_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
 def torch_in_child(
     cfg, model: str, batch: dict[str, np.ndarray], steps: int, warmup: int
 ) -> dict[str, Any]:
-    from critique_jax.models.hf import config_to_hf
+    from critique_jax.checkpoints.hf import config_to_hf
 
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "batch.npz", **batch)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from critique_jax.checkpoints.hf import CheckpointFormatError, resolve_checkpoint_dir
 from critique_jax.errors import UserError
 from critique_jax.models.config import ModelConfig
-from critique_jax.models.hf import CheckpointFormatError, resolve_checkpoint_dir
 
 
 class TokenizerMismatch(UserError):

@@ -1,4 +1,5 @@
-"""One Flax decoder for the Llama / Mistral / Qwen2 / Qwen3 families, with HF import/export."""
+"""One Flax decoder for the Llama / Mistral / Qwen2 / Qwen3 families (HF import and export:
+`critique_jax.checkpoints.hf`)."""
 
 from critique_jax.models.config import PRESETS, ModelConfig, RopeScaling, preset
 from critique_jax.models.transformer import (

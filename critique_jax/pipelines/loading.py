@@ -14,10 +14,10 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh
 
+from critique_jax.checkpoints.hf import load_hf
 from critique_jax.config import ModelSpec
 from critique_jax.data.tokenizers import load_tokenizer
 from critique_jax.models.config import ModelConfig, preset
-from critique_jax.models.hf import load_hf
 from critique_jax.models.transformer import abstract_params, init_params
 from critique_jax.sharding import DEFAULT_RULES, param_shardings
 

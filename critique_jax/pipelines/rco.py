@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from critique_jax import losses, scoring
+from critique_jax.checkpoints.hf import save_hf
 from critique_jax.config import MeshConfig, ModelSpec, OptimConfig, StageConfig, TrainConfig
 from critique_jax.data.batching import BatchIterator
-from critique_jax.models.hf import save_hf
 from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.pipelines.rco_collect import (
     CritiqueGroup,

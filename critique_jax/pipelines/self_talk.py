@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from critique_jax.checkpoints.hf import save_hf
 from critique_jax.config import (
     ConfigError,
     MeshConfig,
@@ -55,7 +56,6 @@ from critique_jax.data.math import extract_answer, verify
 from critique_jax.data.prompts import solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
-from critique_jax.models.hf import save_hf
 from critique_jax.pipelines.finetune import Example, SFTData, finetune, load_sft_records
 from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.pipelines.overlong import fit_questions, with_skips

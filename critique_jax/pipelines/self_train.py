@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from critique_jax.checkpoints.hf import save_hf
 from critique_jax.config import (
     ConfigError,
     MeshConfig,
@@ -68,7 +69,6 @@ from critique_jax.data.demo_world import inject_error, templated_critique
 from critique_jax.data.prompts import refine_messages, solve_messages
 from critique_jax.data.records import Problem
 from critique_jax.data.sources import ProblemSource, load_problems
-from critique_jax.models.hf import save_hf
 from critique_jax.pipelines.finetune import (
     Example,
     SFTData,

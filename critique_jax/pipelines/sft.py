@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from critique_jax.checkpoints.hf import save_hf
 from critique_jax.config import (
     ConfigError,
     MeshConfig,
@@ -21,7 +22,6 @@ from critique_jax.config import (
     StageConfig,
     TrainConfig,
 )
-from critique_jax.models.hf import save_hf
 from critique_jax.pipelines.finetune import (
     SFTData,
     examples_from_records,

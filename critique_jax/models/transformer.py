@@ -161,12 +161,17 @@ def _attention(cfg: ModelConfig, q, k, v, mask):
     return block_causal_attention(q, k, v, mask)
 
 
-def block_causal_attention(q, k, v, mask):
+def block_causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
+) -> jax.Array:
     """Causal self-attention a block of queries at a time: the queries of block i attend
     only the keys up to the block's end, so the masked upper triangle of the [T, T] scores is
     never computed: (n + 1) / 2n of the full work with n blocks. At most 8 blocks of at
     least 64 queries, so the unrolled blocks stay few. `mask` [B, 1, T, T] (packed
     sequences, sliding windows) must be causal; None is plain causal.
+
+    A block's keys are the concatenation of the blocks up to it, not a prefix slice, so the
+    backward pass splits their gradient instead of padding it to the full length.
     """
     t = q.shape[1]
     block = max(64, -(-t // 8))

@@ -1,10 +1,47 @@
-"""The record types every stage reads and writes, so stages agree on field names."""
+"""The record types every stage reads and writes, so stages agree on field names, and
+`JsonRecord`, how a stage's own record becomes a JSONL line and back."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
+
+
+class JsonRecord:
+    """A frozen dataclass written as one JSON object, so that a stage's records are written
+    and read in one place. `to_json`: its fields by name, as JSON holds them (tuples as
+    lists). `from_json`: the fields read back, JSON lists as the tuples a field declares;
+    keys that are not fields (a line may carry its group's keys too) are ignored, absent
+    ones take the field's default. `disk_names` maps a field to its key on disk where the
+    two differ. Records that nest records override the two."""
+
+    disk_names: ClassVar[dict[str, str]] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        values = _json_values(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return {self.disk_names.get(k, k): v for k, v in values.items()}
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> Self:
+        values = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            key = cls.disk_names.get(f.name, f.name)
+            if key in r:
+                value = r[key]
+                tuple_field = str(f.type).startswith("tuple")
+                values[f.name] = tuple(value) if tuple_field and isinstance(value, list) else value
+        return cls(**values)
+
+
+def _json_values(value: Any) -> Any:
+    """`value` as JSON holds it: tuples as lists, at any depth."""
+    if isinstance(value, list | tuple):
+        return [_json_values(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_values(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

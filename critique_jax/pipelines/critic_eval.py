@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import check_agreement, verbatim_quotes
 from critique_jax.data.loaders import DataError, read_records
-from critique_jax.data.records import Problem
+from critique_jax.data.records import JsonRecord, Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.pipelines.critique_data import (
     LabelledSolution,
@@ -46,7 +46,7 @@ from critique_jax.pipelines.critique_data import (
     sample_solutions,
 )
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
-from critique_jax.pipelines.roles import Agent, Critic, CriticSpec, load_roles, parsed
+from critique_jax.pipelines.roles import Agent, Critic, CriticSpec, parsed, stage_roles
 from critique_jax.pipelines.seeds import salted
 from critique_jax.runio import (
     RecordLog,
@@ -161,7 +161,7 @@ def read_eval_set(path: str | Path) -> list[LabelledSolution]:
 
 
 @dataclass(frozen=True)
-class EvalCritique:
+class EvalCritique(JsonRecord):
     """A line of critiques.jsonl: the critic's critique of one eval record, what it parses
     to, how many of its step quotes and checks hold, and the verified closed-loop
     refinements guided by it."""
@@ -179,14 +179,11 @@ class EvalCritique:
     refinements: tuple[bool, ...] = ()  # whether each refinement verifies
     refine_tokens: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "refinements": list(self.refinements)}
-
     @classmethod
-    def from_json(cls, r: dict[str, Any]) -> EvalCritique:
+    def from_json(cls, r: Mapping[str, Any]) -> EvalCritique:
         """Lines written before quotes and checks were counted lack the counts: 0."""
         counts = ("quoted_steps", "verbatim_quotes", "checked_steps", "agreeing_checks")
-        return cls(**{**dict.fromkeys(counts, 0), **r, "refinements": tuple(r["refinements"])})
+        return super().from_json({**dict.fromkeys(counts, 0), **r})
 
 
 def critique_outputs(
@@ -416,15 +413,7 @@ def run(cfg: Config) -> dict[str, Any]:
     es = cfg.eval_set
     needs_problems = not es.path or cfg.critic.oracle is not None
     problems = load_problems(es.problems) if needs_problems else []
-    actor, critic = load_roles(
-        cfg.actor,
-        cfg.critic,
-        problems,
-        mesh_from_config(cfg.mesh),
-        cfg.seed,
-        Path(cfg.run_dir) / "demo_tokenizer",
-        cfg.critique_format,
-    )
+    actor, critic = stage_roles(cfg, cfg.actor, cfg.critic, problems, mesh_from_config(cfg.mesh))
     assert critic is not None
     skips: Skips = {}
     if actor is not None and not es.path:  # the eval set is built from the actor's answers

@@ -34,9 +34,9 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar
 
 from critique_jax.config import ConfigError, MeshConfig, ModelSpec, StageConfig
 from critique_jax.data.critique_format import (
@@ -48,7 +48,7 @@ from critique_jax.data.critique_format import (
 from critique_jax.data.demo_world import inject_error
 from critique_jax.data.math import extract_answer, verify
 from critique_jax.data.prompts import insert_error_messages
-from critique_jax.data.records import Problem
+from critique_jax.data.records import JsonRecord, Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.pipelines.overlong import Skips, fit_questions, with_skips
 from critique_jax.pipelines.roles import (
@@ -56,10 +56,10 @@ from critique_jax.pipelines.roles import (
     Critic,
     CriticSpec,
     Judged,
-    load_roles,
     parsed,
     refine,
     solve,
+    stage_roles,
 )
 from critique_jax.pipelines.seeds import salted, stable_seed
 from critique_jax.runio import RecordLog, atomic_write_json, read_jsonl, this_process_writes
@@ -155,19 +155,9 @@ class Config(StageConfig):
 
 # --------------------------------------------------------------------------- records
 
-R = TypeVar("R")
-
-
-def _from_json(cls: type[R], r: dict[str, Any]) -> R:
-    """A flat record from its JSON line, where the gold answer is `answer`; keys the record
-    does not have (an eval-set file may hold more) are left out."""
-    names = {f.name for f in fields(cls)}
-    values = {("gold" if k == "answer" else k): v for k, v in r.items()}
-    return cls(**{k: v for k, v in values.items() if k in names})
-
 
 @dataclass(frozen=True)
-class LabelledSolution:
+class LabelledSolution(JsonRecord):
     """A solution with the verifier's label and, for an inserted error, its known first wrong
     step: a line of an `eval_critic` eval set (every `SolutionRecord` is one)."""
 
@@ -179,9 +169,7 @@ class LabelledSolution:
     first_error_step: int | None = None
     level: int | None = None
 
-    @classmethod
-    def from_json(cls, r: dict[str, Any]) -> Self:
-        return _from_json(cls, r)
+    disk_names: ClassVar[dict[str, str]] = {"gold": "answer"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +211,7 @@ class SolutionRecord(LabelledSolution):
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The fields in the order solutions.jsonl has always had them."""
         return {
             "id": self.id,
             "problem_id": self.problem_id,
@@ -240,7 +229,7 @@ class SolutionRecord(LabelledSolution):
 
 
 @dataclass(frozen=True)
-class CollectedCritique:
+class CollectedCritique(JsonRecord):
     """A line of critiques.jsonl: the annotator's critique of a selected solution, what it
     parses to, and the soft filter's refinements and decision (`kept`)."""
 
@@ -266,13 +255,7 @@ class CollectedCritique:
     refine_tokens: int = 0
     kept: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        values = {**asdict(self), "refinements": list(self.refinements)}
-        return {("answer" if k == "gold" else k): v for k, v in values.items()}
-
-    @classmethod
-    def from_json(cls, r: dict[str, Any]) -> CollectedCritique:
-        return replace(_from_json(cls, r), refinements=tuple(r["refinements"]))
+    disk_names: ClassVar[dict[str, str]] = {"gold": "answer"}
 
     def sft_json(self) -> dict[str, Any]:
         """The critique in the `critique` SFT format (question, solution, critique)."""
@@ -702,14 +685,8 @@ def run(cfg: Config) -> dict[str, Any]:
     problems = load_problems(cfg.problems)
     if not problems:
         raise ValueError("no problems to collect critiques for: check the `problems:` section")
-    actor, annotator = load_roles(
-        cfg.actor,
-        cfg.annotator,
-        problems,
-        mesh_from_config(cfg.mesh),
-        cfg.seed,
-        Path(cfg.run_dir) / "demo_tokenizer",
-        cfg.critique_format,
+    actor, annotator = stage_roles(
+        cfg, cfg.actor, cfg.annotator, problems, mesh_from_config(cfg.mesh)
     )
     assert actor is not None and annotator is not None
     problems, skips = fit_questions(actor, problems, cfg.problems, "problems")

@@ -37,6 +37,7 @@ from critique_jax.data.critique_format import CritiqueFormat, parse_critique
 from critique_jax.data.loaders import read_records
 from critique_jax.data.math import verify
 from critique_jax.data.prompts import Messages, critique_messages, refine_messages, solve_messages
+from critique_jax.data.records import JsonRecord
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.models import ModelConfig
 from critique_jax.pipelines.loading import LoadedModel, load_model
@@ -63,7 +64,7 @@ INITIAL = "initial.jsonl"
 
 
 @dataclass(frozen=True)
-class Group:
+class Group(JsonRecord):
     """One (x, y0) with its gold answer (None for open-ended tasks): a line of initial.jsonl,
     and the leading keys of every group record."""
 
@@ -71,13 +72,6 @@ class Group:
     question: str
     solution: str
     answer: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, r: dict[str, Any]) -> Group:
-        return cls(r["id"], r["question"], r["solution"], r.get("answer"))
 
 
 def solution_label(r: dict[str, Any]) -> bool | None:
@@ -87,7 +81,7 @@ def solution_label(r: dict[str, Any]) -> bool | None:
 
 
 @dataclass(frozen=True)
-class CritiqueSample:
+class CritiqueSample(JsonRecord):
     """A critique c_i of a group: its tokens, its M refinements, their PS against y0 and
     CU_i = mean PS. `sample_logp` is the sampler's log-prob of the tokens, `ref_logp` the
     scorer's (one model graph: they agree up to float error); `ref_logp` is None until
@@ -101,22 +95,6 @@ class CritiqueSample:
     ps: tuple[float, ...]
     cu: float
     ref_logp: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, c: dict[str, Any]) -> CritiqueSample:
-        return cls(
-            c["text"],
-            tuple(c["token_ids"]),
-            c["finish_reason"],
-            c["sample_logp"],
-            tuple(c["refinements"]),
-            tuple(c["ps"]),
-            c["cu"],
-            c.get("ref_logp"),
-        )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ resumable), comparison.json and comparison.md.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ import numpy as np
 from critique_jax.config import ModelSpec, to_dict
 from critique_jax.data.critique_format import parse_critique
 from critique_jax.data.math import verify
+from critique_jax.data.records import JsonRecord
 from critique_jax.pipelines.overlong import with_skips
 from critique_jax.pipelines.rco_collect import (
     ChatModel,
@@ -79,7 +79,7 @@ class Config(Rollouts):
 
 
 @dataclass(frozen=True)
-class EvaluatedCritique:
+class EvaluatedCritique(JsonRecord):
     """A critique as the evaluation keeps it: its length rather than its tokens, and the
     judge's absolute score of each refinement (`scores`, aligned with `refinements`)."""
 
@@ -103,22 +103,6 @@ class EvaluatedCritique:
             c.cu,
             len(c.token_ids),
             scores,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, c: dict[str, Any]) -> EvaluatedCritique:
-        return cls(
-            c["text"],
-            c["finish_reason"],
-            c["sample_logp"],
-            tuple(c["refinements"]),
-            tuple(c["ps"]),
-            c["cu"],
-            c["num_tokens"],
-            tuple(c["scores"]),
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from jax.sharding import Mesh
 
-from critique_jax.config import ConfigError, ModelSpec
+from critique_jax.config import ConfigError, ModelSpec, StageConfig
 from critique_jax.data.critique_format import Critique, CritiqueFormat, parse_critique
 from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import templated_critique
@@ -248,3 +248,18 @@ def load_roles(
     if critic is None:
         return agent, None
     return agent, make_critic(critic, critic_model, problems, mesh, critique_format)
+
+
+def stage_roles(
+    stage: StageConfig,
+    actor: ModelSpec | None,
+    critic: CriticSpec | None,
+    problems: Sequence[Problem],
+    mesh: Mesh | None,
+) -> tuple[Agent | None, Critic | None]:
+    """`load_roles` as a stage calls it: seeded by the stage, the critic writing the stage's
+    critique format, a demo tokenizer built in the stage's run_dir/demo_tokenizer."""
+    tokenizer_dir = Path(stage.run_dir) / "demo_tokenizer"
+    return load_roles(
+        actor, critic, problems, mesh, stage.seed, tokenizer_dir, stage.critique_format
+    )

@@ -67,7 +67,7 @@ from critique_jax.config import (
 from critique_jax.data.critique_format import CritiqueFormat, split_steps
 from critique_jax.data.demo_world import inject_error, templated_critique
 from critique_jax.data.prompts import refine_messages, solve_messages
-from critique_jax.data.records import Problem
+from critique_jax.data.records import JsonRecord, Problem
 from critique_jax.data.sources import ProblemSource, load_problems
 from critique_jax.pipelines.finetune import (
     Example,
@@ -84,11 +84,11 @@ from critique_jax.pipelines.roles import (
     Critic,
     CriticSpec,
     Judged,
-    load_roles,
     make_agent,
     parsed,
     refine,
     solve,
+    stage_roles,
     with_demo_tokenizer,
 )
 from critique_jax.pipelines.seeds import salted
@@ -202,7 +202,7 @@ def shows_work(solution: str, problem: Problem, min_steps: int, ratio: float) ->
 
 
 @dataclass(frozen=True)
-class KeptItem:
+class KeptItem(JsonRecord):
     """A verified solution kept for fine-tuning (x -> y): a line of kept.jsonl. A refinement
     also carries the wrong sample and the critique it was refined from."""
 
@@ -225,10 +225,6 @@ class KeptItem:
     def to_json(self) -> dict[str, Any]:
         extra = ("wrong_solution", "critique")  # a sample's record has neither key
         return {k: v for k, v in asdict(self).items() if v is not None or k not in extra}
-
-    @classmethod
-    def from_json(cls, record: dict[str, Any]) -> KeptItem:
-        return cls(**record)
 
 
 @dataclass(frozen=True)
@@ -631,9 +627,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.critic is None or cfg.baseline:
         arms["vanilla"] = None
     if cfg.critic is not None:
-        arms["critique"] = load_roles(
-            None, cfg.critic, train, mesh, cfg.seed, tokenizer_dir, cfg.critique_format
-        )[1]
+        arms["critique"] = stage_roles(cfg, None, cfg.critic, train, mesh)[1]
     rows = [iteration_zero(cfg, models, train, test, run_dir / "iter_0")]
     _write_comparison(run_dir, rows, cfg)
     collect = train[: cfg.collect_problems]

@@ -41,10 +41,10 @@ from critique_jax.pipelines.roles import (
     Critic,
     CriticSpec,
     Judged,
-    load_roles,
     parsed,
     refine,
     solve,
+    stage_roles,
 )
 from critique_jax.pipelines.seeds import salted
 from critique_jax.pipelines.voting import (
@@ -512,15 +512,7 @@ class Config(StageConfig):
 def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     problems = load_problems(cfg.problems)
-    actor, critic = load_roles(
-        cfg.actor,
-        cfg.critic,
-        problems,
-        mesh_from_config(cfg.mesh),
-        cfg.seed,
-        run_dir / "demo_tokenizer",
-        cfg.critique_format,
-    )
+    actor, critic = stage_roles(cfg, cfg.actor, cfg.critic, problems, mesh_from_config(cfg.mesh))
     assert actor is not None
     problems, skips = fit_questions(actor, problems, cfg.problems, "problems")
     title = f"{cfg.problems.kind}: {len(problems)} questions"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import operator
 import os
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, KeysView, Sequence
@@ -342,17 +344,20 @@ def check_resume(run_dir: str | Path, config: dict[str, Any], overwrite: bool = 
     The settings are the config minus `PRESENTATION_KEYS` (config.yaml, or fingerprint.json
     of runs made since it exists); the inputs are digests of the files the config names.
     With `overwrite`, the run_dir's previous contents are moved aside to
-    `<run_dir>.replaced-<time>` and the run starts fresh.
+    `<run_dir>.replaced-<time>` and the run starts fresh. A run written by other code (see
+    `code_version`) resumes with a warning: results already there are kept, not recomputed.
     """
     import yaml
 
     run_dir = Path(run_dir)
     fp_file, cfg_file = run_dir / FINGERPRINT_FILE, run_dir / "config.yaml"
     old_settings = old_inputs = None
+    old_code: list[str] = []
     if fp_file.is_file():
         try:
             saved = json.loads(fp_file.read_text())
             old_settings, old_inputs = saved["settings"], saved["inputs"]
+            old_code = list(saved.get("code", []))
         except (ValueError, KeyError, TypeError):
             old_settings = None
     if old_settings is None and cfg_file.is_file():
@@ -371,10 +376,19 @@ def check_resume(run_dir: str | Path, config: dict[str, Any], overwrite: bool = 
             for k in sorted(old_inputs.keys() & new_inputs.keys())
             if old_inputs[k] != new_inputs[k]
         ]
-    if not changed:
-        return
-    if overwrite:
+    if overwrite and changed:
         _move_aside(run_dir)
+        return
+    if not changed:
+        other = [v for v in old_code if v != code_version()]
+        if other:
+            log.warning(
+                "%s holds results written by critique_jax %s; this is %s. They are kept, not "
+                "recomputed: pass overwrite=true to move them aside and rerun with this code",
+                run_dir,
+                ", ".join(other),
+                code_version(),
+            )
         return
     shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
     raise ResumeMismatchError(
@@ -397,7 +411,42 @@ def _move_aside(run_dir: Path) -> Path:
 
 
 def write_fingerprint(run_dir: str | Path, config: dict[str, Any]) -> None:
+    """The run's settings and input digests (what `check_resume` compares), and every code
+    version that has written into the run_dir."""
+    path = Path(run_dir) / FINGERPRINT_FILE
+    try:
+        code = list(json.loads(path.read_text()).get("code", []))
+    except (OSError, ValueError, AttributeError):
+        code = []
+    if code_version() not in code:
+        code.append(code_version())
     atomic_write_json(
-        Path(run_dir) / FINGERPRINT_FILE,
-        {"settings": settings_of(config), "inputs": inputs_of(config, run_dir)},
+        path,
+        {"settings": settings_of(config), "inputs": inputs_of(config, run_dir), "code": code},
     )
+
+
+@functools.cache
+def code_version() -> str:
+    """The installed critique_jax version, and the git commit it runs from (`.dirty` with
+    uncommitted changes) when the package sits in a git checkout of this project."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out = version("critique_jax")
+    except PackageNotFoundError:
+        out = "unknown"
+    package = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(package), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel").strip()) != package.parent:
+            return out
+        commit = git("rev-parse", "--short=12", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError):
+        return out
+    return f"{out}+{commit}" + (".dirty" if dirty else "")

@@ -7,6 +7,8 @@ and that nothing already on disk changed. CLIs are called in-process through the
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import shutil
 import subprocess
 import threading
@@ -762,6 +764,37 @@ def test_rerun_with_the_same_config_resumes(path, tmp_path):
     _, again = train_cli.build_config(str(path), [f"run_dir={tmp_path}"])
     check_resume(tmp_path, to_dict(again))
     assert (tmp_path / FINGERPRINT_FILE).is_file() and (tmp_path / "config.yaml").is_file()
+
+
+def test_rerun_with_other_code_resumes_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Results written by another code version are kept (a fork's every edit would otherwise
+    throw them away), and the log says so and how to recompute; the fingerprint lists every
+    version that wrote into the run_dir."""
+    from critique_jax import runio
+    from critique_jax.config import to_dict
+
+    _, cfg = train_cli.build_config(None, [f"run_dir={tmp_path}"])
+    monkeypatch.setattr(runio, "code_version", lambda: "0.1.0+aaaa")
+    runio.write_fingerprint(tmp_path, to_dict(cfg))
+    with caplog.at_level(logging.WARNING, logger="critique_jax.runio"):
+        runio.check_resume(tmp_path, to_dict(cfg))
+    assert not caplog.records
+    monkeypatch.setattr(runio, "code_version", lambda: "0.1.0+bbbb")
+    with caplog.at_level(logging.WARNING, logger="critique_jax.runio"):
+        runio.check_resume(tmp_path, to_dict(cfg))
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "critique_jax 0.1.0+aaaa; this is 0.1.0+bbbb" in warning and "overwrite=true" in warning
+    runio.write_fingerprint(tmp_path, to_dict(cfg))
+    saved = json.loads((tmp_path / runio.FINGERPRINT_FILE).read_text())
+    assert saved["code"] == ["0.1.0+aaaa", "0.1.0+bbbb"]
+
+
+def test_code_version_names_the_package_version():
+    from importlib.metadata import version
+
+    from critique_jax.runio import code_version
+
+    assert code_version().startswith(version("critique_jax"))
 
 
 def test_missing_tokenizer_dir_is_named(capsys, run_dir, tmp_path):

@@ -207,6 +207,31 @@ def test_dropping_finished_rows_mid_decode_changes_no_sample(model, monkeypatch,
             np.testing.assert_allclose(ca.logprobs, cb.logprobs, atol=1e-5)
 
 
+@pytest.mark.parametrize("compact_to", [0, 2])
+def test_growing_the_cache_mid_decode_changes_no_sample(model, monkeypatch, compact_to):
+    """A decode that starts with room for 2 tokens per row and doubles it as the rows fill
+    it (2 -> 4 -> 8 slots), alone and between compactions, samples what a decode with room
+    for every token from the start samples."""
+    cfg, params = model
+    sp = SAMPLED.replace(n=4, max_new_tokens=8)
+    at_once = Sampler(cfg, buckets=dataclasses.replace(BUCKETS, compact_to=0, decode_slots=0))
+    free = at_once.generate_ids(params, PROMPTS, sp)
+    stops = {c.token_ids[1] for s in free[:2] for c in s} | {c.token_ids[3] for c in free[2]}
+    sp = sp.replace(stop_token_ids=tuple(stops))
+    expected = at_once.generate_ids(params, PROMPTS, sp)
+    grown = []
+    original = Engine.grow
+    monkeypatch.setattr(Engine, "grow", lambda self, *a: grown.append(a[1]) or original(self, *a))
+    buckets = dataclasses.replace(BUCKETS, compact_to=compact_to, decode_slots=2)
+    assert [buckets.slots(8, filled) for filled in (0, 2, 3, 4, 7)] == [2, 4, 4, 8, 8]
+    out = Sampler(cfg, buckets=buckets).generate_ids(params, PROMPTS, sp)
+    assert grown == [2, 4]  # 2 -> 4 -> 8 slots
+    for a, b in zip(out, expected, strict=True):
+        for ca, cb in zip(a, b, strict=True):
+            assert (ca.token_ids, ca.finish_reason) == (cb.token_ids, cb.finish_reason)
+            np.testing.assert_allclose(ca.logprobs, cb.logprobs, atol=1e-5)
+
+
 def test_scanned_and_unrolled_layer_loops_sample_the_same(model, sampler, sampled):
     """CPU samplers unroll the layer loop on per-layer weight copies; accelerators scan."""
     assert sampler.engine.unstack  # this module's sampler runs unrolled (on CPU)

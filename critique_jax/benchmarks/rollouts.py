@@ -174,12 +174,14 @@ def run_ours(
         step = 1
         for k, (batch_rows, out) in enumerate(pieces):
             end = int(np.max(engine.fetch(out.lengths)))
-            # A step reads each prompt's segment once and every row's own decode slots; after
-            # a compaction each row holds a copy of its prompt.
+            # A step reads each prompt's segment once and every row's own decode slots (as
+            # many as the cache has grown to); after a compaction each row holds a copy of
+            # its prompt.
             rows, width = len(batch_rows), call.tokens.shape[1]
             prompts = call.token_mask.shape[0] if k == 0 else rows
-            slots = prompts * width + rows * sp.max_new_tokens
-            stage.add_decode(engine.cfg, weights, rows, end - step, (end - step) * slots)
+            own = sum(sampler.buckets.slots(sp.max_new_tokens, t - 1) for t in range(step, end))
+            slots = (end - step) * prompts * width + rows * own
+            stage.add_decode(engine.cfg, weights, rows, end - step, slots)
             step = end
     stage.generated = sum(c.num_tokens for cs in results for c in cs)
     stage.outputs = [[list(c.token_ids) for c in cs] for cs in results]

@@ -533,6 +533,22 @@ def continue_cache(prompt_cache: KVCache, fanout: int, length: int) -> KVCache:
     )
 
 
+def add_slots(cache: KVCache, extra: int) -> KVCache:
+    """The cache with `extra` empty slots after its last (the rows' own slots, never the
+    shared prompt segment): decode grows the cache as the rows fill it, so that each step
+    attends over about the filled slots instead of all `max_new_tokens` of them."""
+
+    def pad(x: jax.Array) -> jax.Array:
+        return jnp.pad(x, [(0, 0), (0, 0), (0, extra), (0, 0)])
+
+    return dict(
+        cache,
+        k=map_layers(pad, cache["k"]),
+        v=map_layers(pad, cache["v"]),
+        mask=jnp.pad(cache["mask"], [(0, 0), (0, extra)]),
+    )
+
+
 def select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
     """The cache of decode rows `rows` only. A shared prompt segment is copied into each
     selected row ahead of its own slots (one segment): the few rows a decode keeps after

@@ -43,7 +43,10 @@ class Buckets:
     them). share_prefix: prompts of a call that share at least this many leading tokens
     prefill them once (0: never; see `sampling.prefixes`). compact_to: once at most half
     of a call's decode rows are live, they go on in a batch of half the size, down to
-    this many rows (0: never; see `generate.decode_call`)."""
+    this many rows (0: never; see `generate.decode_call`). decode_slots: a call's decode
+    starts with cache room for max(decode_slots, max_new_tokens / 4) tokens per row and
+    doubles it as the rows fill it, so a step attends over about the filled slots (0: room
+    for max_new_tokens from the start); each size is a compiled decode program."""
 
     min_length: int = 32
     max_length: int | None = None
@@ -53,13 +56,16 @@ class Buckets:
     multiple: int = 1
     share_prefix: int = 32
     compact_to: int = 8
+    decode_slots: int = 64
 
     def __post_init__(self) -> None:
         sizes = (self.min_length, self.length_steps, self.min_batch, self.max_batch, self.multiple)
         if min(sizes) < 1:
             raise ValueError(f"bucket sizes must be positive: {self}")
-        if min(self.share_prefix, self.compact_to) < 0:
-            raise ValueError(f"share_prefix and compact_to must be >= 0 (0 = off): {self}")
+        if min(self.share_prefix, self.compact_to, self.decode_slots) < 0:
+            raise ValueError(
+                f"share_prefix, compact_to and decode_slots must be >= 0 (0 = off): {self}"
+            )
         if self.max_length is not None and self.max_length < self.min_length:
             raise ValueError(f"max_length={self.max_length} < min_length={self.min_length}")
         if self.max_batch < self.min_batch:
@@ -75,6 +81,14 @@ class Buckets:
                 "Shorten or truncate the prompt, or raise Buckets.max_length."
             )
         return min(max(_round_up(n, self.length_steps), self.min_length), cap)
+
+    def slots(self, max_new: int, filled: int = 0) -> int:
+        """The decode cache room per row once `filled` slots are filled (see decode_slots):
+        the first size, doubled until a slot is free, at most `max_new`."""
+        size = max(self.decode_slots, max_new // 4) if self.decode_slots else max_new
+        while size <= filled:
+            size *= 2
+        return min(size, max_new)
 
     def batch(self, n: int, cap: int) -> int:
         """The batch bucket of `n` rows, at most `cap` (rounded up to `multiple`)."""

@@ -7,8 +7,10 @@ the n samples of a prompt share one prefill and, at every decode step, one read 
 prompt's keys and values; each row writes its new tokens into a segment of its own. Decode
 feeds one token per step through the same `extend` (the training graph), writes tokens and
 log-probs into preallocated buffers, and stops when every row has hit a stop id or
-`max_new_tokens` is reached, or, when asked, once at most a given number of rows are live:
-`compact` then gathers those rows into a smaller batch (`generate.decode_call`).
+`max_new_tokens` is reached, or when the rows' own cache slots are full (`grow` adds more:
+a step attends over about the filled slots, not all `max_new_tokens`), or, when asked, once
+at most a given number of rows are live (`compact` then gathers those rows into a smaller
+batch). `generate.decode_call` drives the three.
 
 Parameters are an argument of every compiled function, never a constant: the actor and the
 critic share one compiled sampler when their architecture matches, and new parameters after
@@ -33,6 +35,7 @@ from critique_jax.models import (
     ModelConfig,
     Transformer,
     abstract_params,
+    add_slots,
     constrain_cache,
     continue_cache,
     init_cache,
@@ -188,12 +191,13 @@ def _is_stop(tok, knobs: Knobs):
     return jnp.any(tok[:, None] == knobs.stop_ids[None, :], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "max_new"))
+@functools.partial(jax.jit, static_argnames=("spec", "max_new", "slots"))
 def start(
-    prefilled: Prefilled, rows: Rows, knobs: Knobs, *, spec: FilterSpec, max_new: int
+    prefilled: Prefilled, rows: Rows, knobs: Knobs, *, spec: FilterSpec, max_new: int, slots: int
 ) -> DecodeState:
     """The decode state after each row's first token (sampled from the prefill's logits),
-    with the cache its samples continue into (`models.continue_cache`)."""
+    with the cache its samples continue into (`models.continue_cache`), `slots` own slots
+    per row."""
     batch = prefilled.logits.shape[0]
     keys = row_keys(knobs.seed, rows.prompt_index, rows.sample_index)
     first, lp = _choose(keys, prefilled.logits, 0, spec, knobs)
@@ -205,7 +209,7 @@ def start(
         stopped=stopped,
     )
     fanout = batch // prefilled.cache["mask"].shape[0]
-    cache = constrain_cache(continue_cache(prefilled.cache, fanout, max_new))
+    cache = constrain_cache(continue_cache(prefilled.cache, fanout, slots))
     done = ~rows.active | stopped
     return DecodeState(jnp.int32(1), first, cache, out, done, keys, prefilled.lengths)
 
@@ -222,13 +226,15 @@ def decode(
     live_floor: int = 0,
 ) -> DecodeState:
     """Decode in a `while_loop` until every row has hit a stop id or made `max_new`
-    tokens, or (live_floor > 0) until at most `live_floor` rows are still live, so that the
-    caller can `compact` the batch and go on with fewer rows."""
+    tokens, or the cache has no empty slot left (the caller can `grow` it and go on), or
+    (live_floor > 0) until at most `live_floor` rows are still live, so that the caller can
+    `compact` the batch and go on with fewer rows."""
     batch = state.last.shape[0]
 
     def cond(state: DecodeState):
         live = jnp.sum(~state.done)
-        return (state.step < max_new) & (live > live_floor) & (live > 0)
+        room = state.cache["index"] < state.cache["mask"].shape[1]
+        return (state.step < max_new) & room & (live > live_floor) & (live > 0)
 
     def body(state: DecodeState) -> DecodeState:
         positions = (state.prompt_lengths + state.step - 1)[:, None]
@@ -263,6 +269,12 @@ def compact(state: DecodeState, keep: jax.Array, valid: jax.Array) -> DecodeStat
     return dataclasses.replace(
         rows, step=state.step, cache=constrain_cache(cache), done=rows.done | ~valid
     )
+
+
+@functools.partial(jax.jit, static_argnames="extra")
+def grow(state: DecodeState, extra: int) -> DecodeState:
+    """The state with `extra` more empty cache slots per row (`models.add_slots`)."""
+    return dataclasses.replace(state, cache=constrain_cache(add_slots(state.cache, extra)))
 
 
 @functools.partial(jax.jit, static_argnames="num_layers")
@@ -332,12 +344,24 @@ class Engine:
         return jax.tree.map(lambda x: self._place((), x)[0], knobs)
 
     def start(
-        self, prefilled: Prefilled, rows: Rows, knobs: Knobs, spec: FilterSpec, max_new: int
+        self,
+        prefilled: Prefilled,
+        rows: Rows,
+        knobs: Knobs,
+        spec: FilterSpec,
+        max_new: int,
+        slots: int | None = None,
     ) -> DecodeState:
-        """The decode state after each sample row's first token; `rows` holds host arrays,
-        placed here, `knobs` come from `place_knobs`."""
+        """The decode state after each sample row's first token, with `slots` (default
+        `max_new`) cache slots per row for its tokens; `rows` holds host arrays, placed
+        here, `knobs` come from `place_knobs`."""
         rows = jax.tree.map(lambda x: self._place(("batch",), x)[0], rows)
-        return self._run(start, prefilled, rows, knobs, spec=spec, max_new=max_new)
+        slots = max_new if slots is None else slots
+        return self._run(start, prefilled, rows, knobs, spec=spec, max_new=max_new, slots=slots)
+
+    def grow(self, state: DecodeState, extra: int) -> DecodeState:
+        """The state with `extra` more cache slots per row (see `grow`)."""
+        return self._run(grow, state, extra=extra)
 
     def decode(
         self,

@@ -156,31 +156,40 @@ def decode_call(
     after. So once at most half the rows are live (and the batch can halve to at least
     `buckets.compact_to` rows), the loop returns, the live rows are gathered into a batch
     of half the size, and decoding goes on with those. A row's samples do not depend on the
-    batch it runs in (its random stream is keyed by prompt and sample index)."""
+    batch it runs in (its random stream is keyed by prompt and sample index). The cache
+    starts with room for `buckets.slots` tokens per row; when the rows fill it, the loop
+    returns too and the cache grows to the next size."""
     spec = FilterSpec.from_params(sp)
     max_new = sp.max_new_tokens
     placed = engine.place_knobs(knobs(sp, stop_ids))
     rows = Rows(call.prompt_index, call.sample_index, call.active)
-    state = engine.start(prefilled, rows, placed, spec, max_new)
+    slots = buckets.slots(max_new)
+    state = engine.start(prefilled, rows, placed, spec, max_new, slots)
     batch_rows = np.arange(len(call.active))
     pieces: Pieces = []
     while True:
         batch = len(batch_rows)
         floor = batch // 2 if buckets.compact_to and batch // 2 >= buckets.compact_to else 0
         state = engine.decode(params, state, placed, spec, max_new, floor)
-        if not floor:
+        if not floor and slots == max_new:
             break
         done, lengths = engine.fetch((state.done, state.out.lengths))
         live = np.flatnonzero(~done)
-        if live.size == 0 or lengths[live].max() >= max_new:
+        made = int(lengths[live].max()) if live.size else max_new  # a live row's step
+        if made >= max_new:
             break
-        size = buckets.batch(live.size, batch // 2)
-        keep = np.zeros(size, np.int32)
-        keep[: live.size] = live
-        valid = np.arange(size) < live.size
-        pieces.append((batch_rows, state.out))
-        state = engine.compact(state, keep, valid)
-        batch_rows = np.where(valid, batch_rows[keep], -1)
+        if floor and live.size <= floor:
+            size = buckets.batch(live.size, batch // 2)
+            keep = np.zeros(size, np.int32)
+            keep[: live.size] = live
+            valid = np.arange(size) < live.size
+            pieces.append((batch_rows, state.out))
+            state = engine.compact(state, keep, valid)
+            batch_rows = np.where(valid, batch_rows[keep], -1)
+        if made > slots:  # every slot is filled: the last token fed was the slots-th
+            grown = buckets.slots(max_new, made)
+            state = engine.grow(state, grown - slots)
+            slots = grown
     pieces.append((batch_rows, state.out))
     return pieces
 

@@ -177,19 +177,30 @@ def test_samples_do_not_depend_on_batch_composition_or_bucketing(model, sampled)
     assert reseeded[0][0].token_ids != sampled[0][0].token_ids
 
 
+def _staggered(reference: Sampler, params) -> tuple[SamplingParams, list]:
+    """Sampling params whose stop ids end half of the rows at their second token and a
+    quarter at their fourth (16 rows: 4 samples of 4 prompts), and `reference`'s samples."""
+    sp = SAMPLED.replace(n=4, max_new_tokens=8)
+    free = reference.generate_ids(params, PROMPTS, sp)
+    stops = {c.token_ids[1] for s in free[:2] for c in s} | {c.token_ids[3] for c in free[2]}
+    sp = sp.replace(stop_token_ids=tuple(stops))
+    return sp, reference.generate_ids(params, PROMPTS, sp)
+
+
+def _assert_same_samples(out, expected) -> None:
+    for a, b in zip(out, expected, strict=True):
+        for ca, cb in zip(a, b, strict=True):
+            assert (ca.token_ids, ca.finish_reason) == (cb.token_ids, cb.finish_reason)
+            np.testing.assert_allclose(ca.logprobs, cb.logprobs, atol=1e-5)
+
+
 @pytest.mark.parametrize("unroll", [True, False])
 def test_dropping_finished_rows_mid_decode_changes_no_sample(model, monkeypatch, unroll):
     """Once half the rows have stopped, the live ones go on in a smaller batch (`compact`,
     from the shared prompt segment and then from single-segment rows): same samples."""
     cfg, params = model
     never = Sampler(cfg, buckets=dataclasses.replace(BUCKETS, compact_to=0), unroll_layers=unroll)
-    sp = SAMPLED.replace(n=4, max_new_tokens=8)
-    free = never.generate_ids(params, PROMPTS, sp)
-    # Stop on the second token of every sample of the first two prompts and on the fourth
-    # of the third prompt's: half the rows end at once, a quarter soon after.
-    stops = {c.token_ids[1] for s in free[:2] for c in s} | {c.token_ids[3] for c in free[2]}
-    sp = sp.replace(stop_token_ids=tuple(stops))
-    expected = never.generate_ids(params, PROMPTS, sp)
+    sp, expected = _staggered(never, params)
     compactions = []
     original = Engine.compact
     monkeypatch.setattr(
@@ -201,10 +212,7 @@ def test_dropping_finished_rows_mid_decode_changes_no_sample(model, monkeypatch,
     out = compacting.generate_ids(params, PROMPTS, sp)
     assert compactions[:2] == [8, 4]  # 16 rows -> 8 -> 4
     assert any(c.finish_reason == "length" for s in out for c in s)
-    for a, b in zip(out, expected, strict=True):
-        for ca, cb in zip(a, b, strict=True):
-            assert (ca.token_ids, ca.finish_reason) == (cb.token_ids, cb.finish_reason)
-            np.testing.assert_allclose(ca.logprobs, cb.logprobs, atol=1e-5)
+    _assert_same_samples(out, expected)
 
 
 @pytest.mark.parametrize("compact_to", [0, 2])
@@ -213,12 +221,8 @@ def test_growing_the_cache_mid_decode_changes_no_sample(model, monkeypatch, comp
     it (2 -> 4 -> 8 slots), alone and between compactions, samples what a decode with room
     for every token from the start samples."""
     cfg, params = model
-    sp = SAMPLED.replace(n=4, max_new_tokens=8)
     at_once = Sampler(cfg, buckets=dataclasses.replace(BUCKETS, compact_to=0, decode_slots=0))
-    free = at_once.generate_ids(params, PROMPTS, sp)
-    stops = {c.token_ids[1] for s in free[:2] for c in s} | {c.token_ids[3] for c in free[2]}
-    sp = sp.replace(stop_token_ids=tuple(stops))
-    expected = at_once.generate_ids(params, PROMPTS, sp)
+    sp, expected = _staggered(at_once, params)
     grown = []
     original = Engine.grow
     monkeypatch.setattr(Engine, "grow", lambda self, *a: grown.append(a[1]) or original(self, *a))
@@ -226,10 +230,7 @@ def test_growing_the_cache_mid_decode_changes_no_sample(model, monkeypatch, comp
     assert [buckets.slots(8, filled) for filled in (0, 2, 3, 4, 7)] == [2, 4, 4, 8, 8]
     out = Sampler(cfg, buckets=buckets).generate_ids(params, PROMPTS, sp)
     assert grown == [2, 4]  # 2 -> 4 -> 8 slots
-    for a, b in zip(out, expected, strict=True):
-        for ca, cb in zip(a, b, strict=True):
-            assert (ca.token_ids, ca.finish_reason) == (cb.token_ids, cb.finish_reason)
-            np.testing.assert_allclose(ca.logprobs, cb.logprobs, atol=1e-5)
+    _assert_same_samples(out, expected)
 
 
 def test_scanned_and_unrolled_layer_loops_sample_the_same(model, sampler, sampled):

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+from critique_jax.config import to_dict
+
 
 class JsonRecord:
     """A frozen dataclass written as one JSON object, so that a stage's records are written
@@ -20,8 +22,7 @@ class JsonRecord:
     disk_names: ClassVar[dict[str, str]] = {}
 
     def to_json(self) -> dict[str, Any]:
-        values = _json_values(dataclasses.asdict(self))  # type: ignore[call-overload]
-        return {self.disk_names.get(k, k): v for k, v in values.items()}
+        return {self.disk_names.get(k, k): v for k, v in to_dict(self).items()}
 
     @classmethod
     def from_json(cls, r: Mapping[str, Any]) -> Self:
@@ -33,15 +34,6 @@ class JsonRecord:
                 tuple_field = str(f.type).startswith("tuple")
                 values[f.name] = tuple(value) if tuple_field and isinstance(value, list) else value
         return cls(**values)
-
-
-def _json_values(value: Any) -> Any:
-    """`value` as JSON holds it: tuples as lists, at any depth."""
-    if isinstance(value, list | tuple):
-        return [_json_values(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_values(v) for k, v in value.items()}
-    return value
 
 
 @dataclass(frozen=True)

@@ -350,13 +350,12 @@ class Engine:
         knobs: Knobs,
         spec: FilterSpec,
         max_new: int,
-        slots: int | None = None,
+        slots: int,
     ) -> DecodeState:
-        """The decode state after each sample row's first token, with `slots` (default
-        `max_new`) cache slots per row for its tokens; `rows` holds host arrays, placed
-        here, `knobs` come from `place_knobs`."""
+        """The decode state after each sample row's first token, with `slots` cache slots
+        per row for its tokens; `rows` holds host arrays, placed here, `knobs` come from
+        `place_knobs`."""
         rows = jax.tree.map(lambda x: self._place(("batch",), x)[0], rows)
-        slots = max_new if slots is None else slots
         return self._run(start, prefilled, rows, knobs, spec=spec, max_new=max_new, slots=slots)
 
     def grow(self, state: DecodeState, extra: int) -> DecodeState:

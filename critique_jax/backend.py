@@ -7,14 +7,16 @@ forker sees all of them together and the core stays accelerator-neutral:
 - `unroll_decode_layers`: the sampler's layer loop, unrolled on CPU, scanned elsewhere;
 - `argmax`: a max-then-min argmax on CPU, `jnp.argmax` elsewhere;
 - `attention_implementation`: cuDNN flash attention on GPU in half precision, XLA elsewhere;
-- `cpu_allocator_advice`: what to set before a CPU training run starts (a process setting
-  the core cannot make itself);
+- `cpu_allocator_advice`, `log_allocator_advice`: what to set before a CPU training run
+  starts (a process setting the core cannot make itself);
 - `use_compilation_cache`: compiled programs kept on disk for the next process (every
   backend; the CLIs turn it on).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import platform
 from pathlib import Path
@@ -81,6 +83,13 @@ def cpu_allocator_advice() -> str | None:
         "faster steps (XLA's per-step buffers then use transparent huge pages; docs/"
         "architecture.md, 'Backend choices')"
     )
+
+
+@functools.cache
+def log_allocator_advice() -> None:
+    """Log `cpu_allocator_advice` once per process, not once per trainer."""
+    if advice := cpu_allocator_advice():
+        logging.getLogger(__name__).info(advice)
 
 
 COMPILATION_CACHE = Path("~/.cache/critique_jax/xla").expanduser()

@@ -36,20 +36,11 @@ def sft_loss(
     `ntokens` (supervised tokens) and `accuracy` (their share where the target has the top
     logit; a tie with another token counts as correct)."""
     logits = logits.astype(jnp.float32)
-    picked = _picked(logits, targets)
-    correct = picked >= jnp.max(logits, axis=-1)
-    return _masked_sft(token_logprobs(logits, targets), correct, loss_mask)
-
-
-def _masked_sft(
-    logps: jax.Array, correct: jax.Array, loss_mask: jax.Array
-) -> tuple[jax.Array, Metrics]:
     mask = loss_mask.astype(jnp.float32)
-    ntokens = mask.sum()
-    denom = jnp.maximum(ntokens, 1.0)
-    loss = -(logps * mask).sum() / denom
-    accuracy = (correct.astype(jnp.float32) * mask).sum() / denom
-    return loss, {"ntokens": ntokens, "accuracy": accuracy}
+    denom = jnp.maximum(mask.sum(), 1.0)
+    correct = _picked(logits, targets) >= jnp.max(logits, axis=-1)
+    loss = -(token_logprobs(logits, targets) * mask).sum() / denom
+    return loss, {"ntokens": mask.sum(), "accuracy": (correct * mask).sum() / denom}
 
 
 Head = Callable[[Any, jax.Array], jax.Array]  # (head params, hidden [..., E]) -> logits [..., V]

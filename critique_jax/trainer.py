@@ -31,7 +31,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from critique_jax import losses
-from critique_jax.backend import cpu_allocator_advice
+from critique_jax.backend import log_allocator_advice
 from critique_jax.checkpoints.train_state import Checkpointer
 from critique_jax.config import ConfigError, MeshConfig, OptimConfig, TrainConfig
 from critique_jax.metrics import (
@@ -323,7 +323,7 @@ class Trainer:
         if peak_flops is None:
             peak_flops = peak_flops_per_device(self.mesh.devices.flat[0])
         self.peak_flops = peak_flops
-        _advise_on_allocator()
+        log_allocator_advice()
         self.setup = StepSetup(
             model_cfg,
             dataclasses.astuple(optim),
@@ -496,13 +496,6 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
-
-
-@functools.cache
-def _advise_on_allocator() -> None:
-    """Log `backend.cpu_allocator_advice` once per process, not once per Trainer."""
-    if advice := cpu_allocator_advice():
-        log.info(advice)
 
 
 def _to_host(tree: Any) -> dict[str, float]:

@@ -9,18 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critique_jax.models import Transformer, init_cache, init_params, preset
-from critique_jax.sampling import (
-    Buckets,
-    Completion,
-    FilterSpec,
-    Sampler,
-    SamplingParams,
-    filter_logits,
-    sample_tokens,
-)
+from critique_jax.models import Transformer, init_params, preset
+from critique_jax.models.transformer import init_cache
+from critique_jax.sampling import Buckets, Completion, Sampler, SamplingParams
 from critique_jax.sampling.buckets import plan_calls
 from critique_jax.sampling.engine import Engine
+from critique_jax.sampling.filters import FilterSpec, filter_logits, sample_tokens
 from critique_jax.sampling.stops import apply_stop_strings
 
 PROMPTS = [[5, 9, 2], [7, 1, 4, 4, 8, 3, 2, 9], [3], [12, 6, 6, 1, 2]]

@@ -1,19 +1,8 @@
-"""One Flax decoder for the Llama / Mistral / Qwen2 / Qwen3 families (HF import and export:
-`critique_jax.checkpoints.hf`)."""
+"""One Flax decoder for the Llama / Mistral / Qwen2 / Qwen3 families (its KV cache operations:
+`models.transformer`; HF import and export: `critique_jax.checkpoints.hf`)."""
 
 from critique_jax.models.config import PRESETS, ModelConfig, RopeScaling, preset
-from critique_jax.models.transformer import (
-    KVCache,
-    Transformer,
-    abstract_params,
-    add_slots,
-    constrain_cache,
-    continue_cache,
-    init_cache,
-    init_params,
-    map_layers,
-    select_rows,
-)
+from critique_jax.models.transformer import KVCache, Transformer, abstract_params, init_params
 
 __all__ = [
     "PRESETS",
@@ -22,12 +11,6 @@ __all__ = [
     "RopeScaling",
     "Transformer",
     "abstract_params",
-    "add_slots",
-    "constrain_cache",
-    "continue_cache",
-    "init_cache",
     "init_params",
-    "map_layers",
     "preset",
-    "select_rows",
 ]

@@ -39,6 +39,24 @@ def _init(names: tuple[str, ...], scale: float = 0.02):
     return nn.with_logical_partitioning(nn.initializers.normal(scale), names)
 
 
+def _dense(
+    cfg: ModelConfig, features, names: tuple[str, ...], name: str, bias=False, axis=-1
+) -> nn.DenseGeneral:
+    """A projection in the compute dtype. `names`: the kernel's logical axes, the input axes
+    (`axis`) first, then the output axes (`features`), which the bias shares."""
+    outputs = names[1 if isinstance(axis, int) else len(axis) :]
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        use_bias=bias,
+        dtype=cfg.jnp_dtype,
+        param_dtype=cfg.jnp_param_dtype,
+        name=name,
+        kernel_init=_init(names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, outputs),
+    )
+
+
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     """Inverse frequencies, with HF's rope scaling maths (computed once, in NumPy)."""
     dim = cfg.head_dim
@@ -77,48 +95,33 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 
 class RMSNorm(nn.Module):
-    eps: float
-    dtype: Any
-    param_dtype: Any
+    cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-            (x.shape[-1],),
-            self.param_dtype,
-        )
+        cfg = self.cfg
+        init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+        scale = self.param("scale", init, (x.shape[-1],), cfg.jnp_param_dtype)
         xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return scale.astype(self.dtype) * xf.astype(self.dtype)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+        return scale.astype(cfg.jnp_dtype) * xf.astype(cfg.jnp_dtype)
 
 
 class Attention(nn.Module):
     cfg: ModelConfig
 
-    def _proj(self, name: str, heads: int, head_axis: str, bias: bool) -> nn.DenseGeneral:
-        cfg = self.cfg
-        return nn.DenseGeneral(
-            (heads, cfg.head_dim),
-            use_bias=bias,
-            dtype=cfg.jnp_dtype,
-            param_dtype=cfg.jnp_param_dtype,
-            name=name,
-            kernel_init=_init(("embed", head_axis, "head_dim")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
-        )
+    def _proj(self, name: str, heads: int, head_axis: str) -> nn.DenseGeneral:
+        names = ("embed", head_axis, "head_dim")
+        return _dense(self.cfg, (heads, self.cfg.head_dim), names, name, self.cfg.qkv_bias)
 
     @nn.compact
     def __call__(self, x, sin, cos, mask, kv):
         cfg = self.cfg
-        q = _over_tokens(self._proj("q", cfg.num_heads, "heads", cfg.qkv_bias), x)
-        k = _over_tokens(self._proj("k", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias), x)
-        v = _over_tokens(self._proj("v", cfg.num_kv_heads, "kv_heads", cfg.qkv_bias), x)
+        q = _over_tokens(self._proj("q", cfg.num_heads, "heads"), x)
+        k = _over_tokens(self._proj("k", cfg.num_kv_heads, "kv_heads"), x)
+        v = _over_tokens(self._proj("v", cfg.num_kv_heads, "kv_heads"), x)
         if cfg.qk_norm:
-            norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
-            q = RMSNorm(**norm, name="q_norm")(q)
-            k = RMSNorm(**norm, name="k_norm")(k)
+            q, k = RMSNorm(cfg, name="q_norm")(q), RMSNorm(cfg, name="k_norm")(k)
         q = constrain(apply_rope(q, sin, cos), ("batch", "length", "heads", "head_dim"))
         k = constrain(apply_rope(k, sin, cos), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
@@ -127,16 +130,7 @@ class Attention(nn.Module):
             out, new_kv = _attention(cfg, q, k, v, mask), None
         else:
             out, new_kv = _cached_attention(q, k, v, mask, *kv)
-        o = nn.DenseGeneral(
-            cfg.hidden_size,
-            axis=(-2, -1),
-            use_bias=cfg.o_bias,
-            dtype=cfg.jnp_dtype,
-            param_dtype=cfg.jnp_param_dtype,
-            name="o",
-            kernel_init=_init(("heads", "head_dim", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        )
+        o = _dense(cfg, cfg.hidden_size, ("heads", "head_dim", "embed"), "o", cfg.o_bias, (-2, -1))
         return _over_tokens(o, out), new_kv
 
 
@@ -299,18 +293,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        dense = lambda feats, names, name: nn.Dense(  # noqa: E731
-            feats,
-            use_bias=False,
-            dtype=cfg.jnp_dtype,
-            param_dtype=cfg.jnp_param_dtype,
-            kernel_init=_init(names),
-            name=name,
-        )
-        gate = _over_tokens(dense(cfg.intermediate_size, ("embed", "mlp"), "gate"), x)
-        up = _over_tokens(dense(cfg.intermediate_size, ("embed", "mlp"), "up"), x)
+        gate = _over_tokens(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "gate"), x)
+        up = _over_tokens(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "up"), x)
         h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return _over_tokens(dense(cfg.hidden_size, ("mlp", "embed"), "down"), h)
+        return _over_tokens(_dense(cfg, cfg.hidden_size, ("mlp", "embed"), "down"), h)
 
 
 class DecoderLayer(nn.Module):
@@ -322,12 +308,11 @@ class DecoderLayer(nn.Module):
         the cache. Returns (new carry, None), the shape `nn.scan` wants."""
         x, kv = carry
         cfg = self.cfg
-        norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
-        h = RMSNorm(**norm, name="input_norm")(x)
+        h = RMSNorm(cfg, name="input_norm")(x)
         layer_kv = None if kv is None else (kv, ctx["prompt_kv"], layer, ctx["index"])
         attn, new_kv = Attention(cfg, name="attn")(h, ctx["sin"], ctx["cos"], ctx["mask"], layer_kv)
         x = x + attn
-        x = x + MLP(cfg, name="mlp")(RMSNorm(**norm, name="post_attn_norm")(x))
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attn_norm")(x))
         return (constrain(x, ("batch", "length", "embed")), new_kv), None
 
 
@@ -369,18 +354,9 @@ class Transformer(nn.Module):
             )(cfg, name="layers")
         else:
             self.layers = [layer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
-        self.final_norm = RMSNorm(
-            cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm"
-        )
+        self.final_norm = RMSNorm(cfg, name="final_norm")
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                dtype=cfg.jnp_dtype,
-                param_dtype=cfg.jnp_param_dtype,
-                kernel_init=_init(("embed", "vocab")),
-                name="lm_head",
-            )
+            self.lm_head = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "lm_head")
 
     def _layers(self, x, ctx, kv):
         if self.cfg.scan_layers:

@@ -9,24 +9,8 @@ prefill and decode), generate (token-level driver), stops (stop strings), sample
 """
 
 from critique_jax.sampling.buckets import Buckets
-from critique_jax.sampling.engine import DecodeOut, Engine
-from critique_jax.sampling.filters import FilterSpec, filter_logits, row_keys, sample_tokens
-from critique_jax.sampling.generate import CallInputs, generate_tokens, prepare_calls
+from critique_jax.sampling.generate import prepare_calls
 from critique_jax.sampling.params import Completion, SamplingParams
 from critique_jax.sampling.sampler import Sampler
 
-__all__ = [
-    "Buckets",
-    "CallInputs",
-    "Completion",
-    "DecodeOut",
-    "Engine",
-    "FilterSpec",
-    "Sampler",
-    "SamplingParams",
-    "filter_logits",
-    "generate_tokens",
-    "prepare_calls",
-    "row_keys",
-    "sample_tokens",
-]
+__all__ = ["Buckets", "Completion", "Sampler", "SamplingParams", "prepare_calls"]

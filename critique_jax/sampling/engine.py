@@ -30,9 +30,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from critique_jax.backend import unroll_decode_layers
-from critique_jax.models import (
+from critique_jax.models import ModelConfig
+from critique_jax.models.transformer import (
     KVCache,
-    ModelConfig,
     Transformer,
     abstract_params,
     add_slots,

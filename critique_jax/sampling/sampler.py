@@ -17,12 +17,9 @@ from critique_jax.sampling.engine import Engine, Params
 from critique_jax.sampling.generate import generate_tokens
 from critique_jax.sampling.params import Completion, SamplingParams
 from critique_jax.sampling.stops import apply_stop_strings
+from critique_jax.sharding import data_parallel_size
 
 Prompt = str | Sequence[dict[str, str]]
-
-
-def _data_parallel_size(mesh: Mesh | None) -> int:
-    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 class Sampler:
@@ -47,7 +44,7 @@ class Sampler:
         self.tokenizer = tokenizer
         self.engine = Engine(model_cfg, mesh, unroll_layers)
         buckets = buckets or Buckets()
-        multiple = math.lcm(buckets.multiple, _data_parallel_size(mesh))
+        multiple = math.lcm(buckets.multiple, 1 if mesh is None else data_parallel_size(mesh))
         self.buckets = dataclasses.replace(buckets, multiple=multiple)
 
     def default_stop_ids(self) -> tuple[int, ...]:

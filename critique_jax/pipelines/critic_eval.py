@@ -69,9 +69,7 @@ class EvalSetConfig:
     problems: ProblemSource = field(default_factory=ProblemSource)
     wrong_per_problem: int = 1  # demo world: injected-error solutions beside each reference
     samples_per_question: int = 2  # other sources: actor samples per question
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
-    )
+    sampling: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.7)
 
 
 @dataclass
@@ -81,13 +79,9 @@ class Config(StageConfig):
     critic: CriticSpec = field(default_factory=lambda: CriticSpec(oracle="demo"))
     actor: ModelSpec | None = None  # refines in the closed loop; samples non-demo eval sets
     eval_set: EvalSetConfig = field(default_factory=EvalSetConfig)
-    critique_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.0)
-    )
+    critique_sampling: SamplingParams = SamplingParams(max_new_tokens=1024, temperature=0.0)
     refinements: int = 0  # M refinements per critique in the closed loop (it needs `actor`)
-    refine_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
-    )
+    refine_sampling: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.7)
     chunk_size: int = 128  # records per chunk: the unit of batching and of resume
     mesh: MeshConfig = field(default_factory=MeshConfig)
 

@@ -81,9 +81,7 @@ INSERTION_METHODS = ("none", "model", "demo")
 @dataclass
 class SolutionsConfig:
     samples_per_question: int = 4  # K actor samples per question (one fan-out call)
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.8)
-    )
+    sampling: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.8)
     correct_share: float = 0.2  # target share of correct solutions among the critiqued ones
     require_answer: bool = True  # drop wrong solutions that state no final answer (cut off)
     include_reference: bool = False  # reference solutions join the pool of correct ones
@@ -93,26 +91,20 @@ class SolutionsConfig:
 class InsertionConfig:
     method: str = "none"  # none | model (the annotator model) | demo (demo_world.inject_error)
     per_question: int = 1
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
-    )
+    sampling: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.7)
 
 
 @dataclass
 class CritiqueConfig:
     per_solution: int = 2  # critique samples per solution from a model annotator (oracle: 1)
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.7)
-    )
+    sampling: SamplingParams = SamplingParams(max_new_tokens=1024, temperature=0.7)
 
 
 @dataclass
 class FilterConfig:
     refinements: int = 4  # M actor refinements per critique of a wrong solution (0: no MC)
     tau: float = 0.5  # keep when at least this fraction of the refinements verify
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
-    )
+    sampling: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.7)
 
 
 @dataclass

@@ -348,9 +348,7 @@ class ModelJudge:
     sampler call. `unreadable` counts replies with no verdict or rating."""
 
     model: ChatModel
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=32, temperature=0.0)
-    )
+    sampling: SamplingParams = SamplingParams(max_new_tokens=32, temperature=0.0)
     scale: float = 10.0
     unreadable: int = 0
 
@@ -451,9 +449,7 @@ class InitialResponses:
     source: str = "actor"  # actor | file
     path: str = ""
     per_question: int = 1  # actor: samples per question
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=1.0)
-    )
+    sampling: SamplingParams = SamplingParams(max_new_tokens=256, temperature=1.0)
 
     def __post_init__(self) -> None:
         if self.source not in ("actor", "file"):
@@ -475,12 +471,8 @@ class Rollouts(StageConfig):
     num_refinements: int = 5  # M per critique
     # Temperature ~1 samples the critic's own distribution: the RCO target is defined
     # relative to it, and diverse critiques give CU differences to learn from.
-    critique_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=1.0)
-    )
-    refine_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
-    )
+    critique_sampling: SamplingParams = SamplingParams(max_new_tokens=512, temperature=1.0)
+    refine_sampling: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.7)
     chunk_groups: int = 64  # groups per sampling round (the unit of resume)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 

@@ -195,9 +195,7 @@ class Config(StageConfig):
     )
     test_problems: ProblemSource = field(default_factory=lambda: ProblemSource(seed=2, size=100))
     correct_share: float = 0.25
-    generate: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
-    )
+    generate: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.0)
     chunk_size: int = 64
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

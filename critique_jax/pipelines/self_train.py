@@ -135,18 +135,10 @@ class Config(StageConfig):
     hard_min_level: int = 3  # difficulty >= this counts as hard
     eval_samples: int = 4  # pass@K on the test set
     chunk_size: int = 64
-    sample: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7)
-    )
-    critique: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
-    )
-    refine: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.7)
-    )
-    eval: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=0.0)
-    )
+    sample: SamplingParams = SamplingParams(max_new_tokens=256, temperature=0.7)
+    critique: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.0)
+    refine: SamplingParams = SamplingParams(max_new_tokens=256, temperature=0.7)
+    eval: SamplingParams = SamplingParams(max_new_tokens=256, temperature=0.0)
     sft0: TrainConfig = field(default_factory=TrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

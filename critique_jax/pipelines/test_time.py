@@ -164,18 +164,10 @@ class TTSSettings:
     modes: list[str] = field(default_factory=lambda: list(MODES))
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     rounds: int = 3
-    first: SamplingParams = field(  # sequential y0
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
-    )
-    sample: SamplingParams = field(  # parallel samples
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.7)
-    )
-    critique: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.0)
-    )
-    refine: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=512, temperature=0.0)
-    )
+    first: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.0)  # sequential y0
+    sample: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.7)  # parallel samples
+    critique: SamplingParams = SamplingParams(max_new_tokens=1024, temperature=0.0)
+    refine: SamplingParams = SamplingParams(max_new_tokens=512, temperature=0.0)
     weights: VerdictWeights = field(default_factory=VerdictWeights)
     chunk_size: int = 64
 

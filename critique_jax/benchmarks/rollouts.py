@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +97,8 @@ class Stage:
     outputs: list[list[list[int]]] = field(default_factory=list)
 
     def add(self, other: Stage) -> None:
-        self.prefill_s += other.prefill_s
-        self.decode_s += other.decode_s
-        self.prefill_tokens += other.prefill_tokens
-        self.prompt_tokens += other.prompt_tokens
-        self.generated += other.generated
-        self.decode_bytes += other.decode_bytes
-        self.decode_flops += other.decode_flops
-        self.outputs += other.outputs
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def add_decode(self, cfg: ModelConfig, weights: int, rows: int, steps: int, slots: int) -> None:
         """Count `steps` decode steps of `rows` rows that read `weights` parameter bytes
@@ -113,18 +107,12 @@ class Stage:
         self.decode_flops += steps * roofline.decode_flops(cfg, rows)
 
     def summary(self) -> dict[str, Any]:
+        """The counters (not the outputs) and the throughput they give."""
         total = self.prefill_s + self.decode_s
-        return dict(
-            seconds=total,
-            tokens_per_s=self.generated / total,
-            generated_tokens=self.generated,
-            prefill_s=self.prefill_s,
-            decode_s=self.decode_s,
-            prefill_tokens=self.prefill_tokens,
-            prompt_tokens=self.prompt_tokens,
-            decode_bytes=self.decode_bytes,
-            decode_flops=self.decode_flops,
-        )
+        skip = ("outputs", "generated")
+        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        throughput = dict(tokens_per_s=self.generated / total, generated_tokens=self.generated)
+        return dict(seconds=total, **throughput, **counters)
 
 
 def load_questions(source: str | Path, count: int) -> list[Problem]:

@@ -2,7 +2,7 @@
 
 Prefill runs the prompt block through `Transformer.extend` once, filling a KV cache of
 `prompt bucket` slots. Decode continues `fanout` sample rows from each prompt
-(`models.continue_cache`): the prompt's cache is one segment that all its samples read, so
+(`continue_cache`): the prompt's cache is one segment that all its samples read, so
 the n samples of a prompt share one prefill and, at every decode step, one read of the
 prompt's keys and values; each row writes its new tokens into a segment of its own. Decode
 feeds one token per step through the same `extend` (the training graph), writes tokens and
@@ -196,7 +196,7 @@ def start(
     prefilled: Prefilled, rows: Rows, knobs: Knobs, *, spec: FilterSpec, max_new: int, slots: int
 ) -> DecodeState:
     """The decode state after each row's first token (sampled from the prefill's logits),
-    with the cache its samples continue into (`models.continue_cache`), `slots` own slots
+    with the cache its samples continue into (`continue_cache`), `slots` own slots
     per row."""
     batch = prefilled.logits.shape[0]
     keys = row_keys(knobs.seed, rows.prompt_index, rows.sample_index)
@@ -263,7 +263,7 @@ def decode(
 @jax.jit
 def compact(state: DecodeState, keep: jax.Array, valid: jax.Array) -> DecodeState:
     """The state of rows `keep` only (a smaller batch; rows with `valid` False are padding,
-    done from the start), their cache from `models.select_rows`."""
+    done from the start), their cache from `select_rows`."""
     cache = select_rows(state.cache, keep)
     rows = jax.tree.map(lambda x: x[keep], dataclasses.replace(state, cache={}, step=None))
     return dataclasses.replace(
@@ -273,7 +273,7 @@ def compact(state: DecodeState, keep: jax.Array, valid: jax.Array) -> DecodeStat
 
 @functools.partial(jax.jit, static_argnames="extra")
 def grow(state: DecodeState, extra: int) -> DecodeState:
-    """The state with `extra` more empty cache slots per row (`models.add_slots`)."""
+    """The state with `extra` more empty cache slots per row (`add_slots`)."""
     return dataclasses.replace(state, cache=constrain_cache(add_slots(state.cache, extra)))
 
 

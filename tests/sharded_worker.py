@@ -14,6 +14,7 @@ batches and records losses, gradient norms and the parameters after the second u
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -116,11 +117,14 @@ def single_host(out: str) -> None:
     for name, shape in (("single", (1, 1, 1)), ("mixed222", (2, 2, 2))):
         mesh = make_mesh(shape, jax.devices()[: int(np.prod(shape))])
         results[f"score/{name}"] = score_rows(cfg, params, rows, batch_size=8, mesh=mesh)
-    # test_sampling.py's sampled request on data=2, fsdp=2, tensor=2.
+    # test_sampling.py's sampled request on data=2, fsdp=2, tensor=2, the decode cache
+    # growing on the mesh (room for 2 -> 4 -> 6 tokens per row).
     import test_sampling as ts
 
     sample_cfg, sample_params = ts.sampling_model()
-    sampler = Sampler(sample_cfg, mesh=make_mesh((2, 2, 2)), buckets=ts.BUCKETS)
+    buckets = dataclasses.replace(ts.BUCKETS, decode_slots=2)
+    assert buckets.slots(ts.SAMPLED.max_new_tokens) == 2
+    sampler = Sampler(sample_cfg, mesh=make_mesh((2, 2, 2)), buckets=buckets)
     for r, row in enumerate(sampler.generate_ids(sample_params, ts.PROMPTS, ts.SAMPLED)):
         for j, c in enumerate(row):
             results[f"sample/{r}/{j}/token_ids"] = np.array(c.token_ids)

@@ -444,8 +444,8 @@ def test_text_api_chat_template_stop_tokens_and_strings(text_sampler):
 
 
 def test_sharded_mesh_matches_single_device(sampled, subprocess_results):
-    """data=2, fsdp=2, tensor=2 on 8 simulated CPU devices (sharded_worker.py): the same
-    samples as one device."""
+    """data=2, fsdp=2, tensor=2 on 8 simulated CPU devices (sharded_worker.py), the decode
+    cache growing on the mesh: the same samples as one device."""
     result = subprocess_results("sharded-single-host")
     sharded = [k for k in result if k.startswith("sample/") and k.endswith("/token_ids")]
     assert len(sampled) == len(PROMPTS) and len(sharded) == len(PROMPTS) * SAMPLED.n

@@ -40,7 +40,12 @@ def _init(names: tuple[str, ...], scale: float = 0.02):
 
 
 def _dense(
-    cfg: ModelConfig, features, names: tuple[str, ...], name: str, bias=False, axis=-1
+    cfg: ModelConfig,
+    features: int | tuple[int, ...],
+    names: tuple[str, ...],
+    name: str,
+    bias: bool = False,
+    axis: int | tuple[int, ...] = -1,
 ) -> nn.DenseGeneral:
     """A projection in the compute dtype. `names`: the kernel's logical axes, the input axes
     (`axis`) first, then the output axes (`features`), which the bias shares."""

@@ -186,9 +186,9 @@ def test_sft_loss_fn_gradients_equal_those_of_the_full_logits(tied):
         logits = apply_fn(p, data["inputs"], data["positions"], data["segment_ids"])
         return losses.sft_loss(logits, data["targets"], data["loss_mask"])
 
-    (want_loss, want_aux), want = jax.value_and_grad(full, has_aux=True)(params)
-    (got_loss, got_aux), got = jax.value_and_grad(
-        lambda p: sft_loss_fn(apply_fn, p, data), has_aux=True
+    (want_loss, want_aux), want = jax.jit(jax.value_and_grad(full, has_aux=True))(params)
+    (got_loss, got_aux), got = jax.jit(
+        jax.value_and_grad(lambda p: sft_loss_fn(apply_fn, p, data), has_aux=True)
     )(params)
     assert float(got_loss) == pytest.approx(float(want_loss), rel=1e-6)
     assert float(got_aux["accuracy"]) == float(want_aux["accuracy"])

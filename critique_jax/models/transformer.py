@@ -292,6 +292,12 @@ def map_layers(fn: Callable[..., jax.Array], *stacks: LayerStack) -> LayerStack:
     return jax.vmap(fn)(*stacks)
 
 
+def map_kv(fn: Callable[..., jax.Array], *caches: KVCache, segment: str = "") -> KVCache:
+    """{k, v}: `map_layers(fn)` over the caches' key and value stacks (`segment="prompt_"`:
+    those of the shared prompt segment)."""
+    return {name: map_layers(fn, *(c[segment + name] for c in caches)) for name in ("k", "v")}
+
+
 class MLP(nn.Module):
     cfg: ModelConfig
 
@@ -499,8 +505,7 @@ def continue_cache(prompt_cache: KVCache, fanout: int, length: int) -> KVCache:
         return jnp.zeros((prompts * fanout, x.shape[1], length, x.shape[3]), x.dtype)
 
     own = dict(
-        k=map_layers(empty, prompt_cache["k"]),
-        v=map_layers(empty, prompt_cache["v"]),
+        map_kv(empty, prompt_cache),
         mask=jnp.zeros((prompts * fanout, length), bool),
         index=jnp.zeros((), jnp.int32),
     )
@@ -522,12 +527,7 @@ def add_slots(cache: KVCache, extra: int) -> KVCache:
     def pad(x: jax.Array) -> jax.Array:
         return jnp.pad(x, [(0, 0), (0, 0), (0, extra), (0, 0)])
 
-    return dict(
-        cache,
-        k=map_layers(pad, cache["k"]),
-        v=map_layers(pad, cache["v"]),
-        mask=jnp.pad(cache["mask"], [(0, 0), (0, extra)]),
-    )
+    return dict(cache, **map_kv(pad, cache), mask=jnp.pad(cache["mask"], [(0, 0), (0, extra)]))
 
 
 def select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
@@ -539,19 +539,14 @@ def select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
         return lambda x: x[index]
 
     own = dict(
-        k=map_layers(take(rows), cache["k"]),
-        v=map_layers(take(rows), cache["v"]),
+        map_kv(take(rows), cache),
         mask=cache["mask"][rows],
         index=cache["index"],
     )
     if "prompt_k" not in cache:
         return own
     source = rows // (cache["mask"].shape[0] // cache["prompt_mask"].shape[0])
-    prompt = dict(
-        k=map_layers(take(source), cache["prompt_k"]),
-        v=map_layers(take(source), cache["prompt_v"]),
-        mask=cache["prompt_mask"][source],
-    )
+    prompt = dict(map_kv(take(source), cache, segment="prompt_"), mask=cache["prompt_mask"][source])
     return _one_segment(prompt, own)
 
 
@@ -563,8 +558,7 @@ def _one_segment(prompt: KVCache, own: KVCache) -> KVCache:
         return jnp.concatenate([a, b], axis=2)
 
     return dict(
-        k=map_layers(join, prompt["k"], own["k"]),
-        v=map_layers(join, prompt["v"], own["v"]),
+        map_kv(join, prompt, own),
         mask=jnp.concatenate([prompt["mask"], own["mask"]], axis=1),
         index=own["index"] + prompt["mask"].shape[1],
     )

@@ -39,7 +39,7 @@ from critique_jax.models.transformer import (
     constrain_cache,
     continue_cache,
     init_cache,
-    map_layers,
+    map_kv,
     select_rows,
 )
 from critique_jax.sampling.filters import FilterSpec, row_keys, sample_tokens, token_logprobs
@@ -170,12 +170,7 @@ def prefill_shared(
     def relayout(x):  # [B, K, S, H] -> [B, K, width, H]
         return jnp.take_along_axis(x, shared.source[:, None, :, None], axis=2)
 
-    cache = dict(
-        k=map_layers(relayout, cache["k"]),
-        v=map_layers(relayout, cache["v"]),
-        mask=token_mask,
-        index=jnp.int32(width),
-    )
+    cache = dict(map_kv(relayout, cache), mask=token_mask, index=jnp.int32(width))
     cache = constrain_cache(cache)
     return _fan_out(cache, logits, token_mask, fanout)
 

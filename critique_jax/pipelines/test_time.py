@@ -420,16 +420,20 @@ def results_table(results: dict[str, Any]) -> str:
 
 def fill_records(
     path: Path,
+    make: Callable[..., list[TTSRecord]],
+    actor: Agent,
+    critic: Critic | None,
     problems: Sequence[Problem],
-    chunk_size: int,
-    compute: Callable[[list[Problem], int], list[TTSRecord]],
+    s: TTSSettings,
 ) -> list[TTSRecord]:
-    """The record of every problem in `path`, where the chunks that lack one are computed
-    and appended (see `RecordLog.fill`)."""
+    """The record of every problem in `path`, where the chunks that lack one are made by
+    `make` (`sequential_records` or `parallel_records`) and appended (see `RecordLog.fill`)."""
+
+    def compute(chunk: list[Problem], i: int) -> list[dict[str, Any]]:
+        return [r.to_json() for r in make(actor, critic, chunk, s, salt=i)]
+
     with RecordLog(path) as log_:
-        found = log_.fill(
-            problems, chunk_size, lambda chunk, i: [r.to_json() for r in compute(chunk, i)]
-        )
+        found = log_.fill(problems, s.chunk_size, compute)
     return [TTSRecord.from_json(r) for r in found]
 
 
@@ -459,19 +463,11 @@ def run_test_time(
     results = with_skips(results, skips)
     if "sequential" in s.modes:
         records = fill_records(
-            out / "sequential.jsonl",
-            problems,
-            s.chunk_size,
-            lambda chunk, i: sequential_records(actor, critic, chunk, s, salt=i),
+            out / "sequential.jsonl", sequential_records, actor, critic, problems, s
         )
         results["sequential"] = summarize_sequential(records, s.rounds)
     if "parallel" in s.modes:
-        records = fill_records(
-            out / "parallel.jsonl",
-            problems,
-            s.chunk_size,
-            lambda chunk, i: parallel_records(actor, critic, chunk, s, salt=i),
-        )
+        records = fill_records(out / "parallel.jsonl", parallel_records, actor, critic, problems, s)
         results["parallel"] = summarize_parallel(records, s.ks, s.weights)
         results["critic_diagnostics"] = critic_diagnostics(records)
     curves = {CURVES[m]: pts for m, pts in results.get("parallel", {}).items()}

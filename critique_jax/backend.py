@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +105,15 @@ def use_compilation_cache(path: Path = COMPILATION_CACHE, max_bytes: int = 4 << 
     JAX_ENABLE_COMPILATION_CACHE=false turns it off. Call before the first compile."""
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(path))
-    defaults = {  # JAX keeps only programs that took over a second; most of ours take less
+    defaults: dict[str, Any] = {
+        # JAX keeps only programs that took over a second; most of ours take less.
         "jax_persistent_cache_min_compile_time_secs": 0.0,
         "jax_compilation_cache_max_size": max_bytes,  # least recently used programs go first
     }
+    if on_cpu():
+        # JAX also turns on XLA's GPU autotuning cache, in a folder of this cache, and its
+        # path goes into every program's key: a copied or moved cache would never hit.
+        defaults["jax_persistent_cache_enable_xla_caches"] = "none"
     for name, value in defaults.items():
         if name.upper() not in os.environ:
             jax.config.update(name, value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -314,3 +315,7 @@ def test_the_next_process_loads_compiled_programs_from_disk(tmp_path):
     assert any((tmp_path / ".cache" / "critique_jax" / "xla").iterdir())
     assert probe() == "hit"
     assert probe(JAX_ENABLE_COMPILATION_CACHE="false") == "miss"
+    # On CPU no path goes into the programs' keys: a copied cache serves another machine.
+    copy = tmp_path / "copied"
+    shutil.copytree(tmp_path / ".cache" / "critique_jax" / "xla", copy)
+    assert probe(JAX_COMPILATION_CACHE_DIR=str(copy)) == "hit"

@@ -13,6 +13,7 @@ from critique_jax.data.demo_tokenizer import build_demo_tokenizer
 from critique_jax.data.demo_world import generate_problems
 from critique_jax.data.prompts import CRITIQUE_INSTRUCTIONS
 from critique_jax.pipelines.rco_collect import (
+    Comparison,
     JudgeConfig,
     ModelJudge,
     VerifierJudge,
@@ -25,6 +26,15 @@ from critique_jax.sampling import Completion
 RIGHT = "Step 1: 3 + 4 = 7\nThe answer is 7."
 WRONG = "Step 1: 3 + 4 = 8\nThe answer is 8."
 Q = "Ava has 3 pens. She buys 4 more. How many pens does Ava have?"
+
+
+def responses(candidates, baselines, gold=None) -> list[Comparison]:
+    return [Comparison(Q, c, b, gold) for c, b in zip(candidates, baselines, strict=True)]
+
+
+def critiques(solutions, candidates, baselines, gold=None) -> list[Comparison]:
+    items = zip(solutions, candidates, baselines, strict=True)
+    return [Comparison(Q, c, b, gold, s) for s, c, b in items]
 
 
 def critique(final_correct: bool) -> str:
@@ -58,7 +68,7 @@ def test_verifier_ps_table():
     judge = VerifierJudge()
     cands = [RIGHT, WRONG, RIGHT, WRONG, "no answer at all"]
     bases = [WRONG, RIGHT, RIGHT, WRONG, RIGHT]
-    assert judge.compare_responses([Q] * 5, cands, bases, ["7"] * 5) == [1.0, 0.0, 0.5, 0.5, 0.0]
+    assert judge.compare_responses(responses(cands, bases, "7")) == [1.0, 0.0, 0.5, 0.5, 0.0]
     assert judge.score([Q] * 3, [RIGHT, WRONG, ""], ["7"] * 3) == [1.0, 0.0, 0.0]
 
 
@@ -66,28 +76,28 @@ def test_verifier_ranks_critiques_by_verdict_agreement():
     judge = VerifierJudge()
     # WRONG is wrong: a critique saying "Wrong" agrees with the verifier.
     prefs = judge.compare_critiques(
-        [Q] * 3,
-        [WRONG, WRONG, RIGHT],
-        [critique(False), critique(True), critique(True)],
-        [critique(True), critique(False), "garbage"],
-        ["7"] * 3,
+        critiques(
+            [WRONG, WRONG, RIGHT],
+            [critique(False), critique(True), critique(True)],
+            [critique(True), critique(False), "garbage"],
+            "7",
+        )
     )
     assert prefs == [1.0, 0.0, 1.0]
-    assert judge.compare_critiques([Q], [WRONG], ["junk"], ["more junk"], ["7"]) == [0.5]
+    assert judge.compare_critiques(critiques([WRONG], ["junk"], ["more junk"], "7")) == [0.5]
 
 
 def test_verifier_needs_gold_answers():
     with pytest.raises(ValueError, match="gold answer"):
-        VerifierJudge().compare_responses([Q], [RIGHT], [WRONG], [None])
+        VerifierJudge().compare_responses(responses([RIGHT], [WRONG]))
 
 
 def test_position_biased_judge_gives_ties_in_both_orders():
     fake = FakeChat(lambda prompt: "[[A]] A is clearly better.")
     judge = ModelJudge(fake)
-    assert judge.compare_responses(
-        [Q] * 3, ["GOOD x", "y", "z"], ["w", "GOOD v", "u"], [None] * 3
-    ) == [0.5, 0.5, 0.5]
-    assert judge.compare_critiques([Q], [WRONG], ["c1"], ["c2"], [None]) == [0.5]
+    prefs = judge.compare_responses(responses(["GOOD x", "y", "z"], ["w", "GOOD v", "u"]))
+    assert prefs == [0.5, 0.5, 0.5]
+    assert judge.compare_critiques(critiques([WRONG], ["c1"], ["c2"])) == [0.5]
     assert fake.calls == [6, 2]  # both orders of every item in one sampler call
 
 
@@ -96,9 +106,9 @@ def test_consistent_judge_decides_and_ties_stay_ties():
     judge = ModelJudge(fake)
     cands = ["GOOD refinement", "bad refinement", "GOOD one", "plain"]
     bases = ["bad original", "GOOD original", "GOOD two", "plain too"]
-    assert judge.compare_responses([Q] * 4, cands, bases, [None] * 4) == [1.0, 0.0, 0.5, 0.5]
+    assert judge.compare_responses(responses(cands, bases)) == [1.0, 0.0, 0.5, 0.5]
     prefs = judge.compare_critiques(
-        [Q] * 2, [WRONG] * 2, ["GOOD critique", "meh"], ["meh", "GOOD critique"], [None] * 2
+        critiques([WRONG] * 2, ["GOOD critique", "meh"], ["meh", "GOOD critique"])
     )
     assert prefs == [1.0, 0.0]
     assert judge.unreadable == 0
@@ -106,7 +116,7 @@ def test_consistent_judge_decides_and_ties_stay_ties():
 
 def test_unreadable_verdicts_count_as_ties():
     judge = ModelJudge(FakeChat(lambda prompt: "I cannot decide"))
-    assert judge.compare_responses([Q], ["a"], ["b"], [None]) == [0.5]
+    assert judge.compare_responses(responses(["a"], ["b"])) == [0.5]
     assert judge.unreadable == 2
 
 
@@ -144,7 +154,7 @@ def test_model_judge_runs_a_local_checkpoint(tmp_path):
     spec = ModelSpec(preset="tiny", tokenizer=str(tok_dir), overrides={"vocab_size": 512})
     judge = make_judge(JudgeConfig(kind="model", model=spec, max_new_tokens=4))
     assert isinstance(judge, ModelJudge) and judge.scale == 10.0
-    prefs = judge.compare_responses([Q] * 2, [RIGHT, WRONG], [WRONG, RIGHT], [None] * 2)
+    prefs = judge.compare_responses(responses([RIGHT, WRONG], [WRONG, RIGHT]))
     assert all(p in (0.0, 0.5, 1.0) for p in prefs)
     scores = judge.score([Q], [RIGHT], [None])
     assert scores[0] is None or 1.0 <= scores[0] <= 10.0

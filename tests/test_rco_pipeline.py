@@ -269,8 +269,8 @@ def test_judge_ranking_orders_pairs_and_drops_ties(with_cu):
     """ranking: judge asks once per unordered pair of valid critiques, in one call."""
 
     class Judge:
-        def compare_critiques(self, questions, solutions, candidates, baselines, golds):
-            return [(1.0, 0.5, 0.0)[k % 3] for k in range(len(candidates))]
+        def compare_critiques(self, items):
+            return [(1.0, 0.5, 0.0)[k % 3] for k in range(len(items))]
 
     records = rco_collect.read_groups(with_cu)[:2]
     valid = [np.array([True, True, True]), np.array([True, False, True])]

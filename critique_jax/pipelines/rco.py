@@ -42,6 +42,7 @@ from critique_jax.config import MeshConfig, ModelSpec, OptimConfig, StageConfig,
 from critique_jax.data.batching import BatchIterator
 from critique_jax.pipelines.loading import LoadedModel, load_model
 from critique_jax.pipelines.rco_collect import (
+    Comparison,
     CritiqueGroup,
     Judge,
     JudgeConfig,
@@ -242,11 +243,16 @@ def judge_pairs(
         for i, j in itertools.combinations(np.flatnonzero(ok), 2)
     ]
     prefs = judge.compare_critiques(
-        [r.group.question for r, _, _ in asks],
-        [r.group.solution for r, _, _ in asks],
-        [r.critiques[i].text for r, i, _ in asks],
-        [r.critiques[j].text for r, _, j in asks],
-        [r.group.answer for r, _, _ in asks],
+        [
+            Comparison(
+                r.group.question,
+                r.critiques[i].text,
+                r.critiques[j].text,
+                r.group.answer,
+                r.group.solution,
+            )
+            for r, i, j in asks
+        ]
     )
     out: dict[str, list[tuple[int, int]]] = {r.id: [] for r in records}
     for (r, i, j), p in zip(asks, prefs, strict=True):

@@ -163,29 +163,28 @@ BETTER, TIE, WORSE = 1.0, 0.5, 0.0
 Gold = str | None
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """What a judge compares: `candidate` against `baseline`, two responses to `question`
+    (or two critiques of its `solution`), with the gold answer where known."""
+
+    question: str
+    candidate: str
+    baseline: str
+    gold: Gold = None
+    solution: str = ""
+
+
 class Judge(Protocol):
-    """What RCO, DPCO and their evaluation ask of a judge (all lists aligned item by item)."""
+    """What RCO, DPCO and their evaluation ask of a judge (one answer per item)."""
 
     scale: float  # the best possible `score`
 
-    def compare_responses(
-        self,
-        questions: Sequence[str],
-        candidates: Sequence[str],
-        baselines: Sequence[str],
-        golds: Sequence[Gold],
-    ) -> list[float]:
+    def compare_responses(self, items: Sequence[Comparison]) -> list[float]:
         """PS(candidate, baseline) in {0, 0.5, 1} for each item."""
         ...
 
-    def compare_critiques(
-        self,
-        questions: Sequence[str],
-        solutions: Sequence[str],
-        candidates: Sequence[str],
-        baselines: Sequence[str],
-        golds: Sequence[Gold],
-    ) -> list[float]:
+    def compare_critiques(self, items: Sequence[Comparison]) -> list[float]:
         """1 when critique `candidate` of `solution` is the better one, 0 when `baseline` is,
         0.5 for a tie."""
         ...
@@ -223,35 +222,22 @@ class VerifierJudge:
 
     scale: float = 1.0
 
-    def compare_responses(
-        self,
-        questions: Sequence[str],
-        candidates: Sequence[str],
-        baselines: Sequence[str],
-        golds: Sequence[Gold],
-    ) -> list[float]:
-        _need_golds(golds)
+    def compare_responses(self, items: Sequence[Comparison]) -> list[float]:
+        _need_golds([it.gold for it in items])
         out = []
-        for cand, base, gold in zip(candidates, baselines, golds, strict=True):
-            c, b = verify(cand, gold), verify(base, gold)
+        for it in items:
+            c, b = verify(it.candidate, it.gold), verify(it.baseline, it.gold)
             out.append(preference(c and not b, b and not c))
         return out
 
-    def compare_critiques(
-        self,
-        questions: Sequence[str],
-        solutions: Sequence[str],
-        candidates: Sequence[str],
-        baselines: Sequence[str],
-        golds: Sequence[Gold],
-    ) -> list[float]:
+    def compare_critiques(self, items: Sequence[Comparison]) -> list[float]:
         """The critique whose final verdict agrees with the verifier on `solution` wins."""
-        _need_golds(golds)
+        _need_golds([it.gold for it in items])
         out = []
-        for sol, cand, base, gold in zip(solutions, candidates, baselines, golds, strict=True):
-            truth = verify(sol, gold)
-            c = parse_critique(cand).final_correct == truth
-            b = parse_critique(base).final_correct == truth
+        for it in items:
+            truth = verify(it.solution, it.gold)
+            c = parse_critique(it.candidate).final_correct == truth
+            b = parse_critique(it.baseline).final_correct == truth
             out.append(preference(c and not b, b and not c))
         return out
 
@@ -373,33 +359,24 @@ class ModelJudge:
             for v1, v2 in zip(verdicts[:n], verdicts[n:], strict=True)
         ]
 
-    def compare_responses(
-        self,
-        questions: Sequence[str],
-        candidates: Sequence[str],
-        baselines: Sequence[str],
-        golds: Sequence[Gold],
-    ) -> list[float]:
-        items = list(zip(questions, candidates, baselines, strict=True))
+    def compare_responses(self, items: Sequence[Comparison]) -> list[float]:
         fmt = COMPARE_RESPONSES.format
         return self._both_orders(
-            [fmt(question=q, a=c, b=b) for q, c, b in items],
-            [fmt(question=q, a=b, b=c) for q, c, b in items],
+            [fmt(question=it.question, a=it.candidate, b=it.baseline) for it in items],
+            [fmt(question=it.question, a=it.baseline, b=it.candidate) for it in items],
         )
 
-    def compare_critiques(
-        self,
-        questions: Sequence[str],
-        solutions: Sequence[str],
-        candidates: Sequence[str],
-        baselines: Sequence[str],
-        golds: Sequence[Gold],
-    ) -> list[float]:
-        items = list(zip(questions, solutions, candidates, baselines, strict=True))
+    def compare_critiques(self, items: Sequence[Comparison]) -> list[float]:
         fmt = COMPARE_CRITIQUES.format
         return self._both_orders(
-            [fmt(question=q, solution=s, a=c, b=b) for q, s, c, b in items],
-            [fmt(question=q, solution=s, a=b, b=c) for q, s, c, b in items],
+            [
+                fmt(question=it.question, solution=it.solution, a=it.candidate, b=it.baseline)
+                for it in items
+            ],
+            [
+                fmt(question=it.question, solution=it.solution, a=it.baseline, b=it.candidate)
+                for it in items
+            ],
         )
 
     def score(
@@ -619,7 +596,7 @@ def critique_and_refine(
     texts = [r.text or "" for rs in refined for r in rs]
     per = [g for g, _ in flat for _ in range(num_refinements)]
     ps = judge.compare_responses(
-        [g.question for g in per], texts, [g.solution for g in per], [g.answer for g in per]
+        [Comparison(g.question, t, g.solution, g.answer) for g, t in zip(per, texts, strict=True)]
     )
 
     def sample(k: int, c: Completion) -> CritiqueSample:

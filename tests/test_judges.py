@@ -92,6 +92,12 @@ def test_verifier_needs_gold_answers():
         VerifierJudge().compare_responses(responses([RIGHT], [WRONG]))
 
 
+@pytest.mark.parametrize("judge", [VerifierJudge(), ModelJudge(FakeChat(prefers_marked))])
+def test_comparing_critiques_needs_their_solution(judge):
+    with pytest.raises(ValueError, match="`solution`"):
+        judge.compare_critiques(responses([critique(True)], [critique(False)], "7"))
+
+
 def test_position_biased_judge_gives_ties_in_both_orders():
     fake = FakeChat(lambda prompt: "[[A]] A is clearly better.")
     judge = ModelJudge(fake)

@@ -166,13 +166,14 @@ Gold = str | None
 @dataclass(frozen=True)
 class Comparison:
     """What a judge compares: `candidate` against `baseline`, two responses to `question`
-    (or two critiques of its `solution`), with the gold answer where known."""
+    (or two critiques of its `solution`, which `compare_critiques` requires), with the gold
+    answer where known."""
 
     question: str
     candidate: str
     baseline: str
     gold: Gold = None
-    solution: str = ""
+    solution: str | None = None
 
 
 class Judge(Protocol):
@@ -212,6 +213,14 @@ def _need_golds(golds: Sequence[Gold]) -> None:
         )
 
 
+def _need_solutions(items: Sequence[Comparison]) -> None:
+    if any(it.solution is None for it in items):
+        raise ValueError(
+            "compare_critiques needs the solution both critiques judge: set each "
+            "Comparison's `solution`"
+        )
+
+
 def preference(better: bool, worse: bool) -> float:
     return BETTER if better and not worse else WORSE if worse and not better else TIE
 
@@ -233,6 +242,7 @@ class VerifierJudge:
     def compare_critiques(self, items: Sequence[Comparison]) -> list[float]:
         """The critique whose final verdict agrees with the verifier on `solution` wins."""
         _need_golds([it.gold for it in items])
+        _need_solutions(items)
         out = []
         for it in items:
             truth = verify(it.solution, it.gold)
@@ -367,6 +377,7 @@ class ModelJudge:
         )
 
     def compare_critiques(self, items: Sequence[Comparison]) -> list[float]:
+        _need_solutions(items)
         fmt = COMPARE_CRITIQUES.format
         return self._both_orders(
             [

@@ -99,8 +99,8 @@ COMPILATION_CACHE = Path("~/.cache/critique_jax/xla").expanduser()
 def use_compilation_cache(path: Path = COMPILATION_CACHE, max_bytes: int = 4 << 30) -> None:
     """Keep every compiled program on disk, so the next process with the same shapes (a
     resumed run, a rerun on other data, the next stage) loads it instead of compiling: a
-    third of the reduced demo's wall time on a 2-core CPU. A train step's program holds its
-    learning-rate schedule, so other `train.steps` compile it anew. JAX's own settings win
+    third of the reduced demo's wall time on a 2-core CPU. A train step's program does not
+    hold the learning rate or its schedule, so other `train.steps` reuse it. JAX's own settings win
     where given: JAX_COMPILATION_CACHE_DIR moves the cache (a shared bucket for a pod),
     JAX_ENABLE_COMPILATION_CACHE=false turns it off. Call before the first compile."""
     if jax.config.jax_compilation_cache_dir is None:

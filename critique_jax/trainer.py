@@ -109,19 +109,49 @@ def weight_decay_mask(params: Params) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW (decay scaled by the learning rate, as in PyTorch) after global-norm clipping."""
-    tx = optax.adamw(
-        learning_rate_schedule(optim, total_steps),
-        b1=optim.b1,
-        b2=optim.b2,
-        eps=optim.eps,
-        weight_decay=optim.weight_decay,
-        mask=weight_decay_mask,
+def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    """AdamW (decay scaled by the learning rate, as in PyTorch) after global-norm clipping.
+
+    The learning rate is a hyperparameter in the optimizer state (`optax.inject_hyperparams`)
+    that `train_step` sets from its `learning_rate` argument, so the compiled step does not
+    depend on the rate, its schedule or the run's length (`STEP_OPTIM_FIELDS`)."""
+
+    def adamw(learning_rate: jax.Array) -> optax.GradientTransformation:
+        tx = optax.adamw(
+            learning_rate,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=weight_decay_mask,
+        )
+        if optim.grad_clip > 0:
+            tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+        return tx
+
+    return optax.inject_hyperparams(adamw)(learning_rate=optim.learning_rate)
+
+
+# The optimizer settings a compiled step depends on. The learning rate comes from the host
+# at every step (`Trainer.learning_rates`), so another rate, warmup or `train.steps` (a rerun,
+# the next stage) reuses the compiled step instead of compiling its own.
+STEP_OPTIM_FIELDS = ("weight_decay", "b1", "b2", "eps", "grad_clip")
+
+
+def step_optim(optim: OptimConfig) -> tuple:
+    """`StepSetup.optim`: OptimConfig's fields, with only `STEP_OPTIM_FIELDS` taken from
+    `optim` (the others at their defaults, since the step never reads them)."""
+    return dataclasses.astuple(
+        OptimConfig(**{name: getattr(optim, name) for name in STEP_OPTIM_FIELDS})
     )
-    if optim.grad_clip > 0:
-        tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
-    return tx
+
+
+def learning_rates(optim: OptimConfig, total_steps: int) -> np.ndarray:
+    """The rate of every step 0..total_steps, computed once by one jitted program: the
+    compiled float32 arithmetic a schedule inside the step had (evaluated eagerly, op by op,
+    some steps' rates round differently)."""
+    schedule = jax.vmap(learning_rate_schedule(optim, total_steps))
+    return np.asarray(jax.jit(schedule)(np.arange(total_steps + 1, dtype=np.int32)))
 
 
 def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
@@ -159,8 +189,7 @@ class StepSetup:
     jit's own cache shares one program between every Trainer of a setup."""
 
     model_cfg: ModelConfig
-    optim: tuple  # OptimConfig's fields (the dataclass itself is mutable, so unhashable)
-    total_steps: int
+    optim: tuple  # `step_optim` (OptimConfig itself is mutable, so unhashable)
     microbatches: int
     mesh: Mesh
     rules: Rules
@@ -168,7 +197,7 @@ class StepSetup:
 
     @property
     def tx(self) -> optax.GradientTransformation:
-        return make_optimizer(OptimConfig(*self.optim), self.total_steps)
+        return make_optimizer(OptimConfig(*self.optim))
 
     def abstract_state(self) -> TrainState:
         """The state as ShapeDtypeStructs with their shardings, allocating nothing."""
@@ -252,16 +281,18 @@ def _accumulate(setup: StepSetup, params: Params, batch: Batch, shardings: Any):
 
 
 @functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
-def train_step(state: TrainState, batch: Batch, *, setup: StepSetup):
-    """One optimizer update -> (state, metrics); a non-finite step keeps the old state."""
+def train_step(state: TrainState, batch: Batch, learning_rate: jax.Array, *, setup: StepSetup):
+    """One optimizer update at `learning_rate` (a float32 scalar) -> (state, metrics); a
+    non-finite step keeps the old state."""
     shardings = setup.shardings()
     if setup.microbatches == 1:
         loss, weight, aux, grads = _loss_and_grad(setup, state.params, batch)
     else:
         loss, weight, aux, grads = _accumulate(setup, state.params, batch, shardings.params)
-    tx = setup.tx
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    hyperparams = dict(state.opt_state.hyperparams, learning_rate=learning_rate)
+    opt_state = state.opt_state._replace(hyperparams=hyperparams)
+    updates, opt_state = setup.tx.update(grads, opt_state, state.params)
     new = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
@@ -269,8 +300,7 @@ def train_step(state: TrainState, batch: Batch, *, setup: StepSetup):
     )
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-    lr = learning_rate_schedule(OptimConfig(*setup.optim), setup.total_steps)(state.step)
-    metrics = dict(aux, loss=loss, weight=weight, grad_norm=grad_norm, learning_rate=lr)
+    metrics = dict(aux, loss=loss, weight=weight, grad_norm=grad_norm, learning_rate=learning_rate)
     new = jax.lax.with_sharding_constraint(new, shardings)
     return new, jax.lax.with_sharding_constraint(metrics, replicated(setup.mesh))
 
@@ -326,13 +356,13 @@ class Trainer:
         log_allocator_advice()
         self.setup = StepSetup(
             model_cfg,
-            dataclasses.astuple(optim),
-            train.steps,
+            step_optim(optim),
             train.microbatches,
             self.mesh,
             self.rules,
             loss_fn,
         )
+        self.learning_rates = learning_rates(optim, train.steps)
         self.param_shardings = param_shardings(abstract_params(model_cfg), self.mesh, self.rules)
         self._params = params
         self.state: TrainState | None = None
@@ -400,8 +430,10 @@ class Trainer:
         return shard_batch(local, self.mesh, self.rules)
 
     def _run_step(self, batch: Batch) -> dict[str, Any]:
+        rate = self.learning_rates[min(self.step, len(self.learning_rates) - 1)]
+        rate = jax.device_put(rate, replicated(self.mesh))
         with mesh_context(self.mesh, self.rules):
-            self.state, metrics = train_step(self.state, batch, setup=self.setup)
+            self.state, metrics = train_step(self.state, batch, rate, setup=self.setup)
         return metrics
 
     def train_step(self, local: dict[str, np.ndarray]) -> dict[str, float]:

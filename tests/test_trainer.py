@@ -3,6 +3,7 @@ metrics, launch environment. (Non-finite loss handling is in test_checkpoint.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -83,7 +84,7 @@ def test_weight_decay_skips_norms_and_biases_of_scanned_layers():
 
 def test_adamw_decays_masked_params_only():
     optim = OptimConfig(learning_rate=0.1, weight_decay=0.5, grad_clip=1.0)
-    tx = make_optimizer(optim, total_steps=10)
+    tx = make_optimizer(optim)  # its state holds the rate, 0.1, until a step sets it
     params = {"w": {"kernel": jnp.ones((2, 2))}, "n": {"scale": jnp.ones((2,))}}
     state = tx.init(params)
     zero = jax.tree.map(jnp.zeros_like, params)
@@ -135,11 +136,29 @@ def test_trainers_of_one_setup_share_the_compiled_step():
     first = Trainer(cfg, train, optim, MeshConfig((1, 1, 1)))
     first.train_step(batch(0))
     compiled = train_step._cache_size()
-    again = Trainer(cfg, train, OptimConfig(learning_rate=1e-3, weight_decay=0.05))
-    for i in range(2):  # another Trainer, more steps: no new program
+    # Another Trainer with another rate, schedule, warmup and run length: the rate is an
+    # input of the step, so no new program.
+    again = Trainer(
+        cfg,
+        dataclasses.replace(train, steps=50),
+        OptimConfig(learning_rate=3e-2, weight_decay=0.05, warmup_steps=7, schedule="linear"),
+    )
+    for i in range(2):
         again.train_step(batch(i))
         first.train_step(batch(i))
     assert train_step._cache_size() == compiled
+
+
+def test_each_step_runs_at_its_scheduled_rate():
+    optim = OptimConfig(learning_rate=1e-2, warmup_steps=2, end_lr_ratio=0.1)
+    train = TrainConfig(steps=6, batch_size=B, seq_len=T)
+    t = Trainer(preset("tiny"), train, optim, MeshConfig((1, 1, 1)))
+    rates = [t.train_step(batch(i))["learning_rate"] for i in range(8)]
+    schedule = learning_rate_schedule(optim, train.steps)
+    # past the end the schedule holds its final rate
+    expected = [float(schedule(min(s, train.steps))) for s in range(8)]
+    assert rates == pytest.approx(expected, rel=1e-6)
+    assert rates[:2] == pytest.approx([5e-3, 1e-2]) and rates[-1] == pytest.approx(1e-3)
 
 
 # --------------------------------------------------------------------------- precision

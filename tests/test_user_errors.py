@@ -699,6 +699,7 @@ def test_cli_exit_code_and_one_stderr_line(tmp_path):
         ("sampling", "does not exist"),
         ("rollouts", "does not exist"),
         ("training", "neither an HF checkpoint directory nor a preset"),
+        ("decode_profile", "does not exist"),
     ],
 )
 def test_benchmark_clis_name_a_missing_model_in_one_line(tmp_path, module, message):

@@ -100,9 +100,9 @@ def use_compilation_cache(path: Path = COMPILATION_CACHE, max_bytes: int = 4 << 
     """Keep every compiled program on disk, so the next process with the same shapes (a
     resumed run, a rerun on other data, the next stage) loads it instead of compiling: a
     third of the reduced demo's wall time on a 2-core CPU. A train step's program does not
-    hold the learning rate or its schedule, so other `train.steps` reuse it. JAX's own settings win
-    where given: JAX_COMPILATION_CACHE_DIR moves the cache (a shared bucket for a pod),
-    JAX_ENABLE_COMPILATION_CACHE=false turns it off. Call before the first compile."""
+    hold the learning rate or its schedule, so other `train.steps` reuse it. JAX's own
+    settings win where given: JAX_COMPILATION_CACHE_DIR moves the cache (a shared bucket for
+    a pod), JAX_ENABLE_COMPILATION_CACHE=false turns it off. Call before the first compile."""
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(path))
     defaults: dict[str, Any] = {

@@ -429,8 +429,10 @@ class Trainer:
                 )
         return shard_batch(local, self.mesh, self.rules)
 
-    def _run_step(self, batch: Batch) -> dict[str, Any]:
-        rate = self.learning_rates[min(self.step, len(self.learning_rates) - 1)]
+    def _run_step(self, batch: Batch, step: int) -> dict[str, Any]:
+        """Dispatch update number `step` (1-based) at its scheduled rate (past the schedule's
+        end, its last)."""
+        rate = self.learning_rates[min(step - 1, len(self.learning_rates) - 1)]
         rate = jax.device_put(rate, replicated(self.mesh))
         with mesh_context(self.mesh, self.rules):
             self.state, metrics = train_step(self.state, batch, rate, setup=self.setup)
@@ -440,7 +442,7 @@ class Trainer:
         """One step on this process's rows; host metrics; raises on a non-finite loss."""
         if self.state is None:
             self.init_state()
-        metrics = _to_host(self._run_step(self.shard_batch(local)))
+        metrics = _to_host(self._run_step(self.shard_batch(local), self.step + 1))
         self._check_finite(self.step + 1, metrics)
         return metrics
 
@@ -486,7 +488,7 @@ class Trainer:
             flops = training_flops_per_token(self.model_cfg, length) * tokens
             last = time.perf_counter()
             for step in range(start + 1, end + 1):
-                metrics = self._run_step(batch)
+                metrics = self._run_step(batch, step)
                 if step < end:  # prepare the next batch while the device computes
                     next_batch, next_data = self._next_batch(batches, step + 1)
                 metrics = _to_host(metrics)

@@ -80,10 +80,12 @@ def thunk_op_names(hlo_text: str) -> dict[str, str]:
 
 def split_trace(trace_dir: Path, op_names: dict[str, str]) -> dict:
     """Thunk seconds per group and per thread, from the trace `jax.profiler.trace` wrote."""
-    (path,) = sorted(trace_dir.rglob("*.xplane.pb"))[-1:]
+    traces = sorted(trace_dir.rglob("*.xplane.pb"))
+    if not traces:
+        raise RuntimeError(f"jax.profiler wrote no trace under {trace_dir}")
     groups: collections.Counter = collections.Counter()
     threads: collections.Counter = collections.Counter()
-    for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
+    for plane in jax.profiler.ProfileData.from_file(str(traces[-1])).planes:
         for line in plane.lines:
             for event in line.events:
                 name = event.name.removeprefix("end: ")

@@ -355,12 +355,7 @@ class Trainer:
         self.peak_flops = peak_flops
         log_allocator_advice()
         self.setup = StepSetup(
-            model_cfg,
-            step_optim(optim),
-            train.microbatches,
-            self.mesh,
-            self.rules,
-            loss_fn,
+            model_cfg, step_optim(optim), train.microbatches, self.mesh, self.rules, loss_fn
         )
         self.learning_rates = learning_rates(optim, train.steps)
         self.param_shardings = param_shardings(abstract_params(model_cfg), self.mesh, self.rules)
@@ -479,11 +474,8 @@ class Trainer:
         history: list[dict[str, Any]] = []
         try:
             batch, data = self._next_batch(batches, start + 1)
-            rows, length = (
-                batch["inputs"].shape
-                if "inputs" in batch
-                else (self.train.batch_size, self.train.seq_len)
-            )
+            shape = batch["inputs"].shape if "inputs" in batch else None
+            rows, length = shape or (self.train.batch_size, self.train.seq_len)
             tokens = rows * length
             flops = training_flops_per_token(self.model_cfg, length) * tokens
             last = time.perf_counter()

@@ -437,8 +437,9 @@ class Trainer:
         """One step on this process's rows; host metrics; raises on a non-finite loss."""
         if self.state is None:
             self.init_state()
-        metrics = _to_host(self._run_step(self.shard_batch(local), self.step + 1))
-        self._check_finite(self.step + 1, metrics)
+        step = self.step + 1  # a non-finite step leaves state.step where it was
+        metrics = _to_host(self._run_step(self.shard_batch(local), step))
+        self._check_finite(step, metrics)
         return metrics
 
     def _check_finite(self, step: int, metrics: dict[str, float]) -> None:

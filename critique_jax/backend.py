@@ -7,8 +7,9 @@ forker sees all of them together and the core stays accelerator-neutral:
 - `unroll_decode_layers`: the sampler's layer loop, unrolled on CPU, scanned elsewhere;
 - `argmax`: a max-then-min argmax on CPU, `jnp.argmax` elsewhere;
 - `attention_implementation`: cuDNN flash attention on GPU in half precision, XLA elsewhere;
-- `cpu_allocator_advice`, `log_allocator_advice`: what to set before a CPU training run
-  starts (a process setting the core cannot make itself);
+- `restart_with_huge_pages`, `cpu_allocator_advice`: glibc's huge-page tunable for CPU
+  training, which the training CLIs set by restarting themselves and the trainer otherwise
+  advises (a process setting, read only at start);
 - `use_compilation_cache`: compiled programs kept on disk for the next process (every
   backend; the CLIs turn it on).
 """
@@ -16,9 +17,12 @@ forker sees all of them together and the core stays accelerator-neutral:
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +71,46 @@ def huge_pages_set() -> bool:
     return HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
 
 
+def huge_pages_supported() -> bool:
+    """glibc 2.35 or newer on Linux: the first glibc with the tunable."""
+    name, version = platform.libc_ver()
+    if platform.system() != "Linux" or name != "glibc":
+        return False
+    return tuple(int(part) for part in version.split(".")[:2]) >= (2, 35)
+
+
+def accelerator_may_be_found() -> bool:
+    """Whether JAX may pick a GPU or TPU here, told without starting a backend (a multi-host
+    run must call jax.distributed.initialize first): JAX_PLATFORMS names another platform,
+    or a GPU plugin or libtpu is installed."""
+    if platforms := os.environ.get("JAX_PLATFORMS"):
+        return platforms != "cpu"
+    plugins = importlib.util.find_spec("jax_plugins") is not None
+    plugins = plugins or any(importlib.metadata.entry_points(group="jax_plugins"))
+    return plugins or importlib.util.find_spec("libtpu") is not None
+
+
+def restart_with_huge_pages() -> None:
+    """Run this command again, in this process (exec: same id, same arguments), with glibc's
+    huge-page tunable when it will train on the CPU; `cpu_allocator_advice` says why. Called
+    first thing by the training CLIs. A GLIBC_TUNABLES already set, to anything, is left as
+    it is: `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps the allocator's default."""
+    if "GLIBC_TUNABLES" in os.environ or not huge_pages_supported() or accelerator_may_be_found():
+        return
+    os.environ["GLIBC_TUNABLES"] = HUGE_PAGES_TUNABLE
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def cpu_allocator_advice() -> str | None:
     """A line for the log when a CPU training run would fault in its memory page by page.
 
     XLA:CPU allocates each step's temporaries as one fresh buffer, which the kernel zero-fills
     4 KiB at a time on first touch; glibc's huge-page tunable makes malloc back it with
     transparent huge pages instead (measurements: docs/architecture.md, "Backend choices").
-    glibc reads the tunable only at process start, hence advice, not a setting. It is advice
-    for XLA alone: PyTorch's step is slower with it."""
-    if not on_cpu() or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    if huge_pages_set():
+    glibc reads the tunable only at process start: the training CLIs restart themselves with
+    it (`restart_with_huge_pages`), a script that trains must be started with it. It is
+    advice for XLA alone: PyTorch's step is slower with it."""
+    if not on_cpu() or not huge_pages_supported() or huge_pages_set():
         return None
     return (
         f"CPU training: start the process with GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} for "

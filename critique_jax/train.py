@@ -210,4 +210,7 @@ def _restore(path: Path, data: bytes | None) -> None:
 
 
 if __name__ == "__main__":
+    from critique_jax.backend import restart_with_huge_pages
+
+    restart_with_huge_pages()
     exit_cli(main())

@@ -297,6 +297,46 @@ def test_cpu_training_is_advised_to_use_huge_pages_until_it_does(monkeypatch):
     assert backend.cpu_allocator_advice() is None
 
 
+RESTART_PROBE = """
+import os, sys
+from critique_jax.backend import restart_with_huge_pages
+with open(sys.argv[1], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+restart_with_huge_pages()
+print(os.environ.get("GLIBC_TUNABLES"), *sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "tunables"),
+    [
+        ({}, "glibc.malloc.hugetlb=1"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "glibc.malloc.hugetlb=0"),  # the user's
+        ({"JAX_PLATFORMS": "cuda"}, "None"),  # not a CPU run
+    ],
+)
+def test_training_clis_restart_themselves_with_huge_pages(tmp_path, env, tunables):
+    """Once, as the same process with the same arguments, and only where the tunable is the
+    user's to set or a GPU may run the step."""
+    from critique_jax import backend
+
+    if not backend.huge_pages_supported():
+        pytest.skip("the tunable is glibc's on Linux")
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAX_PLATFORMS")}
+    pids = tmp_path / "pids"
+    proc = subprocess.run(
+        [sys.executable, "-c", RESTART_PROBE, str(pids), "a", "b=c"],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.split() == [tunables, "a", "b=c"]
+    runs = pids.read_text().split()
+    assert len(runs) == (2 if tunables == backend.HUGE_PAGES_TUNABLE else 1)
+    assert len(set(runs)) == 1
+
+
 def test_training_benchmark_runs_pytorch_without_the_huge_page_tunable():
     """The tunable slows PyTorch's step, so its child process drops it and keeps the rest."""
     from critique_jax.benchmarks.training import without_huge_pages

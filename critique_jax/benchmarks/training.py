@@ -20,9 +20,9 @@ median step time. MFU uses the FLOP formula of `critique_jax.metrics` against th
 bf16 peak (None on CPU unless --peak-flops); without a peak, each side's FLOP rate is given
 as a fraction of the matmul rate XLA reaches here at the step's token count
 (`matmul_fraction`, `benchmarks.roofline.matmul_flops`).
-On a CPU, run it with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (see
-`backend.cpu_allocator_advice`; `malloc_hugetlb` in the JSON says whether it was set): our
-side runs with it, the PyTorch child without it, which is faster for PyTorch.
+On a CPU, our side runs with glibc's huge-page tunable (`backend.restart_with_huge_pages`;
+`malloc_hugetlb` in the JSON says whether it was set) and the PyTorch child without it, which
+is faster for PyTorch.
 The last line printed is one JSON object.
 """
 
@@ -291,4 +291,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from critique_jax.backend import restart_with_huge_pages
+
+    restart_with_huge_pages()
     run_main(main)

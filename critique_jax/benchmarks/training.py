@@ -15,15 +15,15 @@ in a child process that never imports JAX, so neither side shares its process (t
 allocator) with the other.
 
 Each side runs `--warmup` untimed steps (ours: the first also compiles; `compile_s` is its
-extra time) and then `--steps` timed steps, each timed alone; tokens/s = batch * seq /
-median step time. MFU uses the FLOP formula of `critique_jax.metrics` against the device's
-bf16 peak (None on CPU unless --peak-flops); without a peak, each side's FLOP rate is given
-as a fraction of the matmul rate XLA reaches here at the step's token count
-(`matmul_fraction`, `benchmarks.roofline.matmul_flops`).
-On a CPU, our side runs with glibc's huge-page tunable (`backend.restart_with_huge_pages`;
-`malloc_hugetlb` in the JSON says whether it was set) and the PyTorch child without it, which
-is faster for PyTorch.
-The last line printed is one JSON object.
+extra time; PyTorch's CPU step was still getting faster at its second step, hence two) and then
+`--steps` timed steps, each timed alone; tokens/s = batch * seq / median step time. MFU uses
+the FLOP formula of `critique_jax.metrics` against the device's bf16 peak (None on CPU unless
+--peak-flops); without a peak, each side's FLOP rate is given as a fraction of the matmul rate
+XLA reaches here at the step's token count (`matmul_fraction`,
+`benchmarks.roofline.matmul_flops`). On a CPU, our side runs with glibc's huge-page tunable
+(`backend.restart_with_huge_pages`; `malloc_hugetlb` in the JSON says whether it was set) and
+the PyTorch child without it, which is faster for PyTorch. The last line printed is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=3, help="timed steps per side")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (-1: fill)")
     p.add_argument(

@@ -310,14 +310,17 @@ print(os.environ.get("GLIBC_TUNABLES"), *sys.argv[2:])
 @pytest.mark.parametrize(
     ("env", "tunables"),
     [
-        ({}, "glibc.malloc.hugetlb=1"),
-        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "glibc.malloc.hugetlb=0"),  # the user's
+        ({"JAX_PLATFORMS": "cpu"}, "glibc.malloc.hugetlb=1"),
+        (
+            {"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+            "glibc.malloc.hugetlb=0",
+        ),
         ({"JAX_PLATFORMS": "cuda"}, "None"),  # not a CPU run
     ],
 )
 def test_training_clis_restart_themselves_with_huge_pages(tmp_path, env, tunables):
-    """Once, as the same process with the same arguments, and only where the tunable is the
-    user's to set or a GPU may run the step."""
+    """Once, as the same process with the same arguments; not where the user set
+    GLIBC_TUNABLES (to anything) or a GPU may run the step."""
     from critique_jax import backend
 
     if not backend.huge_pages_supported():
@@ -335,6 +338,23 @@ def test_training_clis_restart_themselves_with_huge_pages(tmp_path, env, tunable
     runs = pids.read_text().split()
     assert len(runs) == (2 if tunables == backend.HUGE_PAGES_TUNABLE else 1)
     assert len(set(runs)) == 1
+
+
+def test_an_installed_gpu_plugin_rules_out_the_restart(monkeypatch):
+    """Without JAX_PLATFORMS, an installed plugin means JAX may pick a GPU: no restart."""
+    import importlib.util
+
+    from critique_jax import backend
+
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: find_spec("os") if name == "jax_plugins" else None
+    )
+    assert backend.accelerator_may_be_found()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(backend.importlib.metadata, "entry_points", lambda group: [])
+    assert not backend.accelerator_may_be_found()
 
 
 def test_training_benchmark_runs_pytorch_without_the_huge_page_tunable():

@@ -24,13 +24,18 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
+# JAX is imported by the functions that use it, so that `restart_with_huge_pages` runs
+# before JAX has loaded (a second import after the restart would add a second of start-up).
+if TYPE_CHECKING:
+    import jax
+    import jax.numpy as jnp
 
 
 def on_cpu() -> bool:
+    import jax
+
     return jax.default_backend() == "cpu"
 
 
@@ -49,6 +54,9 @@ def argmax(x: jax.Array) -> jax.Array:
     step over a 49k vocabulary at batch 16); a max and a min of the matching indices are
     two vectorised reductions with the same result.
     """
+    import jax
+    import jax.numpy as jnp
+
     if not on_cpu():
         return jnp.argmax(x, axis=-1).astype(jnp.int32)
     top = jnp.max(x, axis=-1, keepdims=True)
@@ -59,6 +67,9 @@ def argmax(x: jax.Array) -> jax.Array:
 def attention_implementation(dtype: jnp.dtype) -> str:
     """`jax.nn.dot_product_attention`'s implementation for causal attention when the model
     config says `attention_impl: auto`."""
+    import jax
+    import jax.numpy as jnp
+
     gpu = jax.default_backend() == "gpu"
     return "cudnn" if gpu and dtype in (jnp.bfloat16, jnp.float16) else "xla"
 
@@ -136,6 +147,8 @@ def use_compilation_cache(path: Path = COMPILATION_CACHE, max_bytes: int = 4 << 
     hold the learning rate or its schedule, so other `train.steps` reuse it. JAX's own
     settings win where given: JAX_COMPILATION_CACHE_DIR moves the cache (a shared bucket for
     a pod), JAX_ENABLE_COMPILATION_CACHE=false turns it off. Call before the first compile."""
+    import jax
+
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(path))
     defaults: dict[str, Any] = {

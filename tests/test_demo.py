@@ -1,11 +1,15 @@
 """The embedded demo end to end at CI size (`Config.reduced()`), through the CLI: every stage
 runs (through its own `run`), results.json holds every headline key, the critic writes the
-reason-first format, every claim is reported, and a rerun resumes instead of recomputing.
-Also: the written-out configs/demo.yaml is exactly the stage's embedded defaults.
+reason-first format, every claim is reported, and a rerun resumes instead of recomputing;
+then `sample` on its actor and `check_hf` on its base model. Also: the written-out
+configs/demo.yaml is exactly the stage's embedded defaults.
 
-The run is a subprocess because tests/conftest.py turns XLA's backend optimisations off for
-the unit tests (faster compiles); this test trains for dozens of steps, where optimised code
-is several times faster overall. It keeps compiled programs on disk, as a user's run does.
+The CLIs run as a user runs them: in a subprocess (tests/conftest.py turns XLA's backend
+optimisations off for the unit tests, and this test trains for dozens of steps), keeping
+compiled programs on disk, and with the interpreter `CRITIQUE_JAX_CLI_PYTHON` names. CI
+(.ci/run) points it at a new virtual environment with the package alone, no extras, so a
+run-time dependency that only the test extra brings in fails here; elsewhere it is this
+interpreter.
 """
 
 from __future__ import annotations
@@ -44,17 +48,24 @@ BY_DIFFICULTY = (
 )
 
 
-def run_demo(config: Path) -> subprocess.CompletedProcess:
+CLI_PYTHON = os.environ.get("CRITIQUE_JAX_CLI_PYTHON", sys.executable)
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
     as_a_user = ("XLA_FLAGS", "JAX_ENABLE_COMPILATION_CACHE")  # set by tests/conftest.py
     env = {k: v for k, v in os.environ.items() if k not in as_a_user}
     return subprocess.run(
-        [sys.executable, "-m", "critique_jax.train", "--config", str(config)],
+        [CLI_PYTHON, "-m", module, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=1500,
     )
+
+
+def run_demo(config: Path) -> subprocess.CompletedProcess:
+    return run_cli("critique_jax.train", "--config", str(config))
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +125,28 @@ def test_rerun_resumes_without_recomputing(demo):
     assert "results in" in proc.stderr and "are kept, not recomputed" in proc.stderr
     # a phase skipped on resume keeps the seconds it cost the first time
     assert again["timings"]["base"]["wall_s"] >= first["timings"]["base"]["wall_s"] > 0
+
+
+def test_sample_runs_on_the_demo_actor(demo):
+    run_dir, *_ = demo
+    actor = run_dir / "self_train" / "iter_0" / "hf"
+    proc = run_cli("critique_jax.sample", "--model", str(actor), "--prompt", "Ava has 3 pens.")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "=== prompt 0 sample 0" in proc.stdout, proc.stdout
+
+
+def test_check_hf_on_the_demo_base_model(demo):
+    """With torch (the test extra), the exported base model gives transformers' logits;
+    without it (CI's package-only environment), a one-line error says what to install."""
+    run_dir, *_ = demo
+    proc = run_cli("critique_jax.check_hf", str(run_dir / "base" / "hf"))
+    probe = [CLI_PYTHON, "-c", "import importlib.util as u; exit(u.find_spec('torch') is None)"]
+    if subprocess.run(probe).returncode == 0:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"] is True
+    else:
+        assert proc.returncode != 0
+        assert "pip install torch" in proc.stderr, proc.stderr[-3000:]
 
 
 def test_yaml_is_the_embedded_default():

@@ -1,5 +1,6 @@
-"""The README's two commands are the ones CI runs: its test command is a line of .ci/run, and
-its install-and-run command is what .ci/fresh_install_check does in a new environment."""
+"""The README's two commands are the ones CI runs: its test command is the last line of
+.ci/run, and its install-and-run command is what .ci/fresh_env installs in a new environment
+and tests/test_demo.py runs there (`CRITIQUE_JAX_CLI_PYTHON`)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ def test_ci_runs_the_readme_test_command_last():
 def test_ci_runs_the_main_command_in_a_fresh_environment():
     main, _ = readme_commands()
     install, run = (part.strip() for part in main.split("&&"))
-    assert "bash .ci/fresh_install_check" in script_lines("run")
-    check = "\n".join(script_lines("fresh_install_check"))
-    assert "python -m venv" in check
-    assert f'"$py" -m {install}\n' in check  # the package alone, no extras
-    assert f'"$py" -m {run.removeprefix("python -m ")} ' in check
+    ci = script_lines("run")
+    assert 'bash .ci/fresh_env "$fresh"' in ci
+    assert 'export CRITIQUE_JAX_CLI_PYTHON="$fresh/venv/bin/python"' in ci
+    fresh_env = "\n".join(script_lines("fresh_env"))
+    assert 'python -m venv "$work/venv"' in fresh_env
+    assert fresh_env.endswith(f'"$work/venv/bin/python" -m {install}')  # the package alone
+    demo_test = (ROOT / "tests" / "test_demo.py").read_text()
+    assert 'os.environ.get("CRITIQUE_JAX_CLI_PYTHON", sys.executable)' in demo_test
+    assert f'run_cli("{run.removeprefix("python -m ")}", ' in demo_test

@@ -172,12 +172,12 @@ def make_apply_fn(model_cfg: ModelConfig) -> ApplyFn:
 
 
 def sft_loss_fn(apply_fn: ApplyFn, params: Params, batch: Batch):
-    """Next-token cross-entropy on `loss_mask` targets; weight = number of target tokens.
-    Without `segment_ids` the model takes its plain causal path (flash attention on GPU)."""
+    """Next-token cross-entropy on `loss_mask` targets (weight: their count), named for
+    profiles; without `segment_ids` the model takes its plain causal (GPU: flash) path."""
     hidden, head, head_params = apply_fn(
         params, batch["inputs"], batch["positions"], batch.get("segment_ids"), hidden=True
     )
-    loss, aux = losses.sft_loss_chunked(
+    loss, aux = jax.named_call(losses.sft_loss_chunked, name="cross_entropy")(
         head, head_params, hidden, batch["targets"], batch["loss_mask"]
     )
     return loss, {"weight": aux["ntokens"], "accuracy": aux["accuracy"]}

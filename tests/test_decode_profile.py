@@ -29,20 +29,28 @@ STACK = "jit(decode)/while/body/Transformer.extend/Transformer._layers/layers_3"
         (f"{STACK}/mlp/mul", "other model ops"),
         (f"{STACK}/input_norm/rsqrt", "other model ops"),
         ("jit(decode)/while/body/jit(_where)/select_n", "sampling, loop"),
+        ("", "no op_name"),
     ],
 )
 def test_groups_by_the_code_that_made_the_operation(op_name, group):
     assert decode_profile.group_of(op_name) == group
 
 
-def test_loops_are_not_thunks_of_their_own():
+def test_loops_are_not_thunks_of_their_own_and_every_other_instruction_is():
     hlo = (
         '  %w = (s32[]) while(%t), condition=%c, body=%b, metadata={op_name="jit(f)/while"}\n'
         "  %ynn_fusion.3 = f32[4,8]{1,0} fusion(%p), kind=kCustom, calls=%f, "
         'metadata={op_name="jit(f)/while/body/Transformer.extend/x/attn/q/dot_general"}\n'
+        "  %wrapped_convert.2 = f32[30,8]{1,0} fusion(%q), kind=kLoop, calls=%g\n"
+        "  %multi = (f32[2]{0}, f32[3]{0}) fusion(%r), kind=kLoop, calls=%h, "
+        'metadata={op_name="jit(f)/add"}\n'
     )
-    assert decode_profile.thunk_op_names(hlo) == {
-        "ynn_fusion.3": "jit(f)/while/body/Transformer.extend/x/attn/q/dot_general"
+    assert decode_profile.thunks(hlo) == {
+        "ynn_fusion.3": decode_profile.Thunk(
+            "fusion", "jit(f)/while/body/Transformer.extend/x/attn/q/dot_general"
+        ),
+        "wrapped_convert.2": decode_profile.Thunk("fusion", ""),
+        "multi": decode_profile.Thunk("fusion", "jit(f)/add"),
     }
 
 

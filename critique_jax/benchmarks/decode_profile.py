@@ -19,6 +19,7 @@ thread; each is put in one group by the model code that made it (its op_name):
   attention         scores, softmax and values over the cache, the cache writes, their layouts
   other model ops   norms, residual adds, rotary embedding, masks, the embedding lookup
   sampling, loop    the token draw, its log-prob, the loop's bookkeeping
+  no op_name        what XLA made on its own (layout copies, moved converts)
 
 `busy` is, for each thread that ran thunks (XLA's pool, and the caller's thread, which runs
 some inline), its thunk time over the traced call's wall time: what is left is time it waited
@@ -30,13 +31,14 @@ and it says so.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import re
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -49,12 +51,21 @@ from critique_jax.sampling.filters import FilterSpec
 from critique_jax.sampling.generate import knobs
 from critique_jax.sampling.params import SamplingParams
 
-GROUPS = ("weight matmuls", "vocabulary", "attention", "other model ops", "sampling, loop")
+GROUPS = (
+    "weight matmuls",
+    "vocabulary",
+    "attention",
+    "other model ops",
+    "sampling, loop",
+    "no op_name",
+)
 _PROJECTION = re.compile(r"/(attn/[qkvo]|mlp/(gate|up|down))/dot_general")
 
 
 def group_of(op_name: str) -> str:
     """The group of a thunk from its op_name (the JAX call stack that emitted it)."""
+    if not op_name:
+        return "no op_name"
     if _PROJECTION.search(op_name):
         return "weight matmuls"
     if "Transformer.head" in op_name:
@@ -66,35 +77,43 @@ def group_of(op_name: str) -> str:
     return "sampling, loop"
 
 
-def thunk_op_names(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> op_name, for the instructions of a compiled program's text that
-    run as thunks of their own (not a loop, whose span holds its body's thunks)."""
-    pattern = re.compile(
-        r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w-]*)\(.*?op_name=\"([^\"]*)\"", re.M
+class Thunk(NamedTuple):
+    kind: str  # the HLO opcode: dot, fusion, copy, ...
+    op_name: str  # the JAX call stack that emitted it; "" for what XLA made on its own
+
+
+def thunks(hlo_text: str) -> dict[str, Thunk]:
+    """Instruction name -> Thunk, for the instructions of a compiled program's text that run
+    as thunks of their own (not a loop, whose span holds its body's thunks)."""
+    instruction = re.compile(
+        r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) (\w[\w-]*)\((.*)$", re.M
     )
-    return {
-        name: op
-        for name, kind, op in pattern.findall(hlo_text)
-        if kind not in ("while", "conditional", "call")
-    }
+    op_name = re.compile(r'op_name="([^"]*)"')
+    found = {}
+    for name, kind, rest in instruction.findall(hlo_text):
+        if kind not in ("while", "conditional", "call"):
+            named = op_name.search(rest)
+            found[name] = Thunk(kind, named.group(1) if named else "")
+    return found
 
 
-def split_trace(trace_dir: Path, op_names: dict[str, str]) -> dict:
-    """Thunk seconds per group and per thread, from the trace `jax.profiler.trace` wrote."""
+def trace_seconds(trace_dir: Path, names: Mapping[str, Thunk]) -> tuple[Counter, Counter]:
+    """Seconds per thunk (by instruction name) and per thread, from the trace that
+    `jax.profiler.trace` wrote; spans that are not thunks of `names` (the executor's own,
+    waits, loops) are left out."""
     traces = sorted(trace_dir.rglob("*.xplane.pb"))
     if not traces:
         raise RuntimeError(f"jax.profiler wrote no trace under {trace_dir}")
-    groups: collections.Counter = collections.Counter()
-    threads: collections.Counter = collections.Counter()
+    seconds: Counter = Counter()
+    threads: Counter = Counter()
     for plane in jax.profiler.ProfileData.from_file(str(traces[-1])).planes:
         for line in plane.lines:
             for event in line.events:
                 name = event.name.removeprefix("end: ")
-                if name not in op_names:  # the executor's own spans, waits, the while loop
-                    continue
-                groups[group_of(op_names[name])] += event.duration_ns / 1e9
-                threads[line.name] += event.duration_ns / 1e9
-    return dict(groups=groups, threads=threads)
+                if name in names:
+                    seconds[name] += event.duration_ns / 1e9
+                    threads[line.name] += event.duration_ns / 1e9
+    return seconds, threads
 
 
 def build(args: argparse.Namespace) -> tuple[ModelConfig, Any]:
@@ -137,7 +156,7 @@ def profile(args: argparse.Namespace) -> dict:
     # thunks.
     lowered = decode.lower(params, start(), placed, cfg=engine.run_cfg, spec=spec, max_new=new)
     compiled = lowered.compile()
-    op_names = thunk_op_names(compiled.as_text())
+    names = thunks(compiled.as_text())
 
     def run(state):
         return jax.block_until_ready(compiled(params, state, placed))
@@ -155,9 +174,12 @@ def profile(args: argparse.Namespace) -> dict:
             began = time.perf_counter()
             run(state)
             traced = time.perf_counter() - began
-        split = split_trace(Path(trace_dir), op_names)
+        per_thunk, threads = trace_seconds(Path(trace_dir), names)
+    groups: Counter = Counter()
+    for name, s in per_thunk.items():
+        groups[group_of(names[name].op_name)] += s
     steps = new - 1  # the first token comes from the prefill
-    busy = sum(split["threads"].values())
+    busy = sum(threads.values())
     return dict(
         model=args.model or args.preset,
         rows=rows,
@@ -166,9 +188,9 @@ def profile(args: argparse.Namespace) -> dict:
         new_tokens=new,
         ms_per_step=1e3 * min(seconds) / steps,
         traced_ms_per_step=1e3 * traced / steps,
-        busy=sorted((t / traced for t in split["threads"].values()), reverse=True),
-        thread_ms_per_step={g: 1e3 * split["groups"][g] / steps for g in GROUPS},
-        share={g: split["groups"][g] / busy if busy else 0.0 for g in GROUPS},
+        busy=sorted((t / traced for t in threads.values()), reverse=True),
+        thread_ms_per_step={g: 1e3 * groups[g] / steps for g in GROUPS},
+        share={g: groups[g] / busy if busy else 0.0 for g in GROUPS},
     )
 
 

@@ -38,11 +38,14 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from critique_jax.errors import run_main
+
+if TYPE_CHECKING:  # the PyTorch child process never imports JAX
+    from critique_jax.trainer import Trainer
 
 
 def model_config(model: str, dtype: str):
@@ -81,20 +84,19 @@ def random_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, n
     }
 
 
-def run_ours(
+def make_trainer(
     cfg,
     batch: dict[str, np.ndarray],
     steps: int,
-    warmup: int,
     mesh: tuple[int, int, int],
-    peak: float | None,
-) -> dict[str, Any]:
+    peak: float | None = None,
+) -> Trainer:
+    """The benchmark's `Trainer` (AdamW, global-norm clipping), its state initialised."""
     from critique_jax.config import MeshConfig, OptimConfig, TrainConfig
-    from critique_jax.metrics import mfu, training_flops_per_token
     from critique_jax.trainer import Trainer
 
     b, t = batch["inputs"].shape
-    train = TrainConfig(steps=warmup + steps, batch_size=b, seq_len=t, log_every=10**9)
+    train = TrainConfig(steps=steps, batch_size=b, seq_len=t, log_every=10**9)
     trainer = Trainer(
         cfg,
         train,
@@ -103,6 +105,21 @@ def run_ours(
         peak_flops=peak,
     )
     trainer.init_state()
+    return trainer
+
+
+def run_ours(
+    cfg,
+    batch: dict[str, np.ndarray],
+    steps: int,
+    warmup: int,
+    mesh: tuple[int, int, int],
+    peak: float | None,
+) -> dict[str, Any]:
+    from critique_jax.metrics import mfu, training_flops_per_token
+
+    b, t = batch["inputs"].shape
+    trainer = make_trainer(cfg, batch, warmup + steps, mesh, peak)
     start = time.perf_counter()
     trainer.train_step(batch)  # compiles, then runs the first warm-up step
     first_s = time.perf_counter() - start

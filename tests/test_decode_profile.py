@@ -8,6 +8,7 @@ import json
 import pytest
 
 from critique_jax.benchmarks import decode_profile
+from critique_jax.benchmarks.thunk_trace import Thunk, thunks
 from critique_jax.errors import UserError
 
 STACK = "jit(decode)/while/body/Transformer.extend/Transformer._layers/layers_3"
@@ -45,12 +46,12 @@ def test_loops_are_not_thunks_of_their_own_and_every_other_instruction_is():
         "  %multi = (f32[2]{0}, f32[3]{0}) fusion(%r), kind=kLoop, calls=%h, "
         'metadata={op_name="jit(f)/add"}\n'
     )
-    assert decode_profile.thunks(hlo) == {
-        "ynn_fusion.3": decode_profile.Thunk(
+    assert thunks(hlo) == {
+        "ynn_fusion.3": Thunk(
             "fusion", "jit(f)/while/body/Transformer.extend/x/attn/q/dot_general"
         ),
-        "wrapped_convert.2": decode_profile.Thunk("fusion", ""),
-        "multi": decode_profile.Thunk("fusion", "jit(f)/add"),
+        "wrapped_convert.2": Thunk("fusion", ""),
+        "multi": Thunk("fusion", "jit(f)/add"),
     }
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from critique_jax.benchmarks import train_profile
-from critique_jax.benchmarks.decode_profile import Thunk
+from critique_jax.benchmarks.thunk_trace import Thunk
 from critique_jax.errors import UserError
 
 LAYER = "jit(train_step)/jvp(Transformer)/Transformer._layers/while/body/closed_call/layers"

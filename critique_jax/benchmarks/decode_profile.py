@@ -10,9 +10,8 @@ new tokens with no stop token, every row decoding every step. Token values do no
 cost, so the prompts are random tokens; `--preset` uses random weights of a preset's shape
 (nothing to download), `--model` a checkpoint's own.
 
-XLA:CPU runs a program as a list of thunks (a matmul, a fused loop, a copy) on a pool of
-threads, several at once when independent. The trace records each thunk's time on its
-thread; each is put in one group by the model code that made it (its op_name):
+Each thunk of the traced call (`benchmarks.thunk_trace`) is put in one group by the model
+code that made it (its op_name):
 
   weight matmuls    the q, k, v, o and MLP projections
   vocabulary        the output projection onto the vocabulary
@@ -31,20 +30,22 @@ and it says so.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import tempfile
 import time
-from collections import Counter
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
+from critique_jax.benchmarks.thunk_trace import (
+    grouped,
+    print_split,
+    require_cpu,
+    thunks,
+    traced_run,
+)
 from critique_jax.checkpoints.hf import load_hf
-from critique_jax.errors import UserError, run_main
+from critique_jax.errors import run_main
 from critique_jax.models import ModelConfig, init_params, preset
 from critique_jax.sampling.engine import Engine, Rows, decode
 from critique_jax.sampling.filters import FilterSpec
@@ -77,45 +78,6 @@ def group_of(op_name: str) -> str:
     return "sampling, loop"
 
 
-class Thunk(NamedTuple):
-    kind: str  # the HLO opcode: dot, fusion, copy, ...
-    op_name: str  # the JAX call stack that emitted it; "" for what XLA made on its own
-
-
-def thunks(hlo_text: str) -> dict[str, Thunk]:
-    """Instruction name -> Thunk, for the instructions of a compiled program's text that run
-    as thunks of their own (not a loop, whose span holds its body's thunks)."""
-    instruction = re.compile(
-        r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) (\w[\w-]*)\((.*)$", re.M
-    )
-    op_name = re.compile(r'op_name="([^"]*)"')
-    found = {}
-    for name, kind, rest in instruction.findall(hlo_text):
-        if kind not in ("while", "conditional", "call"):
-            named = op_name.search(rest)
-            found[name] = Thunk(kind, named.group(1) if named else "")
-    return found
-
-
-def trace_seconds(trace_dir: Path, names: Mapping[str, Thunk]) -> tuple[Counter, Counter]:
-    """Seconds per thunk (by instruction name) and per thread, from the trace that
-    `jax.profiler.trace` wrote; spans that are not thunks of `names` (the executor's own,
-    waits, loops) are left out."""
-    traces = sorted(trace_dir.rglob("*.xplane.pb"))
-    if not traces:
-        raise RuntimeError(f"jax.profiler wrote no trace under {trace_dir}")
-    seconds: Counter = Counter()
-    threads: Counter = Counter()
-    for plane in jax.profiler.ProfileData.from_file(str(traces[-1])).planes:
-        for line in plane.lines:
-            for event in line.events:
-                name = event.name.removeprefix("end: ")
-                if name in names:
-                    seconds[name] += event.duration_ns / 1e9
-                    threads[line.name] += event.duration_ns / 1e9
-    return seconds, threads
-
-
 def build(args: argparse.Namespace) -> tuple[ModelConfig, Any]:
     """The model config and parameters: a checkpoint's own, or random ones of a preset."""
     if args.model:
@@ -127,12 +89,7 @@ def build(args: argparse.Namespace) -> tuple[ModelConfig, Any]:
 
 
 def profile(args: argparse.Namespace) -> dict:
-    if jax.default_backend() != "cpu":
-        raise UserError(
-            f"decode_profile splits XLA:CPU thunks; this backend is {jax.default_backend()!r}. "
-            "Run it with JAX_PLATFORMS=cpu, or profile an accelerator with jax.profiler and "
-            "TensorBoard."
-        )
+    require_cpu("decode_profile")
     cfg, params = build(args)
     engine = Engine(cfg)
     params = engine.prepare(params)
@@ -169,15 +126,8 @@ def profile(args: argparse.Namespace) -> dict:
         run(state)
         seconds.append(time.perf_counter() - began)
     state = start()
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            began = time.perf_counter()
-            run(state)
-            traced = time.perf_counter() - began
-        per_thunk, threads = trace_seconds(Path(trace_dir), names)
-    groups: Counter = Counter()
-    for name, s in per_thunk.items():
-        groups[group_of(names[name].op_name)] += s
+    traced, per_thunk, threads = traced_run(lambda: run(state), names)
+    groups = grouped(per_thunk, names, lambda thunk: group_of(thunk.op_name), GROUPS)
     steps = new - 1  # the first token comes from the prefill
     busy = sum(threads.values())
     return dict(
@@ -209,14 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = profile(args)
     busy = ", ".join(f"{b:.0%}" for b in result["busy"])
-    print(
+    header = (
         f"{result['ms_per_step']:.1f} ms per decode step, {result['rows']} rows; threads "
         f"busy {busy} of the traced call. Thread time per step:"
     )
-    for group in GROUPS:
-        ms, share = result["thread_ms_per_step"][group], result["share"][group]
-        print(f"  {group:16s} {ms:7.1f} ms  {share:5.1%}")
-    print(json.dumps(result))
+    print_split(header, result["thread_ms_per_step"], "ms", result)
 
 
 if __name__ == "__main__":

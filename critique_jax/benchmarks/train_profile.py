@@ -6,7 +6,7 @@
 
 The step is `benchmarks.training`'s (the same model config, random batch, AdamW with
 global-norm clipping, and glibc's huge-page tunable). Each thunk of the traced step goes in
-one group by the code that made it (its op_name, as in `benchmarks.decode_profile`):
+one group by the code that made it (its op_name; `benchmarks.thunk_trace`):
 
   weight matmuls     the q, k, v, o and MLP projections and their gradient matmuls
   vocabulary         the output projection, the fused cross-entropy and its gradients
@@ -25,18 +25,21 @@ is one JSON object. CPU only, like the decode profile.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import tempfile
 import time
-from collections import Counter
-from pathlib import Path
 
 import jax
 
-from critique_jax.benchmarks.decode_profile import Thunk, thunks, trace_seconds
+from critique_jax.benchmarks.thunk_trace import (
+    Thunk,
+    grouped,
+    print_split,
+    require_cpu,
+    thunks,
+    traced_run,
+)
 from critique_jax.benchmarks.training import make_trainer, model_config, random_batch
-from critique_jax.errors import UserError, run_main
+from critique_jax.errors import run_main
 
 GROUPS = (
     "weight matmuls",
@@ -71,12 +74,7 @@ def group_of(thunk: Thunk) -> str:
 
 
 def profile(args: argparse.Namespace) -> dict:
-    if jax.default_backend() != "cpu":
-        raise UserError(
-            f"train_profile splits XLA:CPU thunks; this backend is {jax.default_backend()!r}. "
-            "Run it with JAX_PLATFORMS=cpu, or profile an accelerator with jax.profiler and "
-            "TensorBoard."
-        )
+    require_cpu("train_profile")
     from critique_jax.sharding import mesh_context, replicated
     from critique_jax.trainer import train_step
 
@@ -104,15 +102,8 @@ def profile(args: argparse.Namespace) -> dict:
         began = time.perf_counter()
         step()
         seconds.append(time.perf_counter() - began)
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            began = time.perf_counter()
-            step()
-            traced = time.perf_counter() - began
-        per_thunk, threads = trace_seconds(Path(trace_dir), names)
-    groups: Counter = Counter()
-    for name, s in per_thunk.items():
-        groups[group_of(names[name])] += s
+    traced, per_thunk, threads = traced_run(step, names)
+    groups = grouped(per_thunk, names, group_of, GROUPS)
     busy = sum(threads.values())
     matmuls = sum(s for name, s in per_thunk.items() if is_matmul(names[name]))
     return dict(
@@ -123,7 +114,7 @@ def profile(args: argparse.Namespace) -> dict:
         step_s=min(seconds),
         traced_s=traced,
         busy=sorted((t / traced for t in threads.values()), reverse=True),
-        thread_s={g: groups[g] for g in GROUPS},
+        thread_s=groups,
         share={g: groups[g] / busy if busy else 0.0 for g in GROUPS},
         matmul_share=matmuls / busy if busy else 0.0,
     )
@@ -138,14 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="untraced steps (min kept)")
     result = profile(parser.parse_args(argv))
     busy = ", ".join(f"{b:.0%}" for b in result["busy"])
-    print(
+    header = (
         f"{result['step_s']:.2f} s per train step; threads busy {busy} of the traced step; "
         f"matmuls {result['matmul_share']:.1%} of the busy time. Thread time per step:"
     )
-    for group in GROUPS:
-        s, share = result["thread_s"][group], result["share"][group]
-        print(f"  {group:16s} {s:7.2f} s  {share:5.1%}")
-    print(json.dumps(result))
+    print_split(header, result["thread_s"], "s", result)
 
 
 if __name__ == "__main__":

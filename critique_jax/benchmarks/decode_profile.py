@@ -37,13 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from critique_jax.benchmarks.thunk_trace import (
-    grouped,
-    print_split,
-    require_cpu,
-    thunks,
-    traced_run,
-)
+from critique_jax.benchmarks.thunk_trace import print_split, require_cpu, thunks, traced_split
 from critique_jax.checkpoints.hf import load_hf
 from critique_jax.errors import run_main
 from critique_jax.models import ModelConfig, init_params, preset
@@ -126,10 +120,8 @@ def profile(args: argparse.Namespace) -> dict:
         run(state)
         seconds.append(time.perf_counter() - began)
     state = start()
-    traced, per_thunk, threads = traced_run(lambda: run(state), names)
-    groups = grouped(per_thunk, names, lambda thunk: group_of(thunk.op_name), GROUPS)
+    split = traced_split(lambda: run(state), names, lambda t: group_of(t.op_name), GROUPS)
     steps = new - 1  # the first token comes from the prefill
-    busy = sum(threads.values())
     return dict(
         model=args.model or args.preset,
         rows=rows,
@@ -137,10 +129,10 @@ def profile(args: argparse.Namespace) -> dict:
         width=args.width,
         new_tokens=new,
         ms_per_step=1e3 * min(seconds) / steps,
-        traced_ms_per_step=1e3 * traced / steps,
-        busy=sorted((t / traced for t in threads.values()), reverse=True),
-        thread_ms_per_step={g: 1e3 * groups[g] / steps for g in GROUPS},
-        share={g: groups[g] / busy if busy else 0.0 for g in GROUPS},
+        traced_ms_per_step=1e3 * split.wall / steps,
+        busy=split.busy,
+        thread_ms_per_step={g: 1e3 * s / steps for g, s in split.seconds.items()},
+        share=split.share,
     )
 
 
@@ -163,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['ms_per_step']:.1f} ms per decode step, {result['rows']} rows; threads "
         f"busy {busy} of the traced call. Thread time per step:"
     )
-    print_split(header, result["thread_ms_per_step"], "ms", result)
+    print_split(header, result["thread_ms_per_step"], result["share"], "ms", result)
 
 
 if __name__ == "__main__":

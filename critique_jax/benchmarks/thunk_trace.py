@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,12 +52,26 @@ def thunks(hlo_text: str) -> dict[str, Thunk]:
     return found
 
 
-def traced_run(
-    run: Callable[[], Any], names: Mapping[str, Thunk]
-) -> tuple[float, Counter, Counter]:
-    """`run()` once under the profiler: its wall seconds, and seconds per thunk (by
-    instruction name) and per thread. Spans that are not thunks of `names` (the executor's
-    own, waits, loops) are left out."""
+@dataclass(frozen=True)
+class Split:
+    """One traced run: its wall seconds, each thunk's seconds, and per group their sum and
+    share of the busy time (the thunk seconds of every thread)."""
+
+    wall: float
+    per_thunk: Counter
+    seconds: dict[str, float]  # per group, in the order of the groups given
+    share: dict[str, float]
+    busy: list[float]  # each thread's thunk seconds over the wall time, largest first
+
+
+def traced_split(
+    run: Callable[[], Any],
+    names: Mapping[str, Thunk],
+    group_of: Callable[[Thunk], str],
+    groups: Sequence[str],
+) -> Split:
+    """`run()` once under the profiler, its thunks (`names`) grouped by `group_of`. Spans
+    that are not thunks of `names` (the executor's own, waits, loops) are left out."""
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             began = time.perf_counter()
@@ -74,28 +89,25 @@ def traced_run(
                     if name in names:
                         per_thunk[name] += event.duration_ns / 1e9
                         threads[line.name] += event.duration_ns / 1e9
-    return wall, per_thunk, threads
-
-
-def grouped(
-    per_thunk: Mapping[str, float],
-    names: Mapping[str, Thunk],
-    group_of: Callable[[Thunk], str],
-    groups: Sequence[str],
-) -> dict[str, float]:
-    """Seconds per group, in the order of `groups`."""
     total: Counter = Counter()
     for name, seconds in per_thunk.items():
         total[group_of(names[name])] += seconds
-    return {g: total[g] for g in groups}
+    busy = sum(threads.values())
+    return Split(
+        wall=wall,
+        per_thunk=per_thunk,
+        seconds={g: total[g] for g in groups},
+        share={g: total[g] / busy if busy else 0.0 for g in groups},
+        busy=sorted((t / wall for t in threads.values()), reverse=True),
+    )
 
 
-def print_split(header: str, amounts: Mapping[str, float], unit: str, result: dict) -> None:
-    """The header, each group's amount and share of their sum, then `result` as the last line
-    (one JSON object)."""
-    busy = sum(amounts.values())
+def print_split(
+    header: str, amounts: Mapping[str, float], share: Mapping[str, float], unit: str, result: dict
+) -> None:
+    """The header, each group's amount and share, then `result` as the last line (one JSON
+    object)."""
     print(header)
     for group, amount in amounts.items():
-        share = amount / busy if busy else 0.0
-        print(f"  {group:16s} {amount:8.2f} {unit}  {share:5.1%}")
+        print(f"  {group:16s} {amount:8.2f} {unit}  {share[group]:5.1%}")
     print(json.dumps(result))

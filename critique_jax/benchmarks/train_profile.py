@@ -32,14 +32,15 @@ import jax
 
 from critique_jax.benchmarks.thunk_trace import (
     Thunk,
-    grouped,
     print_split,
     require_cpu,
     thunks,
-    traced_run,
+    traced_split,
 )
 from critique_jax.benchmarks.training import make_trainer, model_config, random_batch
 from critique_jax.errors import run_main
+from critique_jax.sharding import mesh_context, replicated
+from critique_jax.trainer import train_step
 
 GROUPS = (
     "weight matmuls",
@@ -75,9 +76,6 @@ def group_of(thunk: Thunk) -> str:
 
 def profile(args: argparse.Namespace) -> dict:
     require_cpu("train_profile")
-    from critique_jax.sharding import mesh_context, replicated
-    from critique_jax.trainer import train_step
-
     cfg = model_config(args.model, args.dtype)
     local = random_batch(cfg.vocab_size, args.batch, args.seq)
     trainer = make_trainer(cfg, local, args.repeats + 2, (1, 1, 1))
@@ -102,20 +100,19 @@ def profile(args: argparse.Namespace) -> dict:
         began = time.perf_counter()
         step()
         seconds.append(time.perf_counter() - began)
-    traced, per_thunk, threads = traced_run(step, names)
-    groups = grouped(per_thunk, names, group_of, GROUPS)
-    busy = sum(threads.values())
-    matmuls = sum(s for name, s in per_thunk.items() if is_matmul(names[name]))
+    split = traced_split(step, names, group_of, GROUPS)
+    busy = sum(split.seconds.values())
+    matmuls = sum(s for name, s in split.per_thunk.items() if is_matmul(names[name]))
     return dict(
         model=args.model,
         batch=args.batch,
         seq=args.seq,
         dtype=args.dtype,
         step_s=min(seconds),
-        traced_s=traced,
-        busy=sorted((t / traced for t in threads.values()), reverse=True),
-        thread_s=groups,
-        share={g: groups[g] / busy if busy else 0.0 for g in GROUPS},
+        traced_s=split.wall,
+        busy=split.busy,
+        thread_s=split.seconds,
+        share=split.share,
         matmul_share=matmuls / busy if busy else 0.0,
     )
 
@@ -133,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['step_s']:.2f} s per train step; threads busy {busy} of the traced step; "
         f"matmuls {result['matmul_share']:.1%} of the busy time. Thread time per step:"
     )
-    print_split(header, result["thread_s"], "s", result)
+    print_split(header, result["thread_s"], result["share"], "s", result)
 
 
 if __name__ == "__main__":

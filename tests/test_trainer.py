@@ -4,6 +4,7 @@ metrics, launch environment. (Non-finite loss handling is in test_checkpoint.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -215,6 +216,43 @@ def test_sft_loss_fn_gradients_equal_those_of_the_full_logits(tied):
     assert set(got) == set(want) and ("lm_head" in got) is not tied
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- remat
+
+
+@functools.cache  # the remat-free baseline is shared by the cases a worker runs
+def _loss_and_grads(cfg) -> tuple[jax.Array, dict]:
+    """SFT loss and its parameter gradients on batch(0), from the same random parameters
+    whatever `cfg.remat` is (a policy adds no parameters)."""
+    from critique_jax.losses import sft_loss
+    from critique_jax.models import Transformer, init_params
+
+    data = batch(0)
+    params = init_params(cfg, jax.random.key(0))
+
+    def loss(p):
+        logits = Transformer(cfg).apply(
+            {"params": p}, data["inputs"], data["positions"], data["segment_ids"]
+        )
+        return sft_loss(logits, data["targets"], data["loss_mask"])[0]
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize(
+    "remat, scan_layers", [("full", True), ("dots", True), ("dots_no_batch", True), ("full", False)]
+)
+def test_remat_changes_what_is_stored_not_what_is_computed(remat, scan_layers):
+    base = preset("tiny", scan_layers=scan_layers)
+    want_loss, want_grads = _loss_and_grads(base)
+    loss, grads = _loss_and_grads(dataclasses.replace(base, remat=remat))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    jax.tree.map(
+        lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
+        grads,
+        want_grads,
+    )
 
 
 # --------------------------------------------------------------------------- metrics

@@ -277,12 +277,6 @@ def workload(
     return crit_prompts, ref_prompts, crit_stage, ref_stage
 
 
-def device_peak_mb() -> float | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    return None if peak is None else peak / 2**20
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True, help="HF checkpoint directory")
@@ -341,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
             refine_stage=ref.summary(),
             compile_s=first - (ours.prefill_s + ours.decode_s),
             peak_rss_mb=ours_mem.mb,
-            device_peak_mb=device_peak_mb(),
+            device_peak_mb=roofline.device_peak_mb(),
             load_avg=[load_before, os.getloadavg()[0]],
         ),
     )

@@ -38,6 +38,13 @@ PEAK_BANDWIDTH = (
 )
 
 
+def device_peak_mb() -> float | None:
+    """The accelerator's peak allocated memory in MiB (None on a CPU, which keeps no count)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
 def _best_seconds(fn, *args, repeats: int = 5) -> float:
     jax.block_until_ready(fn(*args))
     times = []

@@ -4,8 +4,8 @@
     python -m critique_jax.benchmarks.train_profile --model HF_DIR --batch 4 --seq 512
     python -m critique_jax.benchmarks.train_profile --model smollm2-135m --dtype bfloat16
 
-The step is `benchmarks.training`'s (the same model config, random batch, AdamW with
-global-norm clipping, and glibc's huge-page tunable). Each thunk of the traced step goes in
+The step is `benchmarks.training`'s (the same model config and `--remat`, random batch, AdamW
+with global-norm clipping, and glibc's huge-page tunable). Each thunk of the traced step goes in
 one group by the code that made it (its op_name; `benchmarks.thunk_trace`):
 
   weight matmuls     the q, k, v, o and MLP projections and their gradient matmuls
@@ -39,6 +39,7 @@ from critique_jax.benchmarks.thunk_trace import (
 )
 from critique_jax.benchmarks.training import make_trainer, model_config, random_batch
 from critique_jax.errors import run_main
+from critique_jax.models.config import REMAT_POLICIES
 from critique_jax.sharding import mesh_context, replicated
 from critique_jax.trainer import train_step
 
@@ -76,7 +77,7 @@ def group_of(thunk: Thunk) -> str:
 
 def profile(args: argparse.Namespace) -> dict:
     require_cpu("train_profile")
-    cfg = model_config(args.model, args.dtype)
+    cfg = model_config(args.model, args.dtype, args.remat)
     local = random_batch(cfg.vocab_size, args.batch, args.seq)
     trainer = make_trainer(cfg, local, args.repeats + 2, (1, 1, 1))
     batch = trainer.shard_batch(local)
@@ -108,6 +109,7 @@ def profile(args: argparse.Namespace) -> dict:
         batch=args.batch,
         seq=args.seq,
         dtype=args.dtype,
+        remat=args.remat,
         step_s=min(seconds),
         traced_s=split.wall,
         busy=split.busy,
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--remat", choices=REMAT_POLICIES, default="none")
     parser.add_argument("--repeats", type=int, default=2, help="untraced steps (min kept)")
     result = profile(parser.parse_args(argv))
     busy = ", ".join(f"{b:.0%}" for b in result["busy"])

@@ -22,8 +22,11 @@ the FLOP formula of `critique_jax.metrics` against the device's bf16 peak (None 
 XLA reaches here at the step's token count (`matmul_fraction`,
 `benchmarks.roofline.matmul_flops`). On a CPU, our side runs with glibc's huge-page tunable
 (`backend.restart_with_huge_pages`; `malloc_hugetlb` in the JSON says whether it was set) and
-the PyTorch child without it, which is faster for PyTorch. The last line printed is one JSON
-object.
+the PyTorch child without it, which is faster for PyTorch.
+
+`--remat` sets what our backward pass recomputes instead of storing (`ModelConfig.remat`).
+Each side's peak memory (`ours_peak_mb`, `torch_peak_mb`) is its process's peak RSS on a CPU
+and the device's peak allocation on an accelerator. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -48,20 +52,29 @@ if TYPE_CHECKING:  # the PyTorch child process never imports JAX
     from critique_jax.trainer import Trainer
 
 
-def model_config(model: str, dtype: str):
-    """A preset name or an HF directory; bf16 means bf16 compute over fp32 parameters."""
+def model_config(model: str, dtype: str, remat: str = "none"):
+    """A preset name or an HF directory; bf16 means bf16 compute over fp32 parameters;
+    `remat` is ModelConfig's (what the backward pass recomputes instead of storing)."""
     from critique_jax.checkpoints.hf import config_from_hf, read_hf_config
     from critique_jax.config import ConfigError
     from critique_jax.models.config import PRESETS, preset
 
     if Path(model).expanduser().is_dir():
-        return config_from_hf(read_hf_config(model), dtype=dtype, param_dtype="float32")
+        return config_from_hf(
+            read_hf_config(model), dtype=dtype, param_dtype="float32", remat=remat
+        )
     if model not in PRESETS:
         raise ConfigError(
             f"--model {model!r} is neither an HF checkpoint directory nor a preset; give a "
             f"directory with config.json or one of {sorted(PRESETS)}"
         )
-    return preset(model, dtype=dtype, param_dtype="float32")
+    return preset(model, dtype=dtype, param_dtype="float32", remat=remat)
+
+
+def host_peak_mb() -> float:
+    """This process's peak resident memory in MiB: each side runs in a process of its own."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / (2**20 if sys.platform == "darwin" else 2**10)  # macOS counts bytes
 
 
 def timed(fn, steps: int) -> list[float]:
@@ -116,6 +129,7 @@ def run_ours(
     mesh: tuple[int, int, int],
     peak: float | None,
 ) -> dict[str, Any]:
+    from critique_jax.benchmarks import roofline
     from critique_jax.metrics import mfu, training_flops_per_token
 
     b, t = batch["inputs"].shape
@@ -127,6 +141,7 @@ def run_ours(
         trainer.train_step(batch)
     times = timed(lambda: trainer.train_step(batch), steps)  # each step waits for metrics
     compile_s = first_s - float(np.median(times))
+    device_peak = roofline.device_peak_mb()
     n_dev = trainer.mesh.devices.size
     flops = training_flops_per_token(cfg, t) * b * t
     result = {
@@ -135,6 +150,7 @@ def run_ours(
         "compile_s": compile_s,
         "mfu": mfu(flops, float(np.median(times)), n_dev, trainer.peak_flops),
         "devices": n_dev,
+        "peak_mb": host_peak_mb() if device_peak is None else device_peak,
     }
     trainer.state = None  # free parameters and optimizer state before the PyTorch run
     gc.collect()
@@ -178,10 +194,12 @@ def run_torch(spec: dict[str, Any]) -> dict[str, Any]:
         step()
     times = timed(step, spec["steps"])
     b, t = inputs.shape
+    cuda = device == "cuda"
     return {
         "tokens_per_s": b * t / float(np.median(times)),
         "step_s": [round(x, 4) for x in times],
         "threads": torch.get_num_threads(),
+        "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else host_peak_mb(),
     }
 
 
@@ -232,7 +250,7 @@ def torch_in_child(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="preset name or HF checkpoint directory")
     p.add_argument("--batch", type=int, default=4)
@@ -240,6 +258,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument(
+        "--remat", default="none", help="what our backward pass recomputes (ModelConfig.remat)"
+    )
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (-1: fill)")
     p.add_argument(
         "--peak-flops",
@@ -249,12 +270,16 @@ def main() -> None:
     )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: the child process
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.torch_worker:
         print(json.dumps(run_torch(json.loads(Path(args.torch_worker).read_text()))))
         return
     if not args.model:
         p.error("--model is required")
+    from critique_jax.models.config import REMAT_POLICIES  # not before: the child has no JAX
+
+    if args.remat not in REMAT_POLICIES:
+        p.error(f"--remat {args.remat!r}: choose one of {', '.join(REMAT_POLICIES)}")
 
     import jax
 
@@ -262,7 +287,7 @@ def main() -> None:
     from critique_jax.benchmarks import roofline
     from critique_jax.metrics import peak_flops_per_device, training_flops_per_token
 
-    cfg = model_config(args.model, args.dtype)
+    cfg = model_config(args.model, args.dtype, args.remat)
     mesh = tuple(int(x) for x in args.mesh.split(","))
     batch = random_batch(cfg.vocab_size, args.batch, args.seq)
     peak = args.peak_flops or peak_flops_per_device()
@@ -294,11 +319,15 @@ def main() -> None:
                 "matmul_gflops": round(rate / 1e9, 1) if rate else None,
                 "ours_matmul_fraction": matmul_fraction(ours["tokens_per_s"]),
                 "torch_matmul_fraction": matmul_fraction(torch_tps),
+                "ours_peak_mb": round(ours["peak_mb"]),
+                "torch_peak_mb": round(theirs["peak_mb"]) if theirs else None,
+                "peak_of": "host RSS" if jax.default_backend() == "cpu" else "device memory",
                 "model": args.model,
                 "params": cfg.num_params(),
                 "batch": args.batch,
                 "seq": args.seq,
                 "dtype": args.dtype,
+                "remat": args.remat,
                 "device": jax.devices()[0].device_kind,
                 "cpu_count": os.cpu_count(),
                 "malloc_hugetlb": huge_pages_set(),

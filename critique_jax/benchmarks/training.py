@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     # count is the yardstick: each side's FLOPs per second as a fraction of it. It is measured
     # before and after the two runs and the best kept: a shared CPU can lose a core for
     # seconds (one run measured 110 GFLOP/s where the next measured 212).
-    rates = [] if peak else [matmul_rate()]
+    before = None if peak else matmul_rate()
     # PyTorch first: its child exits and frees the device, while JAX's allocator keeps the
     # memory it grew to (an accelerator would otherwise have none left for the child).
     theirs = None
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     ours = run_ours(cfg, batch, args.steps, args.warmup, mesh, peak)
     print(f"critique_jax: {ours}", flush=True)
     torch_tps = theirs["tokens_per_s"] if theirs else None
-    rate = max([*rates, matmul_rate()]) if rates else None
+    rate = None if peak else max(before, matmul_rate())
 
     def matmul_fraction(tokens_per_s: float | None) -> float | None:
         if rate is None or tokens_per_s is None:

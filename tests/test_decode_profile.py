@@ -4,11 +4,12 @@ add up to the threads' busy time (its figures live in the benchmark, not in a te
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from critique_jax.benchmarks import decode_profile
-from critique_jax.benchmarks.thunk_trace import Thunk, thunks
+from critique_jax.benchmarks.thunk_trace import CpuUse, Thunk, thunks
 from critique_jax.errors import UserError
 
 STACK = "jit(decode)/while/body/Transformer.extend/Transformer._layers/layers_3"
@@ -78,6 +79,17 @@ def test_a_tiny_profile_accounts_for_every_thread_second(capsys):
     assert sum(result["share"].values()) == pytest.approx(1.0)
     assert result["share"]["weight matmuls"] > 0 and result["share"]["attention"] > 0
     assert result["busy"] and all(0 <= b <= 1 for b in result["busy"])
+    assert result["cores_used"] > 0
+
+
+def test_cpu_use_counts_work_and_not_waiting():
+    with CpuUse() as waiting:
+        time.sleep(0.2)
+    with CpuUse() as working:
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+    assert 0 <= waiting.cores < working.cores
 
 
 def test_an_accelerator_is_refused_with_the_way_out(monkeypatch):

@@ -55,6 +55,7 @@ def test_a_tiny_profile_accounts_for_every_thread_second(capsys):
         assert result["share"][group] > 0, group
     assert 0 < result["matmul_share"] < 1
     assert result["busy"] and all(0 <= b <= 1 for b in result["busy"])
+    assert result["cores_used"] > 0
 
 
 def test_an_accelerator_is_refused_with_the_way_out(monkeypatch):

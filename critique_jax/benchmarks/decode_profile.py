@@ -21,10 +21,12 @@ code that made it (its op_name):
   no op_name        what XLA made on its own (layout copies, moved converts)
 
 `busy` is, for each thread that ran thunks (XLA's pool, and the caller's thread, which runs
-some inline), its thunk time over the traced call's wall time: what is left is time it waited
-for work (a step's chain of small operations leaves the other thread idle). The last line
-printed is one JSON object. CPU only: on an accelerator the trace holds kernels, not thunks,
-and it says so.
+some inline), the share of the traced call's wall time it spent running thunks of its own.
+It is not how busy the cores were: a thread also works inside another thread's thunk (a
+matmul split across the pool), which no thunk's time shows. `cores_used` says that: the
+process's CPU seconds over the wall seconds of the untimed repeats (`thunk_trace.CpuUse`).
+The last line printed is one JSON object. CPU only: on an accelerator the trace holds
+kernels, not thunks, and it says so.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from critique_jax.benchmarks.thunk_trace import print_split, require_cpu, thunks, traced_split
+from critique_jax.benchmarks.thunk_trace import (
+    CpuUse,
+    print_split,
+    require_cpu,
+    thunks,
+    traced_split,
+)
 from critique_jax.checkpoints.hf import load_hf
 from critique_jax.errors import run_main
 from critique_jax.models import ModelConfig, init_params, preset
@@ -113,12 +121,14 @@ def profile(args: argparse.Namespace) -> dict:
         return jax.block_until_ready(compiled(params, state, placed))
 
     run(start())  # warm-up
-    seconds = []
+    seconds, cores = [], []
     for _ in range(args.repeats):
         state = start()
         began = time.perf_counter()
-        run(state)
+        with CpuUse() as used:
+            run(state)
         seconds.append(time.perf_counter() - began)
+        cores.append(used.cores)
     state = start()
     split = traced_split(lambda: run(state), names, lambda t: group_of(t.op_name), GROUPS)
     steps = new - 1  # the first token comes from the prefill
@@ -131,6 +141,7 @@ def profile(args: argparse.Namespace) -> dict:
         ms_per_step=1e3 * min(seconds) / steps,
         traced_ms_per_step=1e3 * split.wall / steps,
         busy=split.busy,
+        cores_used=cores[seconds.index(min(seconds))],
         thread_ms_per_step={g: 1e3 * s / steps for g, s in split.seconds.items()},
         share=split.share,
     )
@@ -152,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     result = profile(args)
     busy = ", ".join(f"{b:.0%}" for b in result["busy"])
     header = (
-        f"{result['ms_per_step']:.1f} ms per decode step, {result['rows']} rows; threads "
-        f"busy {busy} of the traced call. Thread time per step:"
+        f"{result['ms_per_step']:.1f} ms per decode step, {result['rows']} rows, "
+        f"{result['cores_used']:.2f} cores used; threads running their own thunks {busy} of "
+        "the traced call. Thread time per step:"
     )
     print_split(header, result["thread_ms_per_step"], result["share"], "ms", result)
 

@@ -62,6 +62,23 @@ class Split:
     seconds: dict[str, float]  # per group, in the order of the groups given
     share: dict[str, float]
     busy: list[float]  # each thread's thunk seconds over the wall time, largest first
+    # (the time it issued thunks; it may be working inside another's: `CpuUse`)
+
+
+class CpuUse:
+    """The cores this process kept busy while the block ran: its user + system CPU seconds
+    over the wall seconds. A thread's thunk time misses its work inside another thread's
+    thunk (XLA:CPU splits a large matmul across the pool), so only this says how busy the
+    cores were. Pool threads that spin while waiting for work count as busy."""
+
+    cores: float
+
+    def __enter__(self) -> CpuUse:
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cores = (time.process_time() - self._cpu) / (time.perf_counter() - self._wall)
 
 
 def traced_split(

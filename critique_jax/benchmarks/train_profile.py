@@ -18,8 +18,11 @@ one group by the code that made it (its op_name; `benchmarks.thunk_trace`):
 `matmul_share` is the share of the busy thread time spent in matmuls (a dot, or a fusion
 around one) whatever their group: the rest is what a faster step could remove without a faster
 matmul kernel. Thunks of the two threads can overlap, so thread seconds may add up to more than
-the step's wall time; `taskset -c 0` in front runs them one at a time. The last line printed
-is one JSON object. CPU only, like the decode profile.
+the step's wall time; `taskset -c 0` in front runs them one at a time. `busy` is each
+thread's own thunk time over the traced step's; `cores_used`, the process's CPU seconds over
+the wall seconds of the fastest untimed step, says how busy the cores were (the decode
+profile explains the difference). The last line printed is one JSON object. CPU only, like
+the decode profile.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 import jax
 
 from critique_jax.benchmarks.thunk_trace import (
+    CpuUse,
     Thunk,
     print_split,
     require_cpu,
@@ -96,11 +100,13 @@ def profile(args: argparse.Namespace) -> dict:
         jax.block_until_ready(metrics)
 
     step()  # warm-up
-    seconds = []
+    seconds, cores = [], []
     for _ in range(args.repeats):
         began = time.perf_counter()
-        step()
+        with CpuUse() as used:
+            step()
         seconds.append(time.perf_counter() - began)
+        cores.append(used.cores)
     split = traced_split(step, names, group_of, GROUPS)
     busy = sum(split.seconds.values())
     matmuls = sum(s for name, s in split.per_thunk.items() if is_matmul(names[name]))
@@ -113,6 +119,7 @@ def profile(args: argparse.Namespace) -> dict:
         step_s=min(seconds),
         traced_s=split.wall,
         busy=split.busy,
+        cores_used=cores[seconds.index(min(seconds))],
         thread_s=split.seconds,
         share=split.share,
         matmul_share=matmuls / busy if busy else 0.0,
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     result = profile(parser.parse_args(argv))
     busy = ", ".join(f"{b:.0%}" for b in result["busy"])
     header = (
-        f"{result['step_s']:.2f} s per train step; threads busy {busy} of the traced step; "
+        f"{result['step_s']:.2f} s per train step, {result['cores_used']:.2f} cores used; threads "
+        f"running their own thunks {busy} of the traced step; "
         f"matmuls {result['matmul_share']:.1%} of the busy time. Thread time per step:"
     )
     print_split(header, result["thread_s"], result["share"], "s", result)

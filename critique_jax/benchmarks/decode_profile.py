@@ -24,7 +24,7 @@ code that made it (its op_name):
 some inline), the share of the traced call's wall time it spent running thunks of its own.
 It is not how busy the cores were: a thread also works inside another thread's thunk (a
 matmul split across the pool), which no thunk's time shows. `cores_used` says that: the
-process's CPU seconds over the wall seconds of the untimed repeats (`thunk_trace.CpuUse`).
+process's CPU seconds over the wall seconds of the fastest untimed repeat (`thunk_trace.CpuUse`).
 The last line printed is one JSON object. CPU only: on an accelerator the trace holds
 kernels, not thunks, and it says so.
 """
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from typing import Any
 
 import jax
@@ -121,14 +120,13 @@ def profile(args: argparse.Namespace) -> dict:
         return jax.block_until_ready(compiled(params, state, placed))
 
     run(start())  # warm-up
-    seconds, cores = [], []
+    runs = []
     for _ in range(args.repeats):
         state = start()
-        began = time.perf_counter()
         with CpuUse() as used:
             run(state)
-        seconds.append(time.perf_counter() - began)
-        cores.append(used.cores)
+        runs.append(used)
+    fastest = min(runs, key=lambda used: used.seconds)
     state = start()
     split = traced_split(lambda: run(state), names, lambda t: group_of(t.op_name), GROUPS)
     steps = new - 1  # the first token comes from the prefill
@@ -138,10 +136,10 @@ def profile(args: argparse.Namespace) -> dict:
         prompts=args.prompts,
         width=args.width,
         new_tokens=new,
-        ms_per_step=1e3 * min(seconds) / steps,
+        ms_per_step=1e3 * fastest.seconds / steps,
         traced_ms_per_step=1e3 * split.wall / steps,
         busy=split.busy,
-        cores_used=cores[seconds.index(min(seconds))],
+        cores_used=fastest.cores,
         thread_ms_per_step={g: 1e3 * s / steps for g, s in split.seconds.items()},
         share=split.share,
     )

@@ -66,11 +66,12 @@ class Split:
 
 
 class CpuUse:
-    """The cores this process kept busy while the block ran: its user + system CPU seconds
-    over the wall seconds. A thread's thunk time misses its work inside another thread's
-    thunk (XLA:CPU splits a large matmul across the pool), so only this says how busy the
-    cores were. Pool threads that spin while waiting for work count as busy."""
+    """The block's wall `seconds` and the `cores` this process kept busy meanwhile: its user +
+    system CPU seconds over the wall seconds. A thread's thunk time misses its work inside
+    another thread's thunk (XLA:CPU splits a large matmul across the pool), so only this says
+    how busy the cores were. Pool threads that spin while waiting for work count as busy."""
 
+    seconds: float
     cores: float
 
     def __enter__(self) -> CpuUse:
@@ -78,7 +79,8 @@ class CpuUse:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.cores = (time.process_time() - self._cpu) / (time.perf_counter() - self._wall)
+        self.seconds = time.perf_counter() - self._wall
+        self.cores = (time.process_time() - self._cpu) / self.seconds
 
 
 def traced_split(

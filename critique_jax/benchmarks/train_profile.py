@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 
 import jax
 
@@ -100,13 +99,12 @@ def profile(args: argparse.Namespace) -> dict:
         jax.block_until_ready(metrics)
 
     step()  # warm-up
-    seconds, cores = [], []
+    runs = []
     for _ in range(args.repeats):
-        began = time.perf_counter()
         with CpuUse() as used:
             step()
-        seconds.append(time.perf_counter() - began)
-        cores.append(used.cores)
+        runs.append(used)
+    fastest = min(runs, key=lambda used: used.seconds)
     split = traced_split(step, names, group_of, GROUPS)
     busy = sum(split.seconds.values())
     matmuls = sum(s for name, s in split.per_thunk.items() if is_matmul(names[name]))
@@ -116,10 +114,10 @@ def profile(args: argparse.Namespace) -> dict:
         seq=args.seq,
         dtype=args.dtype,
         remat=args.remat,
-        step_s=min(seconds),
+        step_s=fastest.seconds,
         traced_s=split.wall,
         busy=split.busy,
-        cores_used=cores[seconds.index(min(seconds))],
+        cores_used=fastest.cores,
         thread_s=split.seconds,
         share=split.share,
         matmul_share=matmuls / busy if busy else 0.0,

@@ -61,8 +61,7 @@ class Split:
     per_thunk: Counter
     seconds: dict[str, float]  # per group, in the order of the groups given
     share: dict[str, float]
-    busy: list[float]  # each thread's thunk seconds over the wall time, largest first
-    # (the time it issued thunks; it may be working inside another's: `CpuUse`)
+    busy: list[float]  # each thread's own thunk seconds over the wall time, largest first
 
 
 class CpuUse:

@@ -25,8 +25,9 @@ XLA reaches here at the step's token count (`matmul_fraction`,
 the PyTorch child without it, which is faster for PyTorch.
 
 `--remat` sets what our backward pass recomputes instead of storing (`ModelConfig.remat`).
-Each side's peak memory (`ours_peak_mb`, `torch_peak_mb`) is its process's peak RSS on a CPU
-and the device's peak allocation on an accelerator. The last line printed is one JSON object.
+Each side's peak memory (`ours_peak_mb`, `torch_peak_mb`) is its device's peak allocation
+when the device keeps one, else its process's peak RSS (`peak_of`, `torch_peak_of` say which:
+on a TPU host PyTorch runs on the CPU). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -71,10 +72,14 @@ def model_config(model: str, dtype: str, remat: str = "none"):
     return preset(model, dtype=dtype, param_dtype="float32", remat=remat)
 
 
-def host_peak_mb() -> float:
-    """This process's peak resident memory in MiB: each side runs in a process of its own."""
+def peak_memory(device_peak_mb: float | None) -> dict[str, Any]:
+    """`peak_mb` and what it measured (`peak_of`): the device's peak allocation when it keeps
+    one, else this process's peak resident memory (each side runs in a process of its own)."""
+    if device_peak_mb is not None:
+        return {"peak_mb": device_peak_mb, "peak_of": "device memory"}
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / (2**20 if sys.platform == "darwin" else 2**10)  # macOS counts bytes
+    rss = kib / (2**20 if sys.platform == "darwin" else 2**10)  # macOS counts bytes
+    return {"peak_mb": rss, "peak_of": "host RSS"}
 
 
 def timed(fn, steps: int) -> list[float]:
@@ -141,7 +146,6 @@ def run_ours(
         trainer.train_step(batch)
     times = timed(lambda: trainer.train_step(batch), steps)  # each step waits for metrics
     compile_s = first_s - float(np.median(times))
-    device_peak = roofline.device_peak_mb()
     n_dev = trainer.mesh.devices.size
     flops = training_flops_per_token(cfg, t) * b * t
     result = {
@@ -150,7 +154,7 @@ def run_ours(
         "compile_s": compile_s,
         "mfu": mfu(flops, float(np.median(times)), n_dev, trainer.peak_flops),
         "devices": n_dev,
-        "peak_mb": host_peak_mb() if device_peak is None else device_peak,
+        **peak_memory(roofline.device_peak_mb()),
     }
     trainer.state = None  # free parameters and optimizer state before the PyTorch run
     gc.collect()
@@ -194,12 +198,12 @@ def run_torch(spec: dict[str, Any]) -> dict[str, Any]:
         step()
     times = timed(step, spec["steps"])
     b, t = inputs.shape
-    cuda = device == "cuda"
+    device_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {
         "tokens_per_s": b * t / float(np.median(times)),
         "step_s": [round(x, 4) for x in times],
         "threads": torch.get_num_threads(),
-        "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else host_peak_mb(),
+        **peak_memory(device_peak),
     }
 
 
@@ -328,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
                 "torch_matmul_fraction": matmul_fraction(torch_tps),
                 "ours_peak_mb": round(ours["peak_mb"]),
                 "torch_peak_mb": round(theirs["peak_mb"]) if theirs else None,
-                "peak_of": "host RSS" if jax.default_backend() == "cpu" else "device memory",
+                "peak_of": ours["peak_of"],
+                "torch_peak_of": theirs["peak_of"] if theirs else None,
                 "model": args.model,
                 "params": cfg.num_params(),
                 "batch": args.batch,

@@ -14,7 +14,12 @@ from critique_jax.models.transformer import init_cache
 from critique_jax.sampling import Buckets, Completion, Sampler, SamplingParams
 from critique_jax.sampling.buckets import plan_calls
 from critique_jax.sampling.engine import Engine
-from critique_jax.sampling.filters import FilterSpec, filter_logits, sample_tokens
+from critique_jax.sampling.filters import (
+    FilterSpec,
+    filter_logits,
+    inverse_cdf,
+    sample_tokens,
+)
 from critique_jax.sampling.stops import apply_stop_strings
 
 PROMPTS = [[5, 9, 2], [7, 1, 4, 4, 8, 3, 2, 9], [3], [12, 6, 6, 1, 2]]
@@ -373,17 +378,42 @@ def test_sampled_distribution_matches_the_filtered_target(temperature, top_k, to
     assert np.all(np.abs(freq - target) <= 5 * sigma + 1e-12), (freq, target)
 
 
-def test_greedy_is_argmax_and_sampling_is_jax_categorical():
+def test_greedy_is_argmax():
     logits = np.random.default_rng(1).normal(size=(4, 30)).astype(np.float32)
     logits[0, [4, 9]] = logits[0].max() + 1.0  # a tie: the first index wins, as in argmax
-    logits = jnp.asarray(logits)
     keys = jax.random.split(jax.random.key(0), 4)
-    got = sample_tokens(keys, logits, FilterSpec(greedy=True), 1.0, 1.0, 0.0)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(logits).argmax(-1))
+    got = sample_tokens(keys, jnp.asarray(logits), FilterSpec(greedy=True), 1.0, 1.0, 0.0)
+    np.testing.assert_array_equal(np.asarray(got), logits.argmax(-1))
     assert int(got[0]) == 4
-    drawn = sample_tokens(keys, logits, FilterSpec(), 1.0, 1.0, 0.0)
-    want = jax.vmap(jax.random.categorical)(keys, logits)
-    np.testing.assert_array_equal(np.asarray(drawn), np.asarray(want))
+
+
+@pytest.mark.parametrize("vocab", [30, 300, 1000])
+def test_inverse_cdf_picks_the_token_whose_interval_holds_u(vocab):
+    """Against NumPy's cumulative sum over the whole row (the blocks, when there are
+    several, must not change the answer), with u away from the interval edges."""
+    rng = np.random.default_rng(vocab)
+    logits = (rng.normal(size=(64, vocab)) * 3).astype(np.float32)
+    logits[:, rng.random(vocab) < 0.3] = -np.inf
+    u = rng.random(64).astype(np.float32)
+    probs = np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True))
+    cum = np.cumsum(probs / probs.sum(-1, keepdims=True), axis=-1)
+    want = np.array([np.searchsorted(c, x, side="right") for c, x in zip(cum, u, strict=True)])
+    edge = np.min(np.abs(cum - u[:, None]), axis=-1)
+    got = np.asarray(inverse_cdf(jnp.asarray(u), jnp.asarray(logits)))
+    np.testing.assert_array_equal(got[edge > 1e-5], want[edge > 1e-5])
+    assert np.isfinite(logits[np.arange(64), got]).all()
+
+
+def test_inverse_cdf_never_picks_a_token_of_probability_zero():
+    """u at the ends of [0, 1): rounding must not step onto the -inf tokens around the
+    allowed ones, in the first, a middle and the last block."""
+    logits = np.full((3, 1000), -np.inf, np.float32)
+    logits[0, [0, 1]] = 0.0
+    logits[1, [500, 700]] = [0.0, -30.0]  # the second has probability ~1e-13
+    logits[2, [990, 998]] = 0.0
+    for u in (0.0, np.nextafter(np.float32(1), np.float32(0))):
+        got = np.asarray(inverse_cdf(jnp.full((3,), u, jnp.float32), jnp.asarray(logits)))
+        assert np.isfinite(logits[np.arange(3), got]).all(), (u, got)
 
 
 # ----------------------------------------------------------------- text level

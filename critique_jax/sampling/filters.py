@@ -80,24 +80,54 @@ def sample_tokens(
 ) -> jax.Array:
     """One token per row of logits [B, V] with per-row keys [B]; int32 [B].
 
-    With top-k on, the draw happens among the k candidates only (k Gumbel draws per row
-    instead of V), which is what makes top-k sampling cheap on a large vocabulary.
+    With top-k on, the draw happens among the k candidates only, which is what makes top-k
+    sampling cheap on a large vocabulary.
     """
     if spec.greedy:
         return argmax(logits)
-    draw = jax.vmap(_categorical)
+    u = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(keys)
     if spec.top_k:
         vals, idx = _sorted_candidates(logits / temperature, spec)
         cut = _cutoff(vals, spec, top_p, min_p)
-        choice = draw(keys, jnp.where(vals >= cut[..., None], vals, -jnp.inf))
+        choice = inverse_cdf(u, jnp.where(vals >= cut[..., None], vals, -jnp.inf))
         return jnp.take_along_axis(idx, choice[:, None], -1)[:, 0].astype(jnp.int32)
-    return draw(keys, filter_logits(logits, spec, temperature, top_p, min_p)).astype(jnp.int32)
+    return inverse_cdf(u, filter_logits(logits, spec, temperature, top_p, min_p))
 
 
-def _categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """`jax.random.categorical` (the same Gumbel draw, so the same samples) on
-    `backend.argmax`."""
-    return argmax(logits + jax.random.gumbel(key, logits.shape, logits.dtype))
+CDF_BLOCK = 128
+
+
+def inverse_cdf(u: jax.Array, logits: jax.Array) -> jax.Array:
+    """The token of each row of logits [B, V] (-inf: never) whose slice of the cumulative
+    distribution holds u [B] in [0, 1); int32 [B].
+
+    One uniform per row instead of a Gumbel draw per vocabulary entry: at 64 rows over a
+    49k vocabulary the Gumbel noise took 8x the time of this whole draw on XLA:CPU. The
+    cumulative sum runs in two levels, over blocks of `CDF_BLOCK` tokens, then inside the
+    chosen block, so it is short and adds few rounding errors; a token of probability zero
+    is never chosen, even when rounding puts the target past the last sum.
+    """
+    batch, vocab = logits.shape
+    block = min(CDF_BLOCK, vocab)
+    logits = logits.astype(jnp.float32)
+    probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    probs = jnp.pad(probs, ((0, 0), (0, -vocab % block))).reshape(batch, -1, block)
+    mass = jnp.sum(probs, axis=-1)  # [B, blocks]
+    cum = jnp.cumsum(mass, axis=-1)
+    target = u * cum[:, -1]
+    j = _first_above(cum, target, mass)
+    inside = jnp.take_along_axis(probs, j[:, None, None], 1)[:, 0]  # [B, block]
+    before = jnp.take_along_axis(cum - mass, j[:, None], 1)[:, 0]
+    i = _first_above(jnp.cumsum(inside, axis=-1), target - before, inside)
+    return (j * block + i).astype(jnp.int32)
+
+
+def _first_above(cum: jax.Array, target: jax.Array, mass: jax.Array) -> jax.Array:
+    """Per row, the first index of positive mass whose running sum `cum` passes `target`
+    (the last of positive mass when rounding left none)."""
+    above = (cum > target[:, None]) & (mass > 0)
+    last = mass.shape[-1] - 1 - jnp.argmax(jnp.flip(mass > 0, axis=-1), axis=-1)
+    return jnp.where(jnp.any(above, axis=-1), jnp.argmax(above, axis=-1), last)
 
 
 def row_keys(seed, prompt_index: jax.Array, sample_index: jax.Array) -> jax.Array:
